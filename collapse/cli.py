@@ -1,0 +1,107 @@
+"""Command line: parse, validate, hand over. Nothing else lives here.
+
+    collapse measure [CONFIG.yaml] [key=value ...]
+    collapse run     [CONFIG.yaml] [key=value ...]
+    collapse report  RUN_DIR [RUN_DIR ...] [--out DIR]
+    collapse keys    (every config key with its default and meaning)
+
+User errors print one line (``error: ...``) and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import resources
+from pathlib import Path
+
+from collapse.errors import CollapseError
+
+DEFAULT_CONFIGS = {"measure": "measure/tiny.yaml", "run": "tiny.yaml"}
+
+
+def _embedded_default(command: str) -> Path | None:
+    """configs/ of a source checkout, or the copy shipped inside the package."""
+    rel = DEFAULT_CONFIGS.get(command)
+    if rel is None:
+        return None
+    repo = Path(__file__).resolve().parent.parent / "configs" / rel
+    if repo.is_file():
+        return repo
+    shipped = resources.files("collapse") / "configs" / rel
+    return Path(str(shipped)) if shipped.is_file() else None
+
+
+def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
+    config = None
+    overrides = []
+    for i, it in enumerate(items):
+        if i == 0 and "=" not in it and (it.endswith((".yaml", ".yml")) or Path(it).is_file()):
+            config = it
+        else:
+            overrides.append(it)
+    return config, overrides
+
+
+def _load(command: str, items: list[str]):
+    from collapse.config import load_config
+
+    config, overrides = _split_args(items)
+    if config is None:
+        config = _embedded_default(command)
+    return load_config(config, overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="collapse", description="Measure and simulate model collapse in language models.")
+    sub = p.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("measure", help="single-shot token-frequency shift of one model")
+    m.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value]")
+    r = sub.add_parser("run", help="the recursive loop: generate, fine-tune, measure, for N generations")
+    r.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value]")
+    rep = sub.add_parser("report", help="plots and report.html from one or more run folders")
+    rep.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    rep.add_argument("--out", default=None, help="output folder (default: RUN_DIR/report for one run, "
+                     "./report for several)")
+    sub.add_parser("keys", help="list every config key with its default and meaning")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    from collapse.runtime import quiet_libraries, setup_logging
+
+    quiet_libraries()
+    log = setup_logging()
+    try:
+        if args.command == "keys":
+            from collapse.config import describe_keys
+
+            for key, default, help_ in describe_keys():
+                print(f"{key:<32} {default!s:<14} {help_}")
+            return 0
+        if args.command == "measure":
+            from collapse.measure import run_measure
+
+            run_measure(_load("measure", args.args))
+            return 0
+        if args.command == "run":
+            from collapse.loop import run_loop
+
+            return run_loop(_load("run", args.args))
+        if args.command == "report":
+            from collapse.report import make_report
+
+            return make_report([Path(r) for r in args.runs], Path(args.out) if args.out else None)
+    except CollapseError as e:
+        log.error(f"error: {e}")
+        return e.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted.")
+        return 130
+    return 0  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

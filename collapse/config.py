@@ -1,0 +1,419 @@
+"""Typed configuration: one dataclass per concern, YAML files, dotted ``key=value`` overrides.
+
+Precedence is CLI over YAML over defaults. Every field carries a docstring-like ``help`` in its
+metadata; ``collapse run --help-config`` prints them. Unknown keys, wrong types and out-of-range
+values raise :class:`ConfigError` with one line that names the key and what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from collapse.errors import ConfigError
+
+BUCKET_EDGES = (10, 100, 1000, 10000)
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class DataConfig:
+    source: str = _f("kjv", "`kjv` (embedded King James text), a hub dataset id, or a local .txt/.jsonl/.parquet file.")
+    config: str | None = _f(None, "Hub dataset configuration name, e.g. `wikitext-2-raw-v1`.")
+    text_field: str = _f("text", "Column holding the text.")
+    split: str | None = _f(None, "Single source split to split ourselves; default: use the source's train/validation/test if it has them.")
+    val_fraction: float = _f(0.05, "Share of documents held out for validation when the source has no validation split.")
+    test_fraction: float = _f(0.05, "Share of documents held out for test when the source has no test split.")
+    min_chars: int = _f(1, "Drop documents shorter than this many characters (wikitext has many empty lines).")
+    max_documents: int | None = _f(None, "Keep at most this many documents per split (quick experiments).")
+
+    def __post_init__(self) -> None:
+        for k in ("val_fraction", "test_fraction"):
+            v = getattr(self, k)
+            if not 0.0 <= v < 1.0:
+                raise ConfigError(f"data.{k}={v} is out of range: use a value in [0, 1).")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ConfigError("data.val_fraction + data.test_fraction must be below 1: nothing is left to train on.")
+        if self.max_documents is not None and self.max_documents < 1:
+            raise ConfigError("data.max_documents must be at least 1 (or null for all).")
+
+
+@dataclass
+class ScratchConfig:
+    arch: str = _f("gpt2", "Architecture of the scratch model: `gpt2` or `llama`.", choices=("gpt2", "llama"))
+    vocab_size: int = _f(4096, "Byte-level BPE vocabulary size trained on the real training split.")
+    n_layer: int = _f(2, "Transformer layers.")
+    d_model: int = _f(128, "Hidden size.")
+    n_head: int = _f(4, "Attention heads.")
+    context: int = _f(512, "Maximum positions (must cover measure.window and prompt + new tokens).")
+    block_size: int = _f(128, "Training block length in tokens.")
+    steps: int = _f(300, "Optimizer steps of pre-training on the real training split (about a minute on 2 cores).")
+    batch_size: int = _f(32, "Pre-training batch size in blocks.")
+    lr: float = _f(3e-3, "Peak learning rate (AdamW, warmup then cosine); small models like it high.")
+
+    def __post_init__(self) -> None:
+        for k in ("vocab_size", "n_layer", "d_model", "n_head", "context", "block_size", "steps", "batch_size"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"model.scratch.{k} must be at least 1.")
+        if self.vocab_size < 300:
+            raise ConfigError("model.scratch.vocab_size must be at least 300 (256 bytes + merges + specials).")
+        if self.d_model % self.n_head:
+            raise ConfigError("model.scratch.d_model must be divisible by model.scratch.n_head.")
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = _f("scratch", "`scratch` (tiny model trained here), a hub id, or a local model folder.")
+    trust_remote_code: bool = _f(False, "Allow a hub model's own Python code to run. Off unless you trust it.")
+    revision: str | None = _f(None, "Hub revision (branch, tag or commit) of the model.")
+    dtype: str = _f("auto", "`auto` (bf16 on CUDA with bf16 support, else fp32), `float32`, `bfloat16`, `float16`.",
+                    choices=("auto", "float32", "bfloat16", "float16"))
+    scratch: ScratchConfig = field(default_factory=ScratchConfig)
+
+
+@dataclass
+class MeasureConfig:
+    samples: int = _f(100, "Held-out examples to continue (each needs at least `window` tokens).")
+    window: int = _f(256, "Tokens taken from the start of each example; the model continues the first half.")
+    split: str = _f("validation", "Which split the examples come from: `validation` or `test`.", choices=("validation", "test"))
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise ConfigError(f"measure.samples={self.samples} is out of range: use at least 1.")
+        if self.window < 2 or self.window % 2:
+            raise ConfigError(f"measure.window={self.window} must be an even number of tokens, at least 2.")
+
+
+@dataclass
+class GenerationConfig:
+    prompt_tokens: int = _f(64, "Prompt length: real training blocks are cut to this many tokens.")
+    new_tokens: int = _f(64, "Tokens generated per sample (min = max: every sample has exactly this length).")
+    num_sequences: int | None = _f(None, "Samples per generation; null = as many as the real training split has blocks.")
+    batch_size: int = _f(256, "Sequences decoded together. Also fixes which sequences share a random stream.")
+    temperature: float = _f(1.0, "Softmax temperature; 0 = greedy.")
+    top_k: int = _f(0, "Keep only the k most likely tokens (0 = off).")
+    top_p: float = _f(1.0, "Nucleus sampling mass (1.0 = off).")
+    num_beams: int = _f(1, "Beam search width (1 = sampling / greedy). Beam search uses HF `generate`.")
+    repetition_penalty: float = _f(1.0, "CTRL-style penalty on tokens already in the sequence (1.0 = off).")
+    keep_prompt: bool = _f(False, "Train the next generation on prompt + continuation instead of the continuation only.")
+
+    def __post_init__(self) -> None:
+        if self.prompt_tokens < 1 or self.new_tokens < 1:
+            raise ConfigError("generation.prompt_tokens and generation.new_tokens must be at least 1.")
+        if self.num_sequences is not None and self.num_sequences < 1:
+            raise ConfigError("generation.num_sequences must be at least 1 (or null for one per training block).")
+        if self.batch_size < 1:
+            raise ConfigError("generation.batch_size must be at least 1.")
+        if self.temperature < 0 or not math.isfinite(self.temperature):
+            raise ConfigError(f"generation.temperature={self.temperature} is out of range: use 0 (greedy) or more.")
+        if self.top_k < 0:
+            raise ConfigError("generation.top_k must be 0 (off) or positive.")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"generation.top_p={self.top_p} is out of range: use a value in (0, 1].")
+        if self.num_beams < 1:
+            raise ConfigError("generation.num_beams must be at least 1.")
+        if self.repetition_penalty <= 0:
+            raise ConfigError("generation.repetition_penalty must be positive (1.0 = off).")
+
+
+@dataclass
+class RegimeConfig:
+    kind: str = _f("replace", "`replace` | `mix` | `accumulate` | `accumulate_subsample`.",
+                   choices=("replace", "mix", "accumulate", "accumulate_subsample"))
+    real_fraction: float = _f(0.1, "For `mix`: share of each training set drawn fresh from real blocks.")
+    size: int | None = _f(None, "For `accumulate_subsample`: training-set size (null = one generation's sample count).")
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.real_fraction <= 1.0 or math.isnan(self.real_fraction):
+            raise ConfigError(f"regime.real_fraction={self.real_fraction} is out of range: use a value in [0, 1].")
+        if self.size is not None and self.size < 1:
+            raise ConfigError("regime.size must be at least 1 (or null).")
+
+
+@dataclass
+class LoraConfig:
+    r: int = _f(8, "LoRA rank.")
+    alpha: float = _f(16.0, "LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = _f(0.0, "Dropout on the LoRA branch.")
+    target_modules: list[str] | None = _f(None, "Module names to adapt; null = all attention and MLP projections.")
+    modules_to_save: list[str] | None = _f(None, "Modules trained in full beside the adapters, e.g. [lm_head].")
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ConfigError("train.lora.r must be at least 1.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("train.lora.dropout must be in [0, 1).")
+
+
+@dataclass
+class TrainConfig:
+    method: str = _f("lora", "`lora` (peft adapters) or `full` fine-tune.", choices=("lora", "full"))
+    init: str = _f("base", "`base`: each generation starts from generation 0's weights (the paper); `previous`: from model g.",
+                   choices=("base", "previous"))
+    select: str = _f("best_val", "`best_val`: keep the epoch with the lowest REAL validation loss (the paper); `last`.",
+                     choices=("best_val", "last"))
+    epochs: int = _f(2, "Epochs over each generation's training set.")
+    lr: float = _f(2e-3, "Peak learning rate (linear warmup, cosine decay).")
+    batch_size: int = _f(32, "Sequences per optimizer step (per process, before accumulation).")
+    grad_accum: int = _f(1, "Gradient accumulation steps.")
+    warmup_ratio: float = _f(0.05, "Share of steps spent warming up.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping (0 = off).")
+    mixed_precision: str = _f("auto", "`auto` (bf16 where supported on GPU), `no`, `bf16`, `fp16`.",
+                              choices=("auto", "no", "bf16", "fp16"))
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    gen0_epochs: int = _f(0, "Epochs of fine-tuning the base model on the real training split before generation 0.")
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError("train.epochs must be at least 1.")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ConfigError(f"train.lr={self.lr} is out of range: use a positive learning rate.")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("train.batch_size and train.grad_accum must be at least 1.")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError("train.warmup_ratio must be in [0, 1).")
+        if self.gen0_epochs < 0:
+            raise ConfigError("train.gen0_epochs must be 0 or more.")
+
+
+@dataclass
+class EvalConfig:
+    block_size: int | None = _f(None, "Test perplexity block length; null = prompt_tokens + new_tokens.")
+    batch_size: int = _f(64, "Blocks per forward pass in evaluation.")
+    max_blocks: int | None = _f(None, "Evaluate at most this many test blocks (null = all).")
+
+
+@dataclass
+class WandbConfig:
+    mode: str = _f("disabled", "`disabled` | `offline` | `online` (online falls back to offline without an API key).",
+                   choices=("disabled", "offline", "online"))
+    project: str = _f("collapse", "W&B project.")
+    entity: str | None = _f(None, "W&B entity (team or user).")
+    group: str | None = _f(None, "W&B group, e.g. one per regime, to compare seeds.")
+    tags: list[str] = _f([], "W&B tags.")
+    name: str | None = _f(None, "W&B run name (default: the run folder's name).")
+
+
+@dataclass
+class Config:
+    out_dir: str = _f("runs/default", "Run folder.")
+    seed: int = _f(0, "Master seed: every stage draws from (seed, generation, stage, shard).")
+    generations: int = _f(5, "Generations after generation 0 (model 0 is the base).")
+    resume: str = _f("auto", "`auto`: continue a run of the same config in out_dir; `never`: start over.",
+                     choices=("auto", "never"))
+    overwrite: bool = _f(False, "With resume=never, allow deleting a non-empty out_dir.")
+    keep_checkpoints: int | None = _f(None, "Generations that keep model weights (newest first); null = all.")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    regime: RegimeConfig = field(default_factory=RegimeConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def __post_init__(self) -> None:
+        if self.generations < 1:
+            raise ConfigError(f"generations={self.generations} is out of range: use at least 1.")
+        if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
+            raise ConfigError("keep_checkpoints must be at least 1 (or null to keep all).")
+
+    # ------------------------------------------------------------------ helpers
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def fingerprint(self, exclude: tuple[str, ...] = ("resume", "overwrite", "wandb", "out_dir", "keep_checkpoints")) -> str:
+        """Hash of everything that changes results (not bookkeeping such as resume or W&B)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in exclude}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------- parsing
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert ints to floats; raise ConfigError."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is list:
+        if isinstance(value, str):  # `key=a,b` on the command line
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}.")
+        return [_coerce(v, args[0], key) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}.")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}.")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}.")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}.")
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}.")  # pragma: no cover
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for k, v in raw.items():
+        key = f"{prefix}{k}"
+        if k not in fields:
+            close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.6)
+            hint = f" Did you mean `{close[0]}`?" if close else " See `collapse keys` for the list."
+            raise ConfigError(f"unknown config key `{key}`.{hint}")
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            if v is None:
+                v = {}
+            if not isinstance(v, dict):
+                raise ConfigError(f"{key}: expected a mapping of sub-keys, got {v!r}.")
+            kwargs[k] = _build(tp, v, prefix=f"{key}.")
+        else:
+            kwargs[k] = _coerce(v, tp, key)
+            choices = fields[k].metadata.get("choices")
+            if choices and kwargs[k] not in choices:
+                raise ConfigError(f"{key}={kwargs[k]!r} is not one of: {', '.join(choices)}.")
+    return cls(**kwargs)
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    out = []
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += all_keys(tp, f"{prefix}{f.name}.")
+        else:
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+def describe_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted key, default, help) for every leaf key, for `collapse keys`."""
+    out = []
+    hints = _hints(cls)
+    inst = cls()
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += describe_keys(tp, f"{prefix}{f.name}.")
+        else:
+            out.append((f"{prefix}{f.name}", getattr(inst, f.name), f.metadata.get("help", "")))
+    return out
+
+
+def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[p] = nxt
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"cannot read `{item}`: overrides look like key=value, e.g. generations=3.")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"cannot read `{item}`: the key before '=' is empty.")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file, then ``key=value`` overrides; validated."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist: pass a YAML file (see configs/) or none for the default.")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"config file {p} is not valid YAML{where}: fix the syntax.") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of keys, not {type(loaded).__name__}.")
+        raw = loaded
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    return _build(Config, raw)
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out

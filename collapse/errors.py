@@ -1,0 +1,23 @@
+"""User-facing errors: the CLI prints their message on one line and exits with code 2."""
+
+
+class CollapseError(Exception):
+    """A problem with the user's input or environment, explained in one line."""
+
+    exit_code = 2
+
+
+class ConfigError(CollapseError):
+    """Unknown key, wrong type or out-of-range value."""
+
+
+class DataError(CollapseError):
+    """Missing file, absent text field, empty or too-short data."""
+
+
+class ModelError(CollapseError):
+    """Model folder or hub id that cannot be loaded, context too short, bad LoRA targets."""
+
+
+class TrainingError(CollapseError):
+    """Training diverged (NaN/inf loss)."""

@@ -1,0 +1,116 @@
+"""Model-based evaluation: perplexity, per-bucket NLL (tail loss), per-sequence perplexity.
+
+Every function takes fixed-length token blocks (no padding is ever computed) and, when given an
+``accelerator``, splits the blocks across processes by index and sums the results, so each block is
+counted exactly once whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from collapse.metrics import BUCKETS
+
+
+def _shard(n: int, accelerator) -> np.ndarray:
+    if accelerator is None or accelerator.num_processes == 1:
+        return np.arange(n)
+    return np.arange(accelerator.process_index, n, accelerator.num_processes)
+
+
+def _allreduce(t: torch.Tensor, accelerator) -> torch.Tensor:
+    if accelerator is None or accelerator.num_processes == 1:
+        return t
+    return accelerator.reduce(t.to(accelerator.device), reduction="sum").cpu()
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def token_nll(model, blocks: torch.Tensor) -> torch.Tensor:
+    """NLL (nats) of tokens 1..L-1 of each block given the tokens before it: [B, L-1], float32."""
+    logits = model(input_ids=blocks).logits
+    return F.cross_entropy(logits[:, :-1].float().transpose(1, 2), blocks[:, 1:], reduction="none")
+
+
+@torch.inference_mode()
+def evaluate_blocks(model, blocks: np.ndarray, bucket_of: np.ndarray, batch_size: int = 64, accelerator=None,
+                    progress=None) -> dict:
+    """Perplexity and tail loss over ``blocks`` [N, L] (real test text).
+
+    ``test_ppl = exp(mean NLL)`` over every predicted token (positions 1..L-1 of each block);
+    ``tail_loss[b]`` = mean NLL of the predicted tokens whose *target* type falls in frequency bucket b
+    (``bucket_of[token] -> bucket index``, ranks from the real training split). Empty buckets are None.
+    """
+    was_training = model.training
+    model.eval()
+    dev = _device(model)
+    idx = _shard(len(blocks), accelerator)
+    nb = len(BUCKETS)
+    sums = torch.zeros(nb, dtype=torch.float64)
+    counts = torch.zeros(nb, dtype=torch.float64)
+    bucket_t = torch.as_tensor(bucket_of, dtype=torch.long)
+    for i in range(0, len(idx), batch_size):
+        b = torch.as_tensor(blocks[idx[i:i + batch_size]], dtype=torch.long)
+        nll = token_nll(model, b.to(dev)).double().cpu()
+        tb = bucket_t[b[:, 1:]]
+        sums.index_add_(0, tb.reshape(-1), nll.reshape(-1))
+        counts.index_add_(0, tb.reshape(-1), torch.ones_like(nll).reshape(-1))
+        if progress is not None:
+            progress.update(len(b))
+    sums, counts = _allreduce(sums, accelerator), _allreduce(counts, accelerator)
+    model.train(was_training)
+    total_n = counts.sum().item()
+    mean = sums.sum().item() / max(total_n, 1)
+    return {
+        "test_nll": mean,
+        "test_ppl": math.exp(mean),
+        "test_tokens": int(total_n),
+        "tail_loss": {name: (sums[k].item() / counts[k].item() if counts[k] > 0 else None)
+                      for k, name in enumerate(BUCKETS)},
+        "tail_tokens": {name: int(counts[k].item()) for k, name in enumerate(BUCKETS)},
+    }
+
+
+@torch.inference_mode()
+def mean_nll(model, blocks: np.ndarray, batch_size: int = 64, accelerator=None) -> float:
+    """Mean NLL per predicted token over ``blocks`` (validation loss)."""
+    was_training = model.training
+    model.eval()
+    dev = _device(model)
+    idx = _shard(len(blocks), accelerator)
+    tot = torch.zeros(2, dtype=torch.float64)
+    for i in range(0, len(idx), batch_size):
+        b = torch.as_tensor(blocks[idx[i:i + batch_size]], dtype=torch.long, device=dev)
+        nll = token_nll(model, b).double()
+        tot += torch.stack([nll.sum(), torch.tensor(float(nll.numel()), dtype=torch.float64, device=nll.device)]).cpu()
+    tot = _allreduce(tot, accelerator)
+    model.train(was_training)
+    return tot[0].item() / max(tot[1].item(), 1.0)
+
+
+@torch.inference_mode()
+def sequence_ppl(model, seqs: np.ndarray, start: int, batch_size: int = 64, accelerator=None) -> np.ndarray:
+    """Perplexity of tokens ``start..`` of each row of ``seqs`` given the tokens before them.
+
+    Used for ``gen0_ppl``: each generated continuation scored by the generation-0 model, conditioned on
+    its real prompt (the paper's perplexity histograms).
+    """
+    was_training = model.training
+    model.eval()
+    dev = _device(model)
+    idx = _shard(len(seqs), accelerator)
+    out = torch.zeros(len(seqs), dtype=torch.float64)
+    for i in range(0, len(idx), batch_size):
+        rows = idx[i:i + batch_size]
+        b = torch.as_tensor(seqs[rows], dtype=torch.long, device=dev)
+        nll = token_nll(model, b)[:, start - 1:].double().mean(dim=1).cpu()
+        out[torch.as_tensor(rows)] = nll
+    out = _allreduce(out, accelerator)
+    model.train(was_training)
+    return np.exp(out.numpy())

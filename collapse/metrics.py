@@ -1,0 +1,194 @@
+"""Token-distribution metrics: pure, vectorised numpy on token-id arrays.
+
+Conventions
+-----------
+* ``ref`` is the real (reference) text, ``gen`` the generated text; both are arrays of token ids.
+* Counts are ``np.bincount`` histograms over a common vocabulary size ``V``.
+* Frequency buckets rank the token types of the *reference* by count (descending, ties broken by
+  the smaller token id): ranks 1-10, 11-100, 101-1000, 1001-10000, 10001+, and ``unseen`` for types
+  the reference never uses.
+* Entropies and the Jensen-Shannon divergence are in bits; KL divergences in bits too.
+
+Each metric says whether higher is closer to the reference (``HIGHER_IS_CLOSER``) for reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+BUCKETS = ("1-10", "11-100", "101-1000", "1001-10000", "10001+", "unseen")
+RANK_EDGES = (10, 100, 1000, 10000)  # upper rank of each bounded bucket
+UNSEEN = len(BUCKETS) - 1
+KL_ALPHA = 0.5  # additive smoothing for KL (Jeffreys prior), over the union of observed types
+
+
+def counts(ids: np.ndarray | Iterable[np.ndarray], vocab: int | None = None) -> np.ndarray:
+    """Histogram of token ids: ``c[t]`` = number of occurrences of type t (int64, length >= vocab)."""
+    if not isinstance(ids, np.ndarray):
+        parts = [np.asarray(x).ravel() for x in ids]
+        ids = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    ids = np.asarray(ids).ravel()
+    if ids.size and ids.min() < 0:
+        raise ValueError("token ids must be non-negative")
+    return np.bincount(ids, minlength=vocab or 0).astype(np.int64)
+
+
+def _pad(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n = max(len(a), len(b))
+    return np.pad(a, (0, n - len(a))), np.pad(b, (0, n - len(b)))
+
+
+def ranks(ref_counts: np.ndarray) -> np.ndarray:
+    """1-based frequency rank of every type in the reference (count descending, then id ascending).
+
+    Types with zero reference count get rank 0 (they are ``unseen``).
+    """
+    order = np.lexsort((np.arange(len(ref_counts)), -ref_counts))
+    r = np.empty(len(ref_counts), dtype=np.int64)
+    r[order] = np.arange(1, len(ref_counts) + 1)
+    r[ref_counts == 0] = 0
+    return r
+
+
+def bucket_of(ref_counts: np.ndarray, vocab: int | None = None) -> np.ndarray:
+    """Bucket index (into ``BUCKETS``) of every type id ``0..max(V, vocab)-1``."""
+    ref_counts = np.pad(ref_counts, (0, max(0, (vocab or 0) - len(ref_counts))))
+    r = ranks(ref_counts)
+    b = np.searchsorted(np.asarray(RANK_EDGES), r, side="left")  # rank 1..10 -> 0, 11..100 -> 1, ...
+    b[r == 0] = UNSEEN
+    return b.astype(np.int64)
+
+
+def bucket_shares(c: np.ndarray, buckets: np.ndarray) -> np.ndarray:
+    """Share of all tokens in ``c`` whose type falls in each bucket (sums to 1 when c is non-empty)."""
+    if len(buckets) < len(c):  # types beyond the reference vocabulary are unseen by definition
+        buckets = np.pad(buckets, (0, len(c) - len(buckets)), constant_values=UNSEEN)
+    tot = np.bincount(buckets[: len(c)], weights=c, minlength=len(BUCKETS))
+    s = tot.sum()
+    return tot / s if s > 0 else tot
+
+
+def bucket_shift(ref_counts: np.ndarray, gen_counts: np.ndarray) -> dict[str, dict[str, float | None]]:
+    """Per bucket: ``ref_share``, ``gen_share`` and ``shift_pct = 100 * (gen_share / ref_share - 1)``.
+
+    ``shift_pct`` is None where ``ref_share`` is 0 (always for ``unseen``, and for empty buckets).
+    Negative: the generated text under-represents that bucket; positive: over-represents it.
+    """
+    ref_counts, gen_counts = _pad(ref_counts, gen_counts)
+    b = bucket_of(ref_counts)
+    rs, gs = bucket_shares(ref_counts, b), bucket_shares(gen_counts, b)
+    out: dict[str, dict[str, float | None]] = {}
+    for k, name in enumerate(BUCKETS):
+        shift = None if rs[k] == 0 else float(100.0 * (gs[k] / rs[k] - 1.0))
+        out[name] = {"ref_share": float(rs[k]), "gen_share": float(gs[k]), "shift_pct": shift}
+    return out
+
+
+def _probs(c: np.ndarray) -> np.ndarray:
+    s = c.sum()
+    return c / s if s > 0 else c.astype(np.float64)
+
+
+def entropy(c: np.ndarray) -> float:
+    """Shannon entropy of the unigram distribution, bits: ``-sum p log2 p``."""
+    p = _probs(c)
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
+
+
+def kl(p_counts: np.ndarray, q_counts: np.ndarray, alpha: float = KL_ALPHA) -> float:
+    """KL(P‖Q) in bits between two unigram distributions, with additive smoothing.
+
+    Both counts get ``alpha`` added on the *union* of types observed in either (types seen in neither
+    are ignored), then ``KL = sum_t p_t log2(p_t / q_t)``. Without smoothing a single type seen in P
+    but not in Q would make KL infinite. ``alpha=0`` gives the raw value (inf where Q misses a type).
+    """
+    p_counts, q_counts = _pad(p_counts, q_counts)
+    support = (p_counts > 0) | (q_counts > 0)
+    p = p_counts[support] + alpha
+    q = q_counts[support] + alpha
+    p, q = p / p.sum(), q / q.sum()
+    nz = p > 0
+    with np.errstate(divide="ignore"):
+        return float(max(0.0, (p[nz] * np.log2(p[nz] / q[nz])).sum()))
+
+
+def js(p_counts: np.ndarray, q_counts: np.ndarray) -> float:
+    """Jensen-Shannon divergence in bits (in [0, 1]): ``0.5 KL(P‖M) + 0.5 KL(Q‖M)``, ``M = (P+Q)/2``; no smoothing."""
+    p_counts, q_counts = _pad(p_counts, q_counts)
+    p, q = _probs(p_counts), _probs(q_counts)
+    m = 0.5 * (p + q)
+
+    def _kl(a: np.ndarray) -> float:
+        nz = a > 0
+        return float((a[nz] * np.log2(a[nz] / m[nz])).sum())
+
+    return float(min(1.0, max(0.0, 0.5 * _kl(p) + 0.5 * _kl(q))))
+
+
+def coverage(ref_counts: np.ndarray, gen_counts: np.ndarray) -> float:
+    """Share of the reference's types that occur at least once in the generated tokens."""
+    ref_counts, gen_counts = _pad(ref_counts, gen_counts)
+    seen = ref_counts > 0
+    return float(((gen_counts > 0) & seen).sum() / max(seen.sum(), 1))
+
+
+def tail_mass(c: np.ndarray, ref_counts: np.ndarray, top: int = 100) -> float:
+    """Share of the tokens in ``c`` whose type is outside the reference's ``top`` most frequent types."""
+    c, ref_counts = _pad(c, ref_counts)
+    r = ranks(ref_counts)
+    head = (r >= 1) & (r <= top)
+    s = c.sum()
+    return float(c[~head].sum() / s) if s > 0 else 0.0
+
+
+def distinct_n(seqs: Sequence[np.ndarray] | np.ndarray, n: int) -> float:
+    """Distinct-n: unique n-grams / total n-grams, n-grams taken within each sequence (not across)."""
+    if isinstance(seqs, np.ndarray) and seqs.ndim == 2:
+        rows = seqs.astype(np.int64)
+        if rows.shape[1] < n:
+            return 0.0
+        grams = np.stack([rows[:, i:rows.shape[1] - n + 1 + i] for i in range(n)], axis=-1).reshape(-1, n)
+    else:
+        chunks = [np.stack([np.asarray(s, np.int64)[i:len(s) - n + 1 + i] for i in range(n)], axis=-1)
+                  for s in seqs if len(s) >= n]
+        if not chunks:
+            return 0.0
+        grams = np.concatenate(chunks)
+    if len(grams) == 0:
+        return 0.0
+    return float(len(np.unique(grams, axis=0)) / len(grams))
+
+
+def distribution_metrics(ref_counts: np.ndarray, gen_counts: np.ndarray, gen_seqs=None, ref_seqs=None) -> dict:
+    """Every unigram metric of ``gen`` against ``ref`` (the keys of ``measure.json`` / ``metrics.jsonl``)."""
+    out = {
+        "bucket_shift": bucket_shift(ref_counts, gen_counts),
+        "kl_ref_gen": kl(ref_counts, gen_counts),
+        "kl_gen_ref": kl(gen_counts, ref_counts),
+        "js": js(ref_counts, gen_counts),
+        "entropy": entropy(gen_counts),
+        "entropy_ref": entropy(ref_counts),
+        "coverage": coverage(ref_counts, gen_counts),
+        "tail_mass": tail_mass(gen_counts, ref_counts),
+        "tail_mass_ref": tail_mass(ref_counts, ref_counts),
+        "gen_tokens": int(gen_counts.sum()),
+        "ref_tokens": int(ref_counts.sum()),
+        "gen_types": int((gen_counts > 0).sum()),
+        "ref_types": int((ref_counts > 0).sum()),
+    }
+    if gen_seqs is not None:
+        out["distinct_1"] = distinct_n(gen_seqs, 1)
+        out["distinct_2"] = distinct_n(gen_seqs, 2)
+    if ref_seqs is not None:
+        out["distinct_1_ref"] = distinct_n(ref_seqs, 1)
+        out["distinct_2_ref"] = distinct_n(ref_seqs, 2)
+    return out
+
+
+# Direction of each scalar for reports: True = higher means closer to the real data / healthier.
+HIGHER_IS_CLOSER = {"test_ppl": False, "kl_ref_gen": False, "kl_gen_ref": False, "js": False, "coverage": True,
+                    "distinct_1": True, "distinct_2": True, "gen0_ppl_mean": None, "entropy": None,
+                    "tail_mass": None}

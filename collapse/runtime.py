@@ -1,0 +1,78 @@
+"""Process set-up shared by the commands: quiet libraries, threads, the Accelerator, console output."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import warnings
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for our own progress lines: silence routine library chatter."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(peft|transformers|accelerate|torch)\b.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    for name in ("transformers", "peft", "accelerate", "datasets", "wandb", "urllib3", "httpx", "filelock"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except Exception:  # pragma: no cover
+        pass
+
+
+def setup_logging(is_main: bool = True) -> logging.Logger:
+    log = logging.getLogger("collapse")
+    if not log.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(h)
+    log.setLevel(logging.INFO if is_main else logging.WARNING)
+    log.propagate = False
+    return log
+
+
+def make_accelerator(mixed_precision: str = "auto"):
+    """One Accelerator per process; bf16 autocast on GPUs that have it, fp32 elsewhere."""
+    import torch
+    from accelerate import Accelerator
+
+    if mixed_precision == "auto":
+        mixed_precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return Accelerator(mixed_precision=mixed_precision)
+
+
+class StageClock:
+    """One line per stage with elapsed time and an ETA for the whole run."""
+
+    def __init__(self, total_stages: int, log: logging.Logger):
+        self.total = max(1, total_stages)
+        self.done = 0
+        self.t0 = time.perf_counter()
+        self.log = log
+        self.durations: dict[str, float] = {}
+
+    def start(self) -> float:
+        return time.perf_counter()
+
+    def finish(self, label: str, t_start: float, detail: str = "", count: bool = True) -> float:
+        dt = time.perf_counter() - t_start
+        if count:
+            self.done += 1
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / max(self.done, 1) * (self.total - self.done)
+        self.log.info(f"[{self.done:>2}/{self.total}] {label:<28} {dt:6.1f} s  {detail:<44} "
+                      f"elapsed {fmt_s(elapsed)}  eta {fmt_s(eta)}")
+        self.durations[label] = dt
+        return dt
+
+
+def fmt_s(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"

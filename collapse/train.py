@@ -1,0 +1,175 @@
+"""One generation's fine-tune (and the scratch model's pre-training): a plain Accelerator loop.
+
+Data are fixed-length token rows (no padding). The order of rows is a seeded permutation per epoch,
+dealt to processes by index, so the same run gives the same updates for a given world size.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from collapse.errors import TrainingError
+from collapse.evaluate import mean_nll
+from collapse.modeling import numpy_rng
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warmup to ``peak`` over ``warmup`` steps, then cosine decay to 10% of peak."""
+    if warmup > 0 and step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _lm_loss(model, batch: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=batch).logits
+    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+
+
+def _epoch_order(n: int, global_batch: int, *key) -> np.ndarray:
+    """A permutation of 0..n-1, wrapped so its length is a multiple of ``global_batch`` (as DistributedSampler pads)."""
+    perm = numpy_rng(*key).permutation(n)
+    pad = (-len(perm)) % global_batch
+    if pad:
+        perm = np.concatenate([perm, perm[:pad]])
+    return perm
+
+
+def pretrain(model, train_blocks: np.ndarray, val_blocks: np.ndarray, *, steps: int, batch_size: int, lr: float,
+             seed: int, show_progress: bool = True) -> dict:
+    """Pre-train the scratch model on real blocks for ``steps`` steps (single process, CPU-sized)."""
+    from tqdm.auto import tqdm
+
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    warmup = max(1, steps // 20)
+    order = np.zeros(0, dtype=np.int64)
+    epoch = 0
+    bar = tqdm(total=steps, desc="pre-train scratch model", leave=False, disable=not show_progress, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    loss_v = float("nan")
+    for step in range(steps):
+        if len(order) < batch_size:
+            order = np.concatenate([order, _epoch_order(len(train_blocks), 1, seed, "pretrain", epoch)])
+            epoch += 1
+        rows, order = order[:batch_size], order[batch_size:]
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr, warmup)
+        loss = _lm_loss(model, torch.as_tensor(train_blocks[rows], dtype=torch.long))
+        if not torch.isfinite(loss):
+            raise TrainingError(f"scratch pre-training diverged (loss {loss.item()}) at step {step}: "
+                                "lower model.scratch.lr.")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        loss_v = loss.item()
+        bar.set_postfix(loss=f"{loss_v:.3f}", refresh=False)
+        bar.update(1)
+    bar.close()
+    dt = time.perf_counter() - t0
+    model.eval()
+    val = mean_nll(model, val_blocks)
+    return {"steps": steps, "train_loss": loss_v, "val_nll": val, "val_ppl": math.exp(val),
+            "tokens_per_s": steps * batch_size * train_blocks.shape[1] / dt}
+
+
+def _trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def finetune(model, rows: np.ndarray, val_blocks: np.ndarray, cfg, accelerator, key: tuple,
+             show_progress: bool = True, desc: str = "train", on_step=None) -> dict:
+    """Train ``model`` (its trainable parameters) on ``rows`` [N, L] for ``cfg.epochs`` epochs.
+
+    After each epoch the mean NLL on the REAL validation blocks is computed; with ``select=best_val``
+    the trainable weights of the best epoch are restored at the end (the paper's choice), with
+    ``last`` the final ones stay. Raises TrainingError on a non-finite loss.
+    """
+    from tqdm.auto import tqdm
+
+    world = accelerator.num_processes
+    rank = accelerator.process_index
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = accelerator.device.type == "cuda"
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
+    pmodel, opt = accelerator.prepare(model, opt)
+    pmodel.train()
+    micro = cfg.batch_size
+    global_batch = micro * world * cfg.grad_accum
+    steps_per_epoch = math.ceil(len(rows) / global_batch)
+    total = steps_per_epoch * cfg.epochs
+    warmup = int(round(cfg.warmup_ratio * total))
+    history = []
+    best = (float("inf"), None, -1)
+    bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
+               disable=not (show_progress and accelerator.is_main_process))
+    t0 = time.perf_counter()
+    step = 0
+    tokens = 0
+    for epoch in range(cfg.epochs):
+        order = _epoch_order(len(rows), global_batch, *key, "epoch", epoch)
+        losses = []
+        for s in range(steps_per_epoch):
+            lr = lr_at(step, total, cfg.lr, warmup)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            chunk = order[s * global_batch:(s + 1) * global_batch]
+            step_loss = 0.0
+            for a in range(cfg.grad_accum):
+                sub = chunk[a * micro * world:(a + 1) * micro * world]
+                mine = sub[rank * micro:(rank + 1) * micro]
+                batch = torch.as_tensor(rows[mine], dtype=torch.long, device=accelerator.device)
+                ctx = accelerator.no_sync(pmodel) if a + 1 < cfg.grad_accum else _null()
+                with ctx, accelerator.autocast():
+                    loss = _lm_loss(pmodel, batch)
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"{desc}: the training loss became {loss.item()} at step {step} "
+                                        f"(epoch {epoch}): lower train.lr (now {cfg.lr}) or check the data.")
+                accelerator.backward(loss / cfg.grad_accum)
+                step_loss += loss.item() / cfg.grad_accum
+                tokens += batch.numel() * world
+            if cfg.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(step_loss)
+            step += 1
+            bar.set_postfix(loss=f"{step_loss:.3f}", refresh=False)
+            bar.update(1)
+            if on_step is not None:
+                on_step(step)
+        val = mean_nll(pmodel, val_blocks, accelerator=accelerator)
+        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_nll": val})
+        if val < best[0] and cfg.select == "best_val":
+            best = (val, _trainable_state(accelerator.unwrap_model(pmodel)), epoch + 1)
+        pmodel.train()
+    bar.close()
+    chosen = cfg.epochs
+    if cfg.select == "best_val" and best[1] is not None:
+        chosen = best[2]
+        unwrapped = accelerator.unwrap_model(pmodel)
+        with torch.no_grad():
+            for n, p in unwrapped.named_parameters():
+                if n in best[1]:
+                    p.copy_(best[1][n])
+    dt = time.perf_counter() - t0
+    model = accelerator.unwrap_model(pmodel)
+    model.eval()
+    accelerator.free_memory()
+    return {"history": history, "epoch_selected": chosen,
+            "train_loss": history[chosen - 1]["train_loss"], "val_nll": history[chosen - 1]["val_nll"],
+            "steps": step, "seconds": dt, "tokens_per_s": tokens / dt if dt > 0 else 0.0}
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

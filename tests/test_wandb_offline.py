@@ -1,0 +1,398 @@
+"""Tests for tests/wandb_offline.py against real wandb offline run files.
+
+One real offline run is created per module (wandb init offline is ~0.5 s);
+the resume-layout test creates two more tiny runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import wandb_offline as wo
+
+wandb = pytest.importorskip("wandb")
+
+WANDB_ENV = {
+    "WANDB_MODE": "offline",
+    "WANDB_SILENT": "true",
+    "WANDB_DISABLE_GIT": "true",
+    "WANDB_CONSOLE": "off",
+    "HF_HUB_OFFLINE": "1",
+}
+
+BIG = "z" * 70_000  # > 2 blocks: forces FIRST/MIDDLE/LAST chunks
+HIST_DATA = [[1.0, 2.0, 3.0, 3.5], [0.0, 1.0], [5.0, 5.0, 6.0]]
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    return {**WANDB_ENV, "WANDB_DIR": str(tmp)}
+
+
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("wandb_run")
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in _env(tmp).items():
+            mp.setenv(k, v)
+        run = wandb.init(
+            project="t",
+            group="g",
+            tags=["a"],
+            config={"x": 1, "nested": {"y": 2}},
+            dir=str(tmp),
+            mode="offline",
+        )
+        run_id = run.id
+        run.config.update({"big": BIG})
+        for i in range(3):
+            table = wandb.Table(columns=["i", "name"], data=[[i, "a"], [i + 1, "b"]])
+            run.log(
+                {
+                    "loss": 0.5 * i,
+                    "tail_loss": {"1-10": 1.0 + i, "10001+": 5.0},
+                    "hist": wandb.Histogram(HIST_DATA[i]),
+                    "tbl": table,
+                },
+                step=i,
+            )
+        run.finish()
+    path = wo.find_run_file(tmp)
+    # finish() may return before wandb-core has flushed the last block
+    assert wo.wait_until_finished(path), f"no exit record in {path}"
+    return {"dir": tmp, "path": path, "run_id": run_id}
+
+
+# --------------------------------------------------------------------------
+# file layout / low level
+# --------------------------------------------------------------------------
+
+
+def test_find_run_file_layouts(offline_run):
+    path = offline_run["path"]
+    assert path.name == f"run-{offline_run['run_id']}.wandb"
+    assert path.parent.name.startswith("offline-run-")
+    assert path.parent.parent.name == "wandb"
+    # <dir>/wandb/offline-run-*/, <dir>/offline-run-*/ and the run dir itself
+    assert wo.find_run_file(offline_run["dir"]) == path
+    assert wo.find_run_file(offline_run["dir"] / "wandb") == path
+    assert wo.find_run_file(path.parent) == path
+    assert wo.find_run_file(path) == path
+
+
+def test_find_run_file_errors(tmp_path, offline_run):
+    with pytest.raises(FileNotFoundError, match="no run-"):
+        wo.find_run_file(tmp_path)
+    for name in ("offline-run-20240101_000000-aaa", "offline-run-20240101_000001-bbb"):
+        d = tmp_path / name
+        d.mkdir()
+        shutil.copy(offline_run["path"], d / f"run-{name[-3:]}.wandb")
+    with pytest.raises(ValueError, match="found 2"):
+        wo.find_run_file(tmp_path)
+    assert [p.parent.name[-3:] for p in wo.find_run_files(tmp_path)] == ["aaa", "bbb"]
+    assert len(wo.find_run_files(tmp_path, run_id="bbb")) == 1
+
+
+def test_header_and_record_types(offline_run):
+    data = offline_run["path"].read_bytes()
+    assert data[:7] == b":W&B" + struct.pack("<H", 0xBEE1) + b"\x00"
+    assert len(data) > 2 * wo.BLOCK_LEN  # the big config spans several blocks
+    kinds = [r.WhichOneof("record_type") for r in wo.iter_records(offline_run["path"])]
+    assert kinds.count("run") == 1
+    assert kinds.count("history") == 3
+    assert "config" in kinds and "summary" in kinds and "exit" in kinds
+
+
+# --------------------------------------------------------------------------
+# history
+# --------------------------------------------------------------------------
+
+
+def test_history_steps_and_scalars(offline_run):
+    rows = wo.read_history(offline_run["path"])
+    assert [r["_step"] for r in rows] == [0, 1, 2]
+    assert [r["loss"] for r in rows] == [0.0, 0.5, 1.0]
+    for r in rows:
+        assert isinstance(r["_step"], int)
+        assert "_runtime" in r and "_timestamp" in r
+
+
+def test_history_nested_dict_flattened(offline_run):
+    rows = wo.read_history(offline_run["path"])
+    for i, r in enumerate(rows):
+        assert r["tail_loss/1-10"] == 1.0 + i
+        assert r["tail_loss/10001+"] == 5.0
+        assert "tail_loss" not in r
+    # on disk wandb 0.31 uses nested_key lists, not "a/b" keys
+    items = [
+        list(it.nested_key) or [it.key]
+        for rec in wo.iter_records(offline_run["path"])
+        if rec.WhichOneof("record_type") == "history"
+        for it in rec.history.item
+    ]
+    assert ["tail_loss", "1-10"] in items
+
+
+def test_history_histogram(offline_run):
+    rows = wo.read_history(offline_run["path"])
+    for data, r in zip(HIST_DATA, rows):
+        h = r["hist"]
+        assert h["_type"] == "histogram"
+        assert len(h["bins"]) == len(h["values"]) + 1
+        assert sum(h["values"]) == len(data)
+        assert h["bins"][0] == pytest.approx(min(data))
+        assert h["bins"][-1] == pytest.approx(max(data))
+    flat = wo.read_history(offline_run["path"], regroup_media=False)
+    assert flat[0]["hist/_type"] == "histogram"
+    assert "hist" not in flat[0]
+
+
+def test_history_table(offline_run):
+    rows = wo.read_history(offline_run["path"])
+    files_dir = offline_run["path"].parent / "files"
+    for i, r in enumerate(rows):
+        t = r["tbl"]
+        assert t["_type"] == "table-file"
+        assert t["nrows"] == 2 and t["ncols"] == 2
+        assert t["path"].startswith("media/table/") and t["path"].endswith(
+            ".table.json"
+        )
+        table = json.loads((files_dir / t["path"]).read_text())
+        assert table["columns"] == ["i", "name"]
+        assert table["data"] == [[i, "a"], [i + 1, "b"]]
+
+
+# --------------------------------------------------------------------------
+# config / summary / run info
+# --------------------------------------------------------------------------
+
+
+def test_config(offline_run):
+    cfg = wo.read_config(offline_run["path"])
+    assert cfg == {"x": 1, "nested": {"y": 2}, "big": BIG}
+    assert "_wandb" in wo.read_config(offline_run["path"], keep_internal=True)
+
+
+def test_summary(offline_run):
+    s = wo.read_summary(offline_run["path"])
+    assert s["loss"] == 1.0
+    assert s["_step"] == 2
+    assert s["tail_loss/1-10"] == 3.0
+    assert s["hist"]["_type"] == "histogram"
+    assert s["tbl"]["_type"] == "table-file"
+    assert not any(k.startswith("_wandb") for k in s)
+
+
+def test_run_info(offline_run):
+    info = wo.read_run_info(offline_run["path"])
+    assert info["run_id"] == offline_run["run_id"]
+    assert info["project"] == "t"
+    assert info["group"] == "g"
+    assert info["tags"] == ["a"]
+    assert info["resume"] is False and info["resumed"] is False
+    assert info["exit_code"] == 0
+    assert info["n_run_records"] == 1
+
+
+# --------------------------------------------------------------------------
+# truncation / corruption
+# --------------------------------------------------------------------------
+
+
+def _record_spans(data: bytes) -> list[tuple[int, int]]:
+    return [(s, e) for s, e, _ in wo._iter_payloads(data)]
+
+
+@pytest.mark.parametrize("where", ["mid_payload", "mid_chunk_header", "mid_multiblock"])
+def test_truncated_file(tmp_path, offline_run, where):
+    data = offline_run["path"].read_bytes()
+    spans = _record_spans(data)
+    full = list(wo.iter_records(offline_run["path"]))
+    assert len(full) == len(spans)
+    if where == "mid_multiblock":
+        # the record that spans blocks (config with BIG)
+        k = next(i for i, (s, e) in enumerate(spans) if e - s > wo.BLOCK_LEN)
+        cut = spans[k][0] + wo.BLOCK_LEN + 100
+    else:
+        k = (
+            next(
+                i
+                for i, r in enumerate(full)
+                if r.WhichOneof("record_type") == "history"
+            )
+            + 1
+        )  # the record after the first history record
+        s, e = spans[k]
+        cut = s + 3 if where == "mid_chunk_header" else (s + e) // 2
+    assert spans[k][0] < cut < spans[k][1]
+    p = tmp_path / "run-cut.wandb"
+    p.write_bytes(data[:cut])
+
+    # strict (default): every complete record before the cut, then an error
+    got = []
+    it = wo.iter_records(p)
+    with pytest.raises(wo.WandbLogError, match="truncated|ends inside"):
+        got.extend(it)
+    assert [r.SerializeToString() for r in got] == [
+        r.SerializeToString() for r in full[:k]
+    ]
+    # strict=False: same records, then stops cleanly
+    lenient = list(wo.iter_records(p, strict=False))
+    assert [r.SerializeToString() for r in lenient] == [
+        r.SerializeToString() for r in full[:k]
+    ]
+    # the helpers accept strict=False too
+    n_hist = sum(r.WhichOneof("record_type") == "history" for r in full[:k])
+    assert len(wo.read_history(p, strict=False)) == n_hist
+
+
+def test_cut_at_record_boundary_is_clean(tmp_path, offline_run):
+    data = offline_run["path"].read_bytes()
+    spans = _record_spans(data)
+    p = tmp_path / "run-cut.wandb"
+    p.write_bytes(data[: spans[5][1]])
+    assert len(list(wo.iter_records(p))) == 6
+
+
+def test_corrupt_byte_crc(tmp_path, offline_run):
+    data = bytearray(offline_run["path"].read_bytes())
+    _, e = _record_spans(bytes(data))[3]
+    data[e - 1] ^= 0xFF
+    p = tmp_path / "run-bad.wandb"
+    p.write_bytes(bytes(data))
+    with pytest.raises(wo.WandbLogError, match="crc"):
+        list(wo.iter_records(p))
+    assert len(list(wo.iter_records(p, strict=False))) == 3
+    assert len(list(wo.iter_records(p, verify_crc=False, strict=False))) >= 3
+
+
+def test_bad_header(tmp_path):
+    p = tmp_path / "run-x.wandb"
+    p.write_bytes(b"NOTWANDB" * 4)
+    with pytest.raises(wo.WandbLogError, match="header"):
+        list(wo.iter_records(p))
+
+
+# --------------------------------------------------------------------------
+# block layout edge cases with a synthetic writer (mirrors wandb-core's
+# leveldb writer: header in block 0, zero padding when < 7 bytes remain,
+# possibly-empty FIRST chunk when exactly 7 bytes remain)
+# --------------------------------------------------------------------------
+
+
+def _write_log(payloads: list[bytes]) -> bytes:
+    out = bytearray(b":W&B" + struct.pack("<HB", 0xBEE1, 0))
+
+    def chunk(t: int, p: bytes) -> None:
+        crc = zlib.crc32(p, zlib.crc32(bytes([t])))
+        out.extend(struct.pack("<IHB", crc, len(p), t) + p)
+
+    for p in payloads:
+        left = wo.BLOCK_LEN - len(out) % wo.BLOCK_LEN
+        if left < 7:
+            out.extend(b"\0" * left)
+            left = wo.BLOCK_LEN
+        if len(p) + 7 <= left:
+            chunk(wo.FULL, p)
+            continue
+        room = left - 7
+        chunk(wo.FIRST, p[:room])
+        p = p[room:]
+        while len(p) > wo.BLOCK_LEN - 7:
+            chunk(wo.MIDDLE, p[: wo.BLOCK_LEN - 7])
+            p = p[wo.BLOCK_LEN - 7 :]
+        chunk(wo.LAST, p)
+    return bytes(out)
+
+
+def _payload(n: int, tag: int) -> bytes:
+    return bytes([tag % 251 + 1]) * n
+
+
+@pytest.mark.parametrize("left_at_end", [0, 1, 6, 7, 8])
+def test_synthetic_block_edges(left_at_end):
+    # first record fills block 0 so that `left_at_end` bytes remain
+    first = wo.BLOCK_LEN - 7 - 7 - left_at_end
+    payloads = [
+        _payload(first, 1),
+        _payload(10, 2),
+        _payload(3 * wo.BLOCK_LEN, 3),
+        b"",
+        _payload(5, 4),
+    ]
+    data = _write_log(payloads)
+    assert [p for _, _, p in wo._iter_payloads(data)] == payloads
+
+
+def test_synthetic_records_roundtrip(tmp_path):
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    recs = []
+    for i in range(50):
+        r = pb.Record(num=i)
+        item = r.history.item.add()
+        item.nested_key.extend(["m", str(i)])
+        item.value_json = json.dumps(float("nan") if i == 7 else i * 1000 * "x")
+        recs.append(r)
+    p = tmp_path / "run-syn.wandb"
+    p.write_bytes(_write_log([r.SerializeToString() for r in recs]))
+    assert [r.num for r in wo.iter_records(p)] == list(range(50))
+    rows = wo.read_history(p)
+    assert math.isnan(rows[7]["m/7"])
+    assert rows[49]["m/49"] == 49000 * "x"
+
+
+# --------------------------------------------------------------------------
+# resumed offline runs: one new directory + file per init, same run id
+# --------------------------------------------------------------------------
+
+
+def test_resume_offline_layout(tmp_path):
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in _env(tmp_path).items():
+            mp.setenv(k, v)
+        for seg, steps in enumerate([(0, 1), (2, 3)]):
+            run = wandb.init(
+                project="t",
+                id="resumeme",
+                resume="allow" if seg else None,
+                dir=str(tmp_path),
+                mode="offline",
+            )
+            for s in steps:
+                run.log({"loss": float(s)}, step=s)
+            run.finish()
+    files = wo.find_run_files(tmp_path)
+    for f in files:
+        assert wo.wait_until_finished(f), f"no exit record in {f}"
+    assert len(files) == 2  # two directories, one run-resumeme.wandb each
+    assert {f.name for f in files} == {"run-resumeme.wandb"}
+    assert len({f.parent for f in files}) == 2
+    with pytest.raises(ValueError):
+        wo.find_run_file(tmp_path)
+    infos = [wo.read_run_info(f) for f in files]
+    assert [i["run_id"] for i in infos] == ["resumeme", "resumeme"]
+    assert [i["resume"] for i in infos] == [False, True]
+    assert [i["resumed"] for i in infos] == [False, False]  # offline: never confirmed
+    assert [r["_step"] for r in wo.read_history(files[1])] == [2, 3]
+    assert [r["_step"] for r in wo.read_history_all(tmp_path, "resumeme")] == [
+        0,
+        1,
+        2,
+        3,
+    ]
+
+
+def test_wait_until_finished_times_out_on_header_only(tmp_path):
+    p = tmp_path / "run-x.wandb"
+    p.write_bytes(b":W&B" + struct.pack("<HB", 0xBEE1, 0))
+    assert list(wo.iter_records(p)) == []
+    assert wo.wait_until_finished(p, timeout=0.1) is False
