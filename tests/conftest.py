@@ -1,0 +1,47 @@
+"""Shared test set-up: offline, quiet, a per-session model cache, and a tiny scratch model config.
+
+The TINY overrides build a 1-layer, d=32 GPT-2 with a 512-entry BPE on the embedded KJV text in a
+few seconds; it is cached for the whole session (COLLAPSE_CACHE points into a temp folder).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("WANDB_DISABLE_GIT", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINY = [
+    "model.scratch.vocab_size=512", "model.scratch.n_layer=1", "model.scratch.d_model=32", "model.scratch.n_head=2",
+    "model.scratch.steps=30", "model.scratch.batch_size=16", "model.scratch.context=256",
+]
+TINY_RUN = TINY + [
+    "generations=2", "generation.num_sequences=64", "generation.batch_size=32", "generation.prompt_tokens=16",
+    "generation.new_tokens=16", "train.epochs=2", "train.batch_size=16", "eval.max_blocks=32", "wandb.mode=disabled",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache(tmp_path_factory):
+    root = os.environ.get("COLLAPSE_TEST_CACHE") or str(tmp_path_factory.mktemp("collapse-cache"))
+    os.environ["COLLAPSE_CACHE"] = root
+    yield root
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None):
+    """Run `python -m collapse ...` in a subprocess; returns CompletedProcess with text output."""
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "collapse", *args], capture_output=True, text=True, timeout=timeout,
+                          env=e, cwd=cwd or REPO)
