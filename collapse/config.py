@@ -196,7 +196,7 @@ class TrainConfig:
 class EvalConfig:
     block_size: int | None = _f(None, "Test perplexity block length; null = prompt_tokens + new_tokens.")
     batch_size: int = _f(64, "Blocks per forward pass in evaluation.")
-    max_blocks: int | None = _f(None, "Evaluate at most this many test blocks (null = all).")
+    max_blocks: int | None = _f(None, "Evaluate at most this many test (and validation) blocks (null = all).")
 
 
 @dataclass

@@ -71,6 +71,12 @@ def _is_local(source: str) -> bool:
             or Path(source).expanduser().exists())
 
 
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    """First line of an exception's message, or its type name when the message is empty."""
+    lines = str(e).strip().splitlines()
+    return lines[0][:limit] if lines else type(e).__name__
+
+
 def _load_with_datasets(cfg: DataConfig) -> dict[str, list[str]]:
     import datasets
 
@@ -84,17 +90,19 @@ def _load_with_datasets(cfg: DataConfig) -> dict[str, list[str]]:
         builder = LOCAL_SUFFIXES.get(path.suffix.lower())
         if builder is None:
             raise DataError(f"data file {path} has an unsupported type: use .txt, .jsonl or .parquet.")
+        if path.stat().st_size == 0:  # datasets fails on these with an empty or unhelpful message
+            raise DataError(f"the dataset {source} is empty (the file has 0 bytes): check data.source.")
         kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
         try:
             dd = datasets.load_dataset(builder, data_files={"train": str(path)}, **kwargs)
         except Exception as e:  # noqa: BLE001 - datasets raises many types for bad files
-            raise DataError(f"could not read {path} as {builder}: {str(e).splitlines()[0]}") from None
+            raise DataError(f"could not read {path} as {builder}: {_first_line(e)}") from None
     else:
         try:
             dd = datasets.load_dataset(source, cfg.config)
         except Exception as e:  # noqa: BLE001
             offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
-            why = "the hub is not reachable (offline mode is on)" if offline else str(e).splitlines()[0][:200]
+            why = "the hub is not reachable (offline mode is on)" if offline else _first_line(e)
             raise DataError(f"could not load dataset `{source}`"
                             f"{f' ({cfg.config})' if cfg.config else ''}: {why}. "
                             "Use data.source=kjv or a local .txt/.jsonl/.parquet file offline.") from None

@@ -128,29 +128,31 @@ def generate_corpus(model, prompts: np.ndarray, new_tokens: int, cfg: Generation
                    dynamic_ncols=True)
     t0 = time.perf_counter()
     produced = 0
-    for r in range(0, len(todo), world):
-        round_batches = todo[r:r + world]
-        mine = round_batches[rank] if rank < len(round_batches) else None
-        payload = None
-        if mine is not None:
-            rows = prompts[mine * bs:(mine + 1) * bs]
-            gen = sample_batch(model, torch.as_tensor(rows, dtype=torch.long), new_tokens, cfg,
-                               seeded_generator(*key, mine), suppress_ids)
-            payload = (mine, gen.numpy().astype(np.int32))
-        if world > 1:
-            from accelerate.utils import gather_object
+    try:
+        for r in range(0, len(todo), world):
+            round_batches = todo[r:r + world]
+            mine = round_batches[rank] if rank < len(round_batches) else None
+            payload = None
+            if mine is not None:
+                rows = prompts[mine * bs:(mine + 1) * bs]
+                gen = sample_batch(model, torch.as_tensor(rows, dtype=torch.long), new_tokens, cfg,
+                                   seeded_generator(*key, mine), suppress_ids)
+                payload = (mine, gen.numpy().astype(np.int32))
+            if world > 1:
+                from accelerate.utils import gather_object
 
-            gathered = gather_object([payload])
-        else:
-            gathered = [payload]
-        if is_main:
-            for item in sorted((g for g in gathered if g is not None), key=lambda x: x[0]):
-                b, gen_rows = item
-                sink(b, prompts[b * bs:(b + 1) * bs], gen_rows)
-                produced += gen_rows.size
-                if bar is not None:
-                    bar.update(gen_rows.size)
-    if bar is not None:
-        bar.close()
+                gathered = gather_object([payload])
+            else:
+                gathered = [payload]
+            if is_main:
+                for item in sorted((g for g in gathered if g is not None), key=lambda x: x[0]):
+                    b, gen_rows = item
+                    sink(b, prompts[b * bs:(b + 1) * bs], gen_rows)
+                    produced += gen_rows.size
+                    if bar is not None:
+                        bar.update(gen_rows.size)
+    finally:  # cleared even on failure, so an error line stands alone
+        if bar is not None:
+            bar.close()
     dt = time.perf_counter() - t0
     return {"tokens": produced, "seconds": dt, "tokens_per_s": produced / dt if dt > 0 else 0.0}

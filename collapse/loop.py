@@ -128,6 +128,14 @@ def _attach(model0, cfg: Config, g: int):
     return model0
 
 
+def starting_model(init: str, base, prev):
+    """A fresh copy of the weights generation g starts from: generation 0's (``base``) or model g-1's (merged)."""
+    if init == "base" or prev is None:
+        return copy.deepcopy(base)
+    prev = copy.deepcopy(prev)
+    return prev.merge_and_unload() if hasattr(prev, "merge_and_unload") else prev
+
+
 def _save_model(model, folder: Path, cfg: Config, is_main: bool) -> None:
     """gen_g/adapter (LoRA) and, where a later generation must continue from it, gen_g/model (merged)."""
     if not is_main:
@@ -231,10 +239,30 @@ def load_samples(out: Path, g: int, keep_prompt: bool = False) -> np.ndarray:
 # ---------------------------------------------------------------------- the loop
 
 
+def _check_model_fits(cfg: Config, model) -> None:
+    """Block lengths within the model's context; LoRA targets that exist in it. Raises ModelError."""
+    from collapse.modeling import context_length, linear_module_names
+
+    ctx = context_length(model)
+    L = cfg.generation.prompt_tokens + cfg.generation.new_tokens
+    if L > ctx:
+        raise ModelError(f"generation.prompt_tokens + generation.new_tokens = {L} exceeds the model's context of "
+                         f"{ctx} tokens: shorten them.")
+    eval_len = cfg.eval.block_size or L
+    if eval_len > ctx:
+        raise ModelError(f"eval.block_size={eval_len} exceeds the model's context of {ctx} tokens.")
+    if cfg.train.method == "lora" and cfg.train.lora.target_modules:
+        avail = linear_module_names(model)
+        missing = [t for t in cfg.train.lora.target_modules if t not in avail]
+        if missing:
+            raise ModelError(f"train.lora.target_modules {missing} do not exist in {type(model).__name__}: "
+                             f"choose from {sorted(avail)}.")
+
+
 def run_loop(cfg: Config, show_progress: bool = True) -> int:
     from collapse.data import concat_blocks, flat_ids, load_splits, regime_training_set, tokenize
     from collapse.evaluate import evaluate_blocks, sequence_ppl
-    from collapse.modeling import context_length, linear_module_names, load_model, numpy_rng, set_threads
+    from collapse.modeling import load_model, numpy_rng, set_threads
     from collapse.runtime import StageClock, fmt_s, make_accelerator
     from collapse.tracking import make_logger
     from collapse.train import finetune
@@ -252,21 +280,15 @@ def run_loop(cfg: Config, show_progress: bool = True) -> int:
     out, resuming = _prepare_out_dir(cfg, is_main)
     accelerator.wait_for_everyone()
     splits = load_splits(cfg.data, cfg.seed)
+    if cfg.model.name_or_path == "scratch":  # check on a weightless skeleton before the scratch model is built
+        from collapse.modeling import build_scratch_model
+
+        with torch.device("meta"):
+            _check_model_fits(cfg, build_scratch_model(cfg.model.scratch, cfg.model.scratch.vocab_size, 0))
     model0, tok, model_ref = load_model(cfg.model, splits, cfg.seed, accelerator.device, show)
-    ctx = context_length(model0)
+    _check_model_fits(cfg, model0)
     L = gc.prompt_tokens + gc.new_tokens
-    if L > ctx:
-        raise ModelError(f"generation.prompt_tokens + generation.new_tokens = {L} exceeds the model's context of "
-                         f"{ctx} tokens: shorten them.")
     eval_len = cfg.eval.block_size or L
-    if eval_len > ctx:
-        raise ModelError(f"eval.block_size={eval_len} exceeds the model's context of {ctx} tokens.")
-    if cfg.train.method == "lora" and cfg.train.lora.target_modules:
-        avail = linear_module_names(model0)
-        missing = [t for t in cfg.train.lora.target_modules if t not in avail]
-        if missing:
-            raise ModelError(f"train.lora.target_modules {missing} do not exist in {type(model0).__name__}: "
-                             f"choose from {sorted(avail)}.")
     eos = tok.eos_token_id
     vocab = max(int(model0.config.vocab_size), len(tok))
     train_ids = tokenize(tok, splits.train)
@@ -276,7 +298,7 @@ def run_loop(cfg: Config, show_progress: bool = True) -> int:
     val_blocks = concat_blocks(tokenize(tok, splits.validation), eval_len, eos)
     test_blocks = concat_blocks(tokenize(tok, splits.test), eval_len, eos)
     if cfg.eval.max_blocks:
-        test_blocks = test_blocks[: cfg.eval.max_blocks]
+        test_blocks, val_blocks = test_blocks[: cfg.eval.max_blocks], val_blocks[: cfg.eval.max_blocks]
     if len(prompt_blocks) == 0 or len(test_blocks) == 0 or len(val_blocks) == 0:
         raise DataError(f"the corpus is too small for {L}-token blocks (train {len(prompt_blocks)}, validation "
                         f"{len(val_blocks)}, test {len(test_blocks)} blocks): use more data or shorter blocks.")
@@ -345,13 +367,11 @@ def run_loop(cfg: Config, show_progress: bool = True) -> int:
                         cfg.regime.kind, real_blocks=real_rows, samples=[samples_cache[k] for k in range(g)],
                         real_fraction=cfg.regime.real_fraction, size=cfg.regime.size,
                         rng=numpy_rng(cfg.seed, g, "regime"))
-                    if cfg.train.init == "base" or g == 1:
-                        start = copy.deepcopy(base)
-                    else:
+                    prev = None
+                    if cfg.train.init == "previous" and g > 1:
                         prev = model_g if model_g is not None else _load_generation_model(base, g - 1, out, cfg,
                                                                                            accelerator.device)
-                        start = copy.deepcopy(prev.merge_and_unload() if hasattr(prev, "merge_and_unload") else prev)
-                    model_g = _attach(start, cfg, g)
+                    model_g = _attach(starting_model(cfg.train.init, base, prev), cfg, g)
                     stats = finetune(model_g, rows, val_blocks, cfg.train, accelerator, key=(cfg.seed, g, "train"),
                                      show_progress=show, desc=f"gen {g} train",
                                      on_step=lambda s, g=g: fault.point("train", g, s))

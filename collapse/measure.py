@@ -16,7 +16,7 @@ import numpy as np
 
 from collapse import metrics as M
 from collapse.config import Config
-from collapse.errors import ModelError
+from collapse.errors import DataError, ModelError
 from collapse.io import write_json, write_parquet, write_text
 
 log = logging.getLogger("collapse")
@@ -38,6 +38,19 @@ def _model_label(cfg: Config) -> str:
     return cfg.model.name_or_path
 
 
+def _check_scratch_fits(cfg: Config, docs: list[str]) -> None:
+    """The checks that need no scratch model: its context comes from the config, and its byte-level BPE
+    gives a document at most as many tokens as it has UTF-8 bytes."""
+    w, ctx = cfg.measure.window, cfg.model.scratch.context
+    if w > ctx:
+        raise ModelError(f"measure.window={w} exceeds the model's context of {ctx} tokens: use measure.window<={ctx} "
+                         "(or raise model.scratch.context).")
+    longest = max((len(d.encode("utf-8")) for d in docs), default=0)
+    if longest < w:
+        raise DataError(f"every {cfg.measure.split} example is shorter than measure.window={w} tokens (longest: "
+                        f"{longest} bytes): lower measure.window or use longer documents.")
+
+
 def run_measure(cfg: Config, show_progress: bool = True) -> dict:
 
     from collapse.data import load_splits, measure_windows, tokenize
@@ -52,6 +65,8 @@ def run_measure(cfg: Config, show_progress: bool = True) -> dict:
     accelerator = make_accelerator()
     is_main = accelerator.is_main_process
     splits = load_splits(cfg.data, cfg.seed)
+    if cfg.model.name_or_path == "scratch":  # fail before the scratch model is built (a minute at default size)
+        _check_scratch_fits(cfg, splits[cfg.measure.split])
     model, tok, model_ref = load_model(cfg.model, splits, cfg.seed, accelerator.device, show_progress)
     ctx = context_length(model)
     if cfg.measure.window > ctx:

@@ -6,6 +6,7 @@ dealt to processes by index, so the same run gives the same updates for a given 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from collapse import fault
 from collapse.errors import TrainingError
 from collapse.evaluate import mean_nll
 from collapse.modeling import numpy_rng
@@ -50,28 +52,28 @@ def pretrain(model, train_blocks: np.ndarray, val_blocks: np.ndarray, *, steps: 
     warmup = max(1, steps // 20)
     order = np.zeros(0, dtype=np.int64)
     epoch = 0
-    bar = tqdm(total=steps, desc="pre-train scratch model", leave=False, disable=not show_progress, dynamic_ncols=True)
-    t0 = time.perf_counter()
-    loss_v = float("nan")
-    for step in range(steps):
-        if len(order) < batch_size:
-            order = np.concatenate([order, _epoch_order(len(train_blocks), 1, seed, "pretrain", epoch)])
-            epoch += 1
-        rows, order = order[:batch_size], order[batch_size:]
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr, warmup)
-        loss = _lm_loss(model, torch.as_tensor(train_blocks[rows], dtype=torch.long))
-        if not torch.isfinite(loss):
-            raise TrainingError(f"scratch pre-training diverged (loss {loss.item()}) at step {step}: "
-                                "lower model.scratch.lr.")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        loss_v = loss.item()
-        bar.set_postfix(loss=f"{loss_v:.3f}", refresh=False)
-        bar.update(1)
-    bar.close()
+    with tqdm(total=steps, desc="pre-train scratch model", leave=False, disable=not show_progress,
+              dynamic_ncols=True) as bar:
+        t0 = time.perf_counter()
+        loss_v = float("nan")
+        for step in range(steps):
+            if len(order) < batch_size:
+                order = np.concatenate([order, _epoch_order(len(train_blocks), 1, seed, "pretrain", epoch)])
+                epoch += 1
+            rows, order = order[:batch_size], order[batch_size:]
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, steps, lr, warmup)
+            loss = _lm_loss(model, torch.as_tensor(train_blocks[rows], dtype=torch.long))
+            if not torch.isfinite(loss):
+                raise TrainingError(f"scratch pre-training diverged (loss {loss.item()}) at step {step}: "
+                                    "lower model.scratch.lr.")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            loss_v = loss.item()
+            bar.set_postfix(loss=f"{loss_v:.3f}", refresh=False)
+            bar.update(1)
     dt = time.perf_counter() - t0
     model.eval()
     val = mean_nll(model, val_blocks)
@@ -107,49 +109,50 @@ def finetune(model, rows: np.ndarray, val_blocks: np.ndarray, cfg, accelerator, 
     warmup = int(round(cfg.warmup_ratio * total))
     history = []
     best = (float("inf"), None, -1)
-    bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
-               disable=not (show_progress and accelerator.is_main_process))
     t0 = time.perf_counter()
     step = 0
     tokens = 0
-    for epoch in range(cfg.epochs):
-        order = _epoch_order(len(rows), global_batch, *key, "epoch", epoch)
-        losses = []
-        for s in range(steps_per_epoch):
-            lr = lr_at(step, total, cfg.lr, warmup)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            chunk = order[s * global_batch:(s + 1) * global_batch]
-            step_loss = 0.0
-            for a in range(cfg.grad_accum):
-                sub = chunk[a * micro * world:(a + 1) * micro * world]
-                mine = sub[rank * micro:(rank + 1) * micro]
-                batch = torch.as_tensor(rows[mine], dtype=torch.long, device=accelerator.device)
-                ctx = accelerator.no_sync(pmodel) if a + 1 < cfg.grad_accum else _null()
-                with ctx, accelerator.autocast():
-                    loss = _lm_loss(pmodel, batch)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"{desc}: the training loss became {loss.item()} at step {step} "
-                                        f"(epoch {epoch}): lower train.lr (now {cfg.lr}) or check the data.")
-                accelerator.backward(loss / cfg.grad_accum)
-                step_loss += loss.item() / cfg.grad_accum
-                tokens += batch.numel() * world
-            if cfg.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(step_loss)
-            step += 1
-            bar.set_postfix(loss=f"{step_loss:.3f}", refresh=False)
-            bar.update(1)
-            if on_step is not None:
-                on_step(step)
-        val = mean_nll(pmodel, val_blocks, accelerator=accelerator)
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_nll": val})
-        if val < best[0] and cfg.select == "best_val":
-            best = (val, _trainable_state(accelerator.unwrap_model(pmodel)), epoch + 1)
-        pmodel.train()
-    bar.close()
+    # the bar is closed (its line cleared) even when training fails, so an error line stands alone
+    with tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
+              disable=not (show_progress and accelerator.is_main_process)) as bar:
+        for epoch in range(cfg.epochs):
+            order = _epoch_order(len(rows), global_batch, *key, "epoch", epoch)
+            losses = []
+            for s in range(steps_per_epoch):
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(step, total, cfg.lr, warmup)
+                chunk = order[s * global_batch:(s + 1) * global_batch]
+                step_loss = 0.0
+                for a in range(cfg.grad_accum):
+                    sub = chunk[a * micro * world:(a + 1) * micro * world]
+                    mine = sub[rank * micro:(rank + 1) * micro]
+                    batch = torch.as_tensor(rows[mine], dtype=torch.long, device=accelerator.device)
+                    ctx = accelerator.no_sync(pmodel) if a + 1 < cfg.grad_accum else contextlib.nullcontext()
+                    with ctx, accelerator.autocast():
+                        loss = _lm_loss(pmodel, batch)
+                    if fault.active("nan", key[1] if len(key) > 1 else 0, step):
+                        loss = loss * float("nan")
+                    if not torch.isfinite(loss):
+                        raise TrainingError(f"{desc}: the training loss became {loss.item()} at step {step} "
+                                            f"(epoch {epoch}): lower train.lr (now {cfg.lr}) or check the data.")
+                    accelerator.backward(loss / cfg.grad_accum)
+                    step_loss += loss.item() / cfg.grad_accum
+                    tokens += batch.numel() * world
+                if cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(step_loss)
+                step += 1
+                bar.set_postfix(loss=f"{step_loss:.3f}", refresh=False)
+                bar.update(1)
+                if on_step is not None:
+                    on_step(step)
+            val = mean_nll(pmodel, val_blocks, accelerator=accelerator)
+            history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_nll": val})
+            if val < best[0] and cfg.select == "best_val":
+                best = (val, _trainable_state(accelerator.unwrap_model(pmodel)), epoch + 1)
+            pmodel.train()
     chosen = cfg.epochs
     if cfg.select == "best_val" and best[1] is not None:
         chosen = best[2]
@@ -165,11 +168,3 @@ def finetune(model, rows: np.ndarray, val_blocks: np.ndarray, cfg, accelerator, 
     return {"history": history, "epoch_selected": chosen,
             "train_loss": history[chosen - 1]["train_loss"], "val_nll": history[chosen - 1]["val_nll"],
             "steps": step, "seconds": dt, "tokens_per_s": tokens / dt if dt > 0 else 0.0}
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False

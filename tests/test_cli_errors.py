@@ -1,0 +1,67 @@
+"""User errors through the real command line: exit code 2, one clean `error:` line, nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+from conftest import TINY, TINY_RUN, run_cli
+
+
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    (d / "body.jsonl").write_text("".join(json.dumps({"body": f"document number {i}"}) + "\n" for i in range(10)))
+    (d / "empty.txt").write_text("")
+    (d / "empty.jsonl").write_text("")
+    (d / "empty_texts.jsonl").write_text("".join(json.dumps({"text": ""}) + "\n" for _ in range(10)))
+    (d / "short.txt").write_text("\n\n".join(f"Short paragraph number {i}." for i in range(40)) + "\n")
+    return d
+
+
+def _env() -> dict:
+    # the scratch model cache of this test session, and no network
+    return {"COLLAPSE_CACHE": os.environ["COLLAPSE_CACHE"], "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+# (id, command, overrides, text the error line must contain); `{d}` is the data folder
+CASES = [
+    ("unknown-key", "measure", ["generation.temprature=0.5"], "generation.temperature"),
+    ("wrong-type", "measure", ["generations=abc"], "generations"),
+    ("out-of-range-window", "measure", ["measure.window=255"], "measure.window"),
+    ("missing-data-file", "measure", ["data.source=/nonexistent/x.txt"], "/nonexistent/x.txt"),
+    ("text-field-absent", "measure", ["data.source={d}/body.jsonl"], "body"),
+    ("empty-txt", "measure", ["data.source={d}/empty.txt"], "empty"),
+    ("empty-jsonl", "measure", ["data.source={d}/empty.jsonl"], "empty"),
+    ("empty-texts-jsonl", "measure", ["data.source={d}/empty_texts.jsonl"], "empty"),
+    ("examples-too-short", "measure", ["data.source={d}/short.txt", "measure.window=256"], "shorter than"),
+    ("window-beyond-context", "measure", ["measure.window=512"], "context of 256"),
+    ("hub-dataset-offline", "measure", ["data.source=some-org/some-dataset"], "offline"),
+    ("no-such-model-folder", "measure", ["model.name_or_path=./no-such-model"], "no-such-model"),
+    ("hub-id-offline", "measure", ["model.name_or_path=some-org/some-model"], "offline"),
+    ("run-real-fraction", "run", ["regime.real_fraction=-0.1"], "regime.real_fraction"),
+    ("run-generations-0", "run", ["generations=0"], "generations"),
+    ("run-beyond-context", "run", ["generation.prompt_tokens=200", "generation.new_tokens=100"], "context of 256"),
+    ("run-lora-targets", "run", ["train.lora.target_modules=[nope]"], "nope"),
+]
+
+
+@pytest.mark.parametrize("command, overrides, needle", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_user_error_is_one_clean_line(tmp_path, data_files, command, overrides, needle):
+    out = tmp_path / "out"
+    base = TINY_RUN if command == "run" else TINY
+    args = [o.format(d=data_files) for o in overrides]
+    t0 = time.monotonic()
+    r = run_cli(command, *base, *args, f"out_dir={out}", env=_env(), timeout=120)
+    elapsed = time.monotonic() - t0
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{r.stderr[-3000:]}"
+    assert lines[0].startswith("error: "), lines[0]
+    assert needle in lines[0], lines[0]
+    assert not out.exists(), f"{out} was written: {sorted(p.name for p in out.rglob('*'))}"
+    # nothing here needs the scratch model built or the hub: each case fails within seconds
+    assert elapsed < 60, f"took {elapsed:.0f} s"

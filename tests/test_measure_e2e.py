@@ -1,0 +1,111 @@
+"""`collapse measure` end to end on the tiny scratch model: files, exact bucket shares, reproducibility, W&B."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import TINY, run_cli
+
+from collapse import metrics as M
+from collapse.config import load_config
+
+WINDOW = 64
+MEASURE = TINY + ["measure.samples=8", f"measure.window={WINDOW}", "generation.batch_size=4", "seed=0"]
+
+
+def _measure(out, *extra):
+    r = run_cli("measure", *MEASURE, f"out_dir={out}", *extra,
+                env={"COLLAPSE_CACHE": os.environ["COLLAPSE_CACHE"]}, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same measurement twice: W&B disabled, then offline (W&B must not change the samples)."""
+    root = tmp_path_factory.mktemp("measure")
+    a, b = root / "a", root / "b"
+    _measure(a, "wandb.mode=disabled")
+    _measure(b, "wandb.mode=offline")
+    return a, b
+
+
+def _ids(out, column) -> np.ndarray:
+    rows = pq.read_table(out / "continuations.parquet", columns=[column]).column(column).to_pylist()
+    assert len({len(x) for x in rows}) == 1, f"{column}: rows of different lengths"
+    return np.asarray(rows, dtype=np.int64)
+
+
+def test_files_written(runs):
+    out, _ = runs
+    for name in ("measure.json", "continuations.parquet", "buckets.png", "config.yaml"):
+        assert (out / name).is_file(), name
+    assert (out / "buckets.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cfg = load_config(out / "config.yaml")  # the resolved config reloads as it ran
+    assert cfg.measure.window == WINDOW and cfg.measure.samples == 8 and cfg.out_dir == str(out)
+    assert not list(out.glob("wandb")), "wandb.mode=disabled must not write a W&B folder"
+
+
+def test_continuations_have_half_window(runs):
+    out, _ = runs
+    m = json.loads((out / "measure.json").read_text())
+    cols = pq.read_table(out / "continuations.parquet").column_names
+    assert {"prompt_ids", "generated_ids", "reference_ids"} <= set(cols)
+    gen, ref, prompt = _ids(out, "generated_ids"), _ids(out, "reference_ids"), _ids(out, "prompt_ids")
+    assert gen.shape == ref.shape == prompt.shape == (m["samples"], WINDOW // 2)
+    assert 1 <= m["samples"] <= 8
+    assert m["generated_tokens"] == m["reference_tokens"] == m["samples"] * WINDOW // 2
+
+
+def test_bucket_shares_recomputed_exactly(runs):
+    out, _ = runs
+    m = json.loads((out / "measure.json").read_text())
+    gen, ref = _ids(out, "generated_ids"), _ids(out, "reference_ids")
+    ref_c, gen_c = np.bincount(ref.ravel()), np.bincount(gen.ravel())
+    expect = M.bucket_shift(ref_c, gen_c)
+    assert list(m["bucket_shift"]) == list(M.BUCKETS)
+    # exact: the same counts give the same floats (JSON round-trips a float exactly)
+    for name in M.BUCKETS:
+        assert m["bucket_shift"][name]["ref_share"] == expect[name]["ref_share"], name
+        assert m["bucket_shift"][name]["gen_share"] == expect[name]["gen_share"], name
+    assert m["bucket_shift"] == expect
+    assert sum(v["ref_share"] for v in m["bucket_shift"].values()) == pytest.approx(1.0, abs=1e-12)
+    assert sum(v["gen_share"] for v in m["bucket_shift"].values()) == pytest.approx(1.0, abs=1e-12)
+    # the scalar metrics come from the same ids
+    assert m["kl_ref_gen"] == pytest.approx(M.kl(ref_c, gen_c), abs=1e-12)
+    assert m["js"] == pytest.approx(M.js(ref_c, gen_c), abs=1e-12)
+    assert m["coverage"] == pytest.approx(M.coverage(ref_c, gen_c), abs=1e-12)
+    assert m["distinct_2"] == pytest.approx(M.distinct_n(gen, 2), abs=1e-12)
+
+
+def test_same_seed_same_continuations(runs):
+    a, b = runs
+    assert np.array_equal(_ids(a, "prompt_ids"), _ids(b, "prompt_ids"))
+    assert np.array_equal(_ids(a, "reference_ids"), _ids(b, "reference_ids"))
+    assert np.array_equal(_ids(a, "generated_ids"), _ids(b, "generated_ids"))
+    ma, mb = (json.loads((d / "measure.json").read_text()) for d in runs)
+    assert ma["bucket_shift"] == mb["bucket_shift"]
+
+
+def test_wandb_offline_run(runs):
+    import wandb_offline as wo
+
+    _, out = runs
+    files = wo.find_run_files(out)
+    assert len(files) == 1, files
+    assert wo.wait_until_finished(files[0])
+    m = json.loads((out / "measure.json").read_text())
+    rows = wo.read_history(files[0])
+    logged = {k: v for row in rows for k, v in row.items()}
+    for name, v in m["bucket_shift"].items():
+        key = f"bucket_shift/{name}"
+        if v["shift_pct"] is None:
+            assert key not in logged, key
+        else:
+            assert logged[key] == pytest.approx(v["shift_pct"], abs=1e-12), key
+    assert logged["bucket_shift/1-10"] == pytest.approx(m["bucket_shift"]["1-10"]["shift_pct"], abs=1e-12)
+    assert logged["kl_ref_gen"] == pytest.approx(m["kl_ref_gen"], abs=1e-12)
