@@ -110,6 +110,8 @@ class GenerationConfig:
     top_p: float = _f(1.0, "Nucleus sampling mass (1.0 = off).")
     num_beams: int = _f(1, "Beam search width (1 = sampling / greedy). Beam search uses HF `generate`.")
     repetition_penalty: float = _f(1.0, "CTRL-style penalty on tokens already in the sequence (1.0 = off).")
+    engine: str = _f("auto", "`auto`: the fast GPT-2/OPT decoder where supported, else HF's forward; `hf`: always HF.",
+                     choices=("auto", "hf"))
     keep_prompt: bool = _f(False, "Train the next generation on prompt + continuation instead of the continuation only.")
 
     def __post_init__(self) -> None:

@@ -60,12 +60,13 @@ def sample_batch(model, prompts: torch.Tensor, new_tokens: int, cfg: GenerationC
     """
     if cfg.num_beams > 1:
         return _beam_batch(model, prompts, new_tokens, cfg)
+    from collapse.fastgen import make_engine
+
     dev = next(model.parameters()).device
     prompts = prompts.to(dev)
     B = prompts.shape[0]
-    out = model(input_ids=prompts, use_cache=True, logits_to_keep=1)
-    past = out.past_key_values
-    logits = out.logits[:, -1].float()
+    engine = make_engine(model, B, prompts.shape[1] + new_tokens, prefer=cfg.engine)
+    logits = engine.prefill(prompts)
     V = logits.shape[-1]
     present = None
     if cfg.repetition_penalty != 1.0:
@@ -86,11 +87,8 @@ def sample_batch(model, prompts: torch.Tensor, new_tokens: int, cfg: GenerationC
         result[:, t] = nxt
         if present is not None:
             present.scatter_(1, nxt[:, None], True)
-        if t + 1 == new_tokens:
-            break
-        out = model(input_ids=nxt[:, None], past_key_values=past, use_cache=True)
-        past = out.past_key_values
-        logits = out.logits[:, -1].float()
+        if t + 1 < new_tokens:
+            logits = engine.step(nxt)
     return result.cpu()
 
 
@@ -114,6 +112,11 @@ def generate_corpus(model, prompts: np.ndarray, new_tokens: int, cfg: Generation
     batch of the round (gathered as objects, so it works across nodes) and hands them to ``sink`` in
     batch order. ``skip_batches`` (already on disk from an interrupted run) are not regenerated.
     """
+    if hasattr(model, "merge_and_unload"):  # sample from merged weights: no adapter overhead per step
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+    model.eval()
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
     is_main = rank == 0

@@ -1,0 +1,145 @@
+"""The sampler and the decode engines: exactness against HF, seeding, the logits processors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from collapse.config import GenerationConfig
+from collapse.fastgen import FastDecoder, HFEngine, make_engine
+from collapse.generate import _filter_logits, _gumbel, _penalize, generate_corpus, sample_batch
+
+
+def _gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                      bos_token_id=0, eos_token_id=0, pad_token_id=0)).eval()
+
+
+def _opt():
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(0)
+    return OPTForCausalLM(OPTConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
+                                    num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=32,
+                                    bos_token_id=2, eos_token_id=2, pad_token_id=1)).eval()
+
+
+def _llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+                                        bos_token_id=0, eos_token_id=0, pad_token_id=0)).eval()
+
+
+@pytest.mark.parametrize("build", [_gpt2, _opt])
+def test_fast_engine_logits_match_hf(build):
+    m = build()
+    assert FastDecoder.supports(m)
+    ids = torch.randint(3, 300, (3, 10), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        fast, hf = FastDecoder(m, 3, 20), HFEngine(m, 3, 20)
+        a, b = fast.prefill(ids), hf.prefill(ids)
+        assert torch.allclose(a, b, atol=1e-5)
+        for _ in range(6):
+            nxt = a.argmax(-1)
+            a, b = fast.step(nxt), hf.step(nxt)
+            assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_unsupported_architecture_falls_back_to_hf():
+    m = _llama()
+    assert not FastDecoder.supports(m)
+    assert isinstance(make_engine(m, 2, 10), HFEngine)
+
+
+@pytest.mark.parametrize("build", [_gpt2, _opt, _llama])
+def test_greedy_matches_hf_generate(build):
+    m = build()
+    eos = m.config.eos_token_id
+    prompts = torch.randint(3, 300, (4, 8), generator=torch.Generator().manual_seed(2))
+    ours = sample_batch(m, prompts, 12, GenerationConfig(temperature=0.0), torch.Generator(), suppress_ids=(eos,))
+    ref = m.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), do_sample=False, max_new_tokens=12,
+                     min_new_tokens=12, pad_token_id=eos)[:, 8:]
+    assert torch.equal(ours, ref)
+
+
+def test_sampling_is_seeded_and_exactly_new_tokens_long():
+    m = _gpt2()
+    prompts = torch.randint(3, 300, (5, 6), generator=torch.Generator().manual_seed(3))
+    cfg = GenerationConfig(temperature=1.0)
+    a = sample_batch(m, prompts, 9, cfg, torch.Generator().manual_seed(7), suppress_ids=(0,))
+    b = sample_batch(m, prompts, 9, cfg, torch.Generator().manual_seed(7), suppress_ids=(0,))
+    c = sample_batch(m, prompts, 9, cfg, torch.Generator().manual_seed(8), suppress_ids=(0,))
+    assert a.shape == (5, 9) and torch.equal(a, b) and not torch.equal(a, c)
+    assert (a != 0).all()  # EOS suppressed: every continuation has its full length
+
+
+def test_engines_sample_the_same_tokens():
+    m = _gpt2()
+    prompts = torch.randint(3, 300, (4, 6), generator=torch.Generator().manual_seed(4))
+    a = sample_batch(m, prompts, 10, GenerationConfig(engine="auto"), torch.Generator().manual_seed(1))
+    b = sample_batch(m, prompts, 10, GenerationConfig(engine="hf"), torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+
+
+def test_gumbel_max_samples_the_softmax():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 0.5]]).repeat(40000, 1)
+    g = torch.Generator().manual_seed(0)
+    draws = (logits + _gumbel(tuple(logits.shape), g, torch.device("cpu"))).argmax(-1)
+    freq = np.bincount(draws.numpy(), minlength=5) / len(draws)
+    p = torch.softmax(logits[0], -1).numpy()
+    # 40k draws: standard error <= 0.0025, so 0.01 is a 4-sigma bound
+    assert np.abs(freq - p).max() < 0.01
+
+
+def test_top_k_and_top_p_filters():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+    k2 = _filter_logits(logits, GenerationConfig(top_k=2))
+    assert torch.isinf(k2[0, 2:]).all() and torch.isfinite(k2[0, :2]).all()
+    # softmax([3,2,1,0]) = .644 .237 .087 .032: top_p=0.7 keeps the two tokens whose mass first reaches 0.7
+    p = _filter_logits(logits, GenerationConfig(top_p=0.7))
+    assert torch.isfinite(p[0, :2]).all() and torch.isinf(p[0, 2:]).all()
+    assert torch.equal(_filter_logits(logits, GenerationConfig(top_p=0.5)).isfinite(),
+                       torch.tensor([[True, False, False, False]]))
+    t = _filter_logits(logits, GenerationConfig(temperature=2.0))
+    assert torch.allclose(t, logits / 2)
+
+
+def test_repetition_penalty_matches_hf():
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 50, generator=g)
+    seen = torch.randint(0, 50, (3, 7), generator=g)
+    present = torch.zeros(3, 50, dtype=torch.bool).scatter_(1, seen, True)
+    ref = RepetitionPenaltyLogitsProcessor(3.0)(seen, logits.clone())
+    assert torch.allclose(_penalize(logits, present, 3.0), ref)
+
+
+def test_beam_search_path_shape():
+    m = _gpt2()
+    prompts = torch.randint(3, 300, (2, 5), generator=torch.Generator().manual_seed(5))
+    out = sample_batch(m, prompts, 6, GenerationConfig(num_beams=3, repetition_penalty=3.0), torch.Generator())
+    assert out.shape == (2, 6)
+
+
+def test_generate_corpus_batches_are_independent_of_skips():
+    """A resumed stage that skips finished batches produces the same remaining batches."""
+    m = _gpt2()
+    prompts = np.random.default_rng(0).integers(3, 300, size=(10, 5)).astype(np.int32)
+    cfg = GenerationConfig(batch_size=4, temperature=1.0)
+    full: dict[int, np.ndarray] = {}
+    generate_corpus(m, prompts, 6, cfg, key=(0, 1, "generate"), sink=lambda b, p, g: full.__setitem__(b, g),
+                    progress=False)
+    part: dict[int, np.ndarray] = {}
+    generate_corpus(m, prompts, 6, cfg, key=(0, 1, "generate"), sink=lambda b, p, g: part.__setitem__(b, g),
+                    skip_batches={0}, progress=False)
+    assert sorted(full) == [0, 1, 2] and sorted(part) == [1, 2]
+    assert all(np.array_equal(full[b], part[b]) for b in part)
+    assert full[2].shape == (2, 6)  # the ragged last batch
