@@ -46,7 +46,7 @@ def _penalize(logits: torch.Tensor, present: torch.Tensor, penalty: float) -> to
 
 def _gumbel(shape: tuple[int, int], generator: torch.Generator, device: torch.device) -> torch.Tensor:
     # -log(-log U) is ~8x faster than Tensor.exponential_ on CPU at 512 x 4096 (FINDINGS.md)
-    u = torch.rand(shape, generator=generator, dtype=torch.float32)
+    u = torch.rand(shape, generator=generator, dtype=torch.float32, device=generator.device)
     return (-torch.log(-torch.log(u))).to(device)
 
 
@@ -117,6 +117,7 @@ def generate_corpus(model, prompts: np.ndarray, new_tokens: int, cfg: Generation
 
         model = copy.deepcopy(model).merge_and_unload()
     model.eval()
+    dev = next(model.parameters()).device
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
     is_main = rank == 0
@@ -139,7 +140,7 @@ def generate_corpus(model, prompts: np.ndarray, new_tokens: int, cfg: Generation
             if mine is not None:
                 rows = prompts[mine * bs:(mine + 1) * bs]
                 gen = sample_batch(model, torch.as_tensor(rows, dtype=torch.long), new_tokens, cfg,
-                                   seeded_generator(*key, mine), suppress_ids)
+                                   seeded_generator(*key, mine, device=dev), suppress_ids)
                 payload = (mine, gen.numpy().astype(np.int32))
             if world > 1:
                 from accelerate.utils import gather_object

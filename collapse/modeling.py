@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from collapse.config import LoraConfig, ModelConfig, ScratchConfig
-from collapse.errors import ModelError
+from collapse.errors import DataError, ModelError
 
 log = logging.getLogger("collapse")
 
@@ -153,13 +153,18 @@ def get_scratch_model(cfg: ScratchConfig, splits, seed: int, show_progress: bool
     if (final / "DONE").is_file():
         return final
     t0 = time.time()
-    log.info("building the scratch model %s (tokenizer + %d pre-training steps); cached for later runs", key, cfg.steps)
     tok = train_tokenizer(splits.train, cfg.vocab_size)
     eos = tok.eos_token_id
     torch.manual_seed(seed)
     model = build_scratch_model(cfg, len(tok), eos)
-    train_blocks = concat_blocks(tokenize(tok, splits.train), cfg.block_size, eos)
+    train_ids = tokenize(tok, splits.train)
+    train_blocks = concat_blocks(train_ids, cfg.block_size, eos)
+    if len(train_blocks) == 0:
+        n = sum(len(i) + 1 for i in train_ids)
+        raise DataError(f"the training split has {n} tokens, fewer than one model.scratch.block_size="
+                        f"{cfg.block_size} block: use more data or lower model.scratch.block_size.")
     val_blocks = concat_blocks(tokenize(tok, splits.validation), cfg.block_size, eos)
+    log.info("building the scratch model %s (tokenizer + %d pre-training steps); cached for later runs", key, cfg.steps)
     stats = pretrain(model, train_blocks, val_blocks, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                      seed=seed, show_progress=show_progress)
     tmp = final.parent / f".{key}.tmp-{os.getpid()}"
@@ -229,10 +234,13 @@ def attach_lora(model, cfg: LoraConfig):
     return get_peft_model(model, pc)
 
 
-def seeded_generator(*parts: int | str) -> torch.Generator:
-    """A CPU torch generator seeded from a tuple (seed, generation, stage, shard ...)."""
+def seeded_generator(*parts: int | str, device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch generator on ``device`` seeded from a tuple (seed, generation, stage, shard ...).
+
+    Noise is drawn where it is used (a GPU draws its own), so a corpus is reproducible per device type.
+    """
     h = hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).digest()
-    g = torch.Generator()
+    g = torch.Generator(device=device)
     g.manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
     return g
 
