@@ -3,6 +3,7 @@
     collapse measure [CONFIG.yaml] [key=value ...]
     collapse run     [CONFIG.yaml] [key=value ...]
     collapse report  RUN_DIR [RUN_DIR ...] [--out DIR]
+    collapse sweep   [CONFIG.yaml] key=v1,v2 seed=0,1,2 [--out DIR]
     collapse keys    (every config key with its default and meaning)
 
 User errors print one line (``error: ...``) and exit with code 2.
@@ -63,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR")
     rep.add_argument("--out", default=None, help="output folder (default: RUN_DIR/report for one run, "
                      "./report for several)")
+    sw = sub.add_parser("sweep", help="a grid of runs (key=v1,v2 ...) into one folder, then one report")
+    sw.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=v1,v2 ...]")
+    sw.add_argument("--out", default=None, help="parent folder (default: the config's out_dir)")
+    sw.add_argument("--launcher", default=None,
+                    help='how to start each run, e.g. "accelerate launch --num_processes 2 -m collapse"')
+    sw.add_argument("--dry-run", action="store_true", help="validate and list the runs without starting them")
     sub.add_parser("keys", help="list every config key with its default and meaning")
     return p
 
@@ -82,14 +89,21 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{key:<32} {default!s:<14} {help_}")
             return 0
         if args.command == "measure":
+            cfg = _load("measure", args.args)  # config errors before the heavy imports
             from collapse.measure import run_measure
 
-            run_measure(_load("measure", args.args))
+            run_measure(cfg)
             return 0
         if args.command == "run":
+            cfg = _load("run", args.args)
             from collapse.loop import run_loop
 
-            return run_loop(_load("run", args.args))
+            return run_loop(cfg)
+        if args.command == "sweep":
+            from collapse.sweep import run_sweep
+
+            config, items = _split_args(args.args)
+            return run_sweep(config, items, args.out, args.launcher, args.dry_run)
         if args.command == "report":
             from collapse.report import make_report
 

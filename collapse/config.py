@@ -39,6 +39,8 @@ class DataConfig:
     split: str | None = _f(None, "Single source split to split ourselves; default: use the source's train/validation/test if it has them.")
     val_fraction: float = _f(0.05, "Share of documents held out for validation when the source has no validation split.")
     test_fraction: float = _f(0.05, "Share of documents held out for test when the source has no test split.")
+    split_seed: int = _f(0, "Seed of the document shuffle that makes the splits (fixed across run seeds, so every seed "
+                            "is scored on the same test text).")
     min_chars: int = _f(1, "Drop documents shorter than this many characters (wikitext has many empty lines).")
     max_documents: int | None = _f(None, "Keep at most this many documents per split (quick experiments).")
 
@@ -371,6 +373,12 @@ def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
     cur[parts[-1]] = value
 
 
+def _dotted_to_nested(key: str, value: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    _set_dotted(d, key, value)
+    return d
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"cannot read `{item}`: overrides look like key=value, e.g. generations=3.")
@@ -403,6 +411,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must hold a mapping of keys, not {type(loaded).__name__}.")
         raw = loaded
+    sweep = raw.pop("sweep", None) if isinstance(raw, dict) else None
+    if sweep is not None:  # a grid for `collapse sweep`: check its keys here, its values per point
+        if not isinstance(sweep, dict):
+            raise ConfigError("`sweep:` must map config keys to lists of values.")
+        for k, vals in sweep.items():
+            if not isinstance(vals, list) or not vals:
+                raise ConfigError(f"sweep.{k} must be a non-empty list of values.")
+            _build(Config, _dotted_to_nested(k, vals[0]))
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(raw, key, value)

@@ -128,8 +128,8 @@ def _split_documents(docs: list[str], cfg: DataConfig, seed: int) -> Splits:
     return Splits(train=train, validation=val, test=test)
 
 
-def load_splits(cfg: DataConfig, seed: int = 0) -> Splits:
-    """Documents of the real corpus, split train/validation/test, deterministic for a given seed.
+def load_splits(cfg: DataConfig, seed: int | None = None) -> Splits:
+    """Documents of the real corpus, split train/validation/test, deterministic for ``data.split_seed``.
 
     A source with its own train/validation/test splits (wikitext) keeps them; otherwise the
     documents are shuffled with ``seed`` and cut by ``val_fraction``/``test_fraction``.
@@ -147,7 +147,7 @@ def load_splits(cfg: DataConfig, seed: int = 0) -> Splits:
         splits = Splits(train=raw["train"], validation=raw["validation"], test=raw["test"])
     else:
         docs = [d for v in raw.values() for d in v]
-        splits = _split_documents(docs, cfg, seed)
+        splits = _split_documents(docs, cfg, cfg.split_seed if seed is None else seed)
     if cfg.max_documents is not None:
         splits = Splits(*(splits[s][: cfg.max_documents] for s in SPLITS))
     if not splits.train:

@@ -54,19 +54,22 @@ def _check_scratch_fits(cfg: Config, docs: list[str]) -> None:
 def run_measure(cfg: Config, show_progress: bool = True) -> dict:
 
     from collapse.data import load_splits, measure_windows, tokenize
+
+    t0 = time.perf_counter()
+    # data errors first: before torch is even imported (seconds) and the scratch model built (a minute)
+    splits = load_splits(cfg.data)
+    if cfg.model.name_or_path == "scratch":
+        _check_scratch_fits(cfg, splits[cfg.measure.split])
+
     from collapse.generate import generate_corpus
     from collapse.modeling import context_length, load_model, set_threads
     from collapse.report import plot_bucket_shift
     from collapse.runtime import make_accelerator
     from collapse.tracking import make_logger
 
-    t0 = time.perf_counter()
     set_threads()
     accelerator = make_accelerator()
     is_main = accelerator.is_main_process
-    splits = load_splits(cfg.data, cfg.seed)
-    if cfg.model.name_or_path == "scratch":  # fail before the scratch model is built (a minute at default size)
-        _check_scratch_fits(cfg, splits[cfg.measure.split])
     model, tok, model_ref = load_model(cfg.model, splits, cfg.seed, accelerator.device, show_progress)
     ctx = context_length(model)
     if cfg.measure.window > ctx:

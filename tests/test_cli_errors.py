@@ -17,6 +17,7 @@ def data_files(tmp_path_factory):
     (d / "empty.txt").write_text("")
     (d / "empty.jsonl").write_text("")
     (d / "empty_texts.jsonl").write_text("".join(json.dumps({"text": ""}) + "\n" for _ in range(10)))
+    (d / "tiny.txt").write_text("\n\n".join(f"The quick brown fox {i}." for i in range(20)) + "\n")
     (d / "short.txt").write_text("\n\n".join(f"Short paragraph number {i}." for i in range(40)) + "\n")
     return d
 
@@ -37,6 +38,8 @@ CASES = [
     ("empty-jsonl", "measure", ["data.source={d}/empty.jsonl"], "empty"),
     ("empty-texts-jsonl", "measure", ["data.source={d}/empty_texts.jsonl"], "empty"),
     ("examples-too-short", "measure", ["data.source={d}/short.txt", "measure.window=256"], "shorter than"),
+    # long enough for the window, too small to pre-train the scratch model on a single 128-token block
+    ("corpus-too-small-for-scratch", "measure", ["data.source={d}/tiny.txt", "measure.window=8"], "block_size"),
     ("window-beyond-context", "measure", ["measure.window=512"], "context of 256"),
     ("hub-dataset-offline", "measure", ["data.source=some-org/some-dataset"], "offline"),
     ("no-such-model-folder", "measure", ["model.name_or_path=./no-such-model"], "no-such-model"),

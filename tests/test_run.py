@@ -76,7 +76,7 @@ def test_bucket_shift_recomputed_from_samples(tiny_run):
     cfg = load_config(out / "config.yaml")
     manifest = json.loads((out / "manifest.json").read_text())
     tok = AutoTokenizer.from_pretrained(manifest["base_model"])
-    splits = load_splits(cfg.data, cfg.seed)
+    splits = load_splits(cfg.data)
     ref = M.counts(flat_ids(tokenize(tok, splits.train)), len(tok))
     stored = np.load(out / "reference_counts.npy", allow_pickle=False)
     assert np.array_equal(ref, stored[: len(ref)]) and stored[len(ref):].sum() == 0

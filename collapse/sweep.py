@@ -1,0 +1,112 @@
+"""`collapse sweep`: a grid of `collapse run`s into one parent folder, resumable, then one report.
+
+    collapse sweep configs/experiments/regimes.yaml regime.kind=replace,mix,accumulate seed=0,1,2
+
+An override whose value has commas (and whose key is not a list) is an axis of the grid; the others
+are fixed. Each point runs as its own `python -m collapse run` process (memory is returned between
+runs; a killed sweep reruns finished points as no-ops thanks to resume=auto) in
+``<parent>/<key>=<value>,<key>=<value>``. The report groups points that differ only in the seed.
+A YAML may also hold the grid itself under a top-level ``sweep:`` mapping of key -> list of values.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import subprocess
+import sys
+import time
+import typing
+from pathlib import Path
+
+import yaml
+
+from collapse.config import Config, ConfigError, all_keys, load_config
+
+log = logging.getLogger("collapse")
+
+
+def _is_list_key(key: str) -> bool:
+    import dataclasses
+
+    cls: typing.Any = Config
+    parts = key.split(".")
+    for p in parts[:-1]:
+        hints = typing.get_type_hints(cls)
+        if p not in hints or not dataclasses.is_dataclass(hints[p]):
+            return False
+        cls = hints[p]
+    tp = typing.get_type_hints(cls).get(parts[-1])
+    return "list" in str(tp)
+
+
+def parse_grid(items: list[str], yaml_grid: dict | None = None) -> tuple[list[tuple[str, list[str]]], list[str]]:
+    """(axes, fixed overrides). Axis values stay strings; `collapse run` parses them."""
+    axes: list[tuple[str, list[str]]] = []
+    fixed: list[str] = []
+    for key, values in (yaml_grid or {}).items():
+        axes.append((key, [yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+                           for v in values]))
+    for it in items:
+        key, sep, val = it.partition("=")
+        if not sep:
+            raise ConfigError(f"cannot read `{it}`: sweep axes look like key=v1,v2,v3.")
+        if key not in all_keys():
+            load_config(None, [it])  # raises the usual unknown-key error with a suggestion
+        if "," in val and not val.strip().startswith("[") and not _is_list_key(key):
+            axes.append((key, [v.strip() for v in val.split(",") if v.strip()]))
+        else:
+            fixed.append(it)
+    return axes, fixed
+
+
+def point_name(assign: list[tuple[str, str]]) -> str:
+    return ",".join(f"{k}={v}" for k, v in assign).replace("/", "_") or "single"
+
+
+def run_sweep(config: str | None, items: list[str], parent: str | None = None, launcher: str | None = None,
+              dry_run: bool = False) -> int:
+    from collapse.report import make_report
+
+    grid = None
+    if config is not None and Path(config).is_file():
+        raw = yaml.safe_load(Path(config).read_text()) or {}
+        grid = raw.get("sweep") if isinstance(raw, dict) else None
+    axes, fixed = parse_grid(items, grid)
+    base_items = fixed[:]
+    cfg_path = config
+    if grid is not None:  # strip the sweep block: `collapse run` does not know it
+        raw = yaml.safe_load(Path(config).read_text())
+        raw.pop("sweep", None)
+        parent_dir = Path(parent or raw.get("out_dir", "runs/sweep"))
+        parent_dir.mkdir(parents=True, exist_ok=True)
+        cfg_path = str(parent_dir / "sweep-base.yaml")
+        Path(cfg_path).write_text(yaml.safe_dump(raw, sort_keys=False))
+    base = load_config(cfg_path, base_items)
+    parent_dir = Path(parent or base.out_dir)
+    points = list(itertools.product(*[[(k, v) for v in vals] for k, vals in axes])) or [()]
+    # validate every point before running any, so a typo fails in a second, not after hours
+    for assign in points:
+        load_config(cfg_path, base_items + [f"{k}={v}" for k, v in assign])
+    log.info(f"sweep: {len(points)} runs into {parent_dir} ({', '.join(f'{k} × {len(v)}' for k, v in axes) or 'one point'})")
+    run_dirs = []
+    t0 = time.perf_counter()
+    for i, assign in enumerate(points):
+        out = parent_dir / point_name(list(assign))
+        run_dirs.append(out)
+        args = [*([cfg_path] if cfg_path else []), *base_items, *[f"{k}={v}" for k, v in assign], f"out_dir={out}"]
+        cmd = (launcher.split() if launcher else [sys.executable, "-m", "collapse"]) + ["run", *args]
+        log.info(f"[{i + 1}/{len(points)}] {' '.join(cmd[-len(args) - 1:])}")
+        if dry_run:
+            continue
+        r = subprocess.run(cmd, env=dict(os.environ))
+        if r.returncode != 0:
+            log.error(f"error: run {out} failed (exit {r.returncode}); fix it and rerun the sweep to continue "
+                      "(finished runs are kept and skipped).")
+            return r.returncode
+    if dry_run:
+        return 0
+    make_report(run_dirs, parent_dir / "report")
+    log.info(f"sweep done in {time.perf_counter() - t0:.0f} s: {parent_dir / 'report' / 'report.html'}")
+    return 0
