@@ -279,7 +279,7 @@ def run_loop(cfg: Config, show_progress: bool = True) -> int:
     # ---- validate everything before the first byte is written
     out, resuming = _prepare_out_dir(cfg, is_main)
     accelerator.wait_for_everyone()
-    splits = load_splits(cfg.data, cfg.seed)
+    splits = load_splits(cfg.data)
     if cfg.model.name_or_path == "scratch":  # check on a weightless skeleton before the scratch model is built
         from collapse.modeling import build_scratch_model
 
@@ -324,6 +324,7 @@ def run_loop(cfg: Config, show_progress: bool = True) -> int:
                 with open(tmp, "wb") as fh:
                     np.save(fh, ref_counts, allow_pickle=False)
         manifest.data.setdefault("base_model", model_ref)
+        manifest.data["world_size"] = accelerator.num_processes  # of the latest (re)start
         manifest.save(is_main)
     logger = make_logger(cfg.wandb, out, cfg.to_dict(), is_main, run_id=manifest.data.get("wandb_run_id"),
                          resume=resuming)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from collapse import fault
-from collapse.errors import TrainingError
+from collapse.errors import ConfigError, TrainingError
 from collapse.evaluate import mean_nll
 from collapse.modeling import numpy_rng
 
@@ -102,8 +102,13 @@ def finetune(model, rows: np.ndarray, val_blocks: np.ndarray, cfg, accelerator, 
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
     pmodel, opt = accelerator.prepare(model, opt)
     pmodel.train()
-    micro = cfg.batch_size
-    global_batch = micro * world * cfg.grad_accum
+    # train.batch_size is the global batch of one optimizer step, whatever the number of processes, so
+    # 1 and N processes take the same steps on the same rows (DDP averages the per-process gradients)
+    global_batch = cfg.batch_size
+    if global_batch % (world * cfg.grad_accum):
+        raise ConfigError(f"train.batch_size={cfg.batch_size} must be divisible by processes × train.grad_accum "
+                          f"= {world} × {cfg.grad_accum}.")
+    micro = global_batch // (world * cfg.grad_accum)
     steps_per_epoch = math.ceil(len(rows) / global_batch)
     total = steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_ratio * total))
