@@ -1,18 +1,30 @@
-"""Fault injection for crash tests: ``COLLAPSE_FAULT=<stage>:<generation>:<step>`` kills the process hard.
+"""Fault injection for crash tests: ``COLLAPSE_FAULT=<stage>:<generation>:<step>[:<action>]``.
 
-Examples: ``generate:1:2`` (after batch 2 of generation 1's samples), ``train:2:5`` (after optimizer
-step 5 of generation 2), ``evaluate:1:0``, ``between:1:evaluate`` (right after a stage is recorded),
-``nan:2:0`` (the training loss of generation 2 turns NaN at step 0: tests the divergence error),
-``manifest:1:0`` (in the middle of a manifest write: the temporary file exists, the rename has not
-happened). ``*`` matches any generation. Unset (the normal case) costs one dict lookup.
+The default action kills the process hard (SIGKILL: no cleanup, no flush, like a power cut or the
+OOM killer). Points:
+
+* ``generate:1:0``   after batch shard 0 of generation 1's samples is on disk
+* ``train:2:5``      after optimizer step 5 of generation 2's fine-tune
+* ``evaluate:1:0``   before generation 1's evaluation (``evaluate:1:1``: after it, before its file)
+* ``measure:1:0``    before generation 1's gen0 perplexities
+* ``between:1:evaluate``  right after a stage is recorded in manifest.json
+* ``manifest:1:train``    in the middle of the manifest write that records gen 1's train stage: the
+  temporary file is written, the rename has not happened
+* ``nan:2:0``        (not a kill) the training loss of generation 2 turns NaN at step 0
+
+``*`` matches any generation. Other actions: ``pause`` sleeps at the point instead (a test sends a
+signal meanwhile, e.g. SIGINT), ``enospc`` raises ``OSError(ENOSPC)`` there (a full disk).
+Unset (the normal case) costs one dict lookup.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import time
 
-_SPEC: tuple[str, str, str] | None | bool = False
+_SPEC: tuple[str, str, str, str] | None | bool = False
 
 
 def _spec():
@@ -20,7 +32,10 @@ def _spec():
     if _SPEC is False:
         raw = os.environ.get("COLLAPSE_FAULT", "").strip()
         parts = raw.split(":")
-        _SPEC = (parts[0], parts[1], parts[2]) if raw and len(parts) == 3 else None
+        if raw and len(parts) in (3, 4):
+            _SPEC = (parts[0], parts[1], parts[2], parts[3] if len(parts) == 4 else "kill")
+        else:
+            _SPEC = None
     return _SPEC
 
 
@@ -29,11 +44,18 @@ def active(stage: str, generation: int, step: int | str = 0) -> bool:
     spec = _spec()
     if spec is None:
         return False
-    s, g, k = spec
+    s, g, k, _ = spec
     return s == stage and (g == "*" or g == str(generation)) and k == str(step)
 
 
 def point(stage: str, generation: int, step: int | str = 0) -> None:
-    """Die with SIGKILL if the fault spec names this point."""
-    if active(stage, generation, step):
+    """Act (by default: die with SIGKILL) if the fault spec names this point."""
+    if not active(stage, generation, step):
+        return
+    action = _spec()[3]
+    if action == "pause":
+        time.sleep(3600)
+    elif action == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"<fault {stage}:{generation}:{step}>")
+    else:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -16,6 +16,15 @@ from typing import Any
 import numpy as np
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once, at import (os.umask can only be read by setting it)
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -31,10 +40,19 @@ def _fsync_dir(path: Path) -> None:
 
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path next to ``path``; on success fsync and rename it onto ``path``."""
+    """Yield a temporary path next to ``path``; on success fsync and rename it onto ``path``.
+
+    The temporary name is ``.<name>.<random>.tmp`` (hidden, never mistaken for a finished file; a
+    resumed run deletes leftovers of a killed one). The file gets the usual permissions (umask), not
+    the 0600 of ``mkstemp``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
+    except OSError:  # pragma: no cover - filesystems without modes
+        pass
     os.close(fd)
     try:
         yield Path(tmp)
@@ -113,3 +131,8 @@ def read_id_column(path: str | Path, column: str) -> np.ndarray:
     flat = col.values.to_numpy(zero_copy_only=False).astype(np.int32)
     n = len(col)
     return flat.reshape(n, -1) if n else flat.reshape(0, 0)
+
+
+def is_temp_name(name: str) -> bool:
+    """A temporary file or folder of an unfinished write (``.<name>.<random>.tmp``, ``.gen_001.tmp``)."""
+    return name.startswith(".") and name.endswith(".tmp")

@@ -3,14 +3,33 @@
 For g = 0 .. G:  (train model g from samples g-1, for g >= 1) -> evaluate on REAL test -> generate
 samples g from REAL training prompts -> measure samples g against the REAL training counts.
 
-Every stage writes its files atomically and is recorded in ``manifest.json`` only after its files
-are complete; a rerun of the same command skips recorded stages and redoes the one in flight.
-Randomness is drawn from (seed, generation, stage, shard), so a resumed run equals an uninterrupted one.
+Crash safety (a kill at any moment loses at most the stage in flight):
+
+* Every file is written atomically (``collapse.io.atomic_path``: hidden temporary name, fsync, rename),
+  and a stage is recorded in ``manifest.json`` only after all its files are complete. A rerun of the
+  same command (``resume=auto``) skips recorded stages and redoes the one in flight; generation keeps
+  its finished batch shards (``gen_NNN/shards/``) and continues after them. The train stage restarts
+  from its beginning (no in-stage checkpoints).
+* On resume every recorded stage's files are checked (present, readable, the right number of rows);
+  a stage whose files fail is redone, with one warning line (see :func:`_verify_stages`). Temporary
+  files of a killed run are deleted. A corrupt manifest.json is a clear error.
+* Randomness is drawn from (seed, generation, stage, shard) -- LoRA init, the regime's draws, the epoch
+  order, each sampled batch -- never from RNG state left over by earlier work of the process, so a
+  resumed run equals an uninterrupted one bit for bit (on the same device type).
+* ``out_dir/.lock`` (flock) keeps two processes from running in one folder at once.
+* A full disk is one error line (exit 2): free space and rerun to resume. Ctrl-C stops with a note on
+  how to resume (exit 130).
+* W&B: the run id is kept in manifest.json before the first ``wandb.init``; a resumed run logs to the
+  same id and first re-logs the finished generations (from their metrics.json), so no row a killed
+  process had not flushed is lost.
+
+``COLLAPSE_SKIP_REPORT=1`` skips drawing the report at the end (tests; ``collapse report`` draws it).
 """
 
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import math
 import os
@@ -24,13 +43,26 @@ import torch
 from collapse import fault
 from collapse import metrics as M
 from collapse.config import Config, config_diff
-from collapse.errors import ConfigError, DataError, ModelError
-from collapse.io import dumps_line, read_id_column, read_json, write_json, write_parquet, write_text
+from collapse.errors import CollapseError, ConfigError, DataError, ModelError
+from collapse.io import (
+    atomic_path,
+    dumps_line,
+    is_temp_name,
+    read_id_column,
+    read_json,
+    write_json,
+    write_parquet,
+    write_text,
+)
 
 log = logging.getLogger("collapse")
 
 STAGES = ("train", "evaluate", "generate", "measure")
+# a stage found broken on resume is redone together with the stages that read its files
+REDO_WITH = {"train": ("train",), "evaluate": ("evaluate", "measure"), "generate": ("generate", "measure"),
+             "measure": ("measure",)}
 PPL_BINS = np.logspace(0, 4, 81)  # gen0_ppl histogram edges, shared by all generations (1 .. 10^4)
+LOCK_NAME = ".lock"
 
 
 def gen_dir(out: Path, g: int) -> Path:
@@ -52,11 +84,15 @@ class Manifest:
         if path.is_file():
             try:
                 data = read_json(path)
-                if not isinstance(data, dict) or "generations" not in data:
-                    raise ValueError("no generations")
-            except (ValueError, OSError) as e:
-                raise DataError(f"{path} is corrupt ({e}): move the run folder away or rerun with resume=never "
-                                "overwrite=true.") from None
+                if not isinstance(data, dict) or not isinstance(data.get("generations"), dict):
+                    raise ValueError("no 'generations' table")
+                if not all(isinstance(v, dict) and str(k).isdigit() for k, v in data["generations"].items()):
+                    raise ValueError("malformed 'generations' table")
+            except (ValueError, OSError, UnicodeDecodeError) as e:
+                msg = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+                raise DataError(f"{path} is corrupt ({msg}): delete it to redo every stage of the run (same "
+                                "results), or start over with resume=never overwrite=true.") from None
+            data.pop("_current_gen", None)  # written by older versions
             return cls(path, data)
         return cls(path, {"version": 1, "fingerprint": fingerprint, "generations": {}, "complete": False,
                           "wandb_run_id": None})
@@ -64,29 +100,44 @@ class Manifest:
     def done(self, g: int, stage: str) -> bool:
         return bool(self.data["generations"].get(str(g), {}).get(stage))
 
+    def gen_complete(self, g: int, train: bool) -> bool:
+        return all(self.done(g, s) for s in (STAGES if train else STAGES[1:]))
+
     def mark(self, g: int, stage: str, is_main: bool) -> None:
         self.data["generations"].setdefault(str(g), {})[stage] = True
-        self.save(is_main)
+        self.save(is_main, g, stage)
         fault.point("between", g, stage)
 
-    def save(self, is_main: bool) -> None:
+    def clear(self, g: int, stages: tuple[str, ...]) -> None:
+        entry = self.data["generations"].get(str(g), {})
+        for s in stages:
+            entry.pop(s, None)
+        self.data["complete"] = False
+
+    def save(self, is_main: bool, g: int | None = None, stage: str | None = None) -> None:
+        """Write the manifest; ``(g, stage)`` names the record being added (the ``manifest`` fault point)."""
         if not is_main:
             return
-        from collapse.io import atomic_path
-
         with atomic_path(self.path) as tmp:
             Path(tmp).write_text(dumps_line(self.data) + "\n")
-            fault.point("manifest", self.data.get("_current_gen", 0), 0)
+            if g is not None:
+                fault.point("manifest", g, stage)  # temporary file written, rename not yet done
 
 
 # ---------------------------------------------------------------------- run folder
 
 
-def _prepare_out_dir(cfg: Config, is_main: bool) -> tuple[Path, bool]:
-    """Check out_dir against the config; returns (path, resuming). Raises ConfigError before writing anything."""
+def _prepare_out_dir(cfg: Config) -> tuple[Path, bool, bool]:
+    """Check out_dir against the config; returns (path, resuming, wipe). Writes and deletes nothing.
+
+    ``wipe``: the folder holds something and resume=never overwrite=true asks to start over; it is
+    emptied only after the whole config has been validated (a typo must not cost a finished run).
+    """
     out = Path(cfg.out_dir)
     cfg_path = out / "config.yaml"
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out_dir {out} is a file, not a folder: choose another out_dir.")
+    if out.is_dir() and any(p.name != LOCK_NAME and not is_temp_name(p.name) for p in out.iterdir()):
         if cfg.resume == "auto" and cfg_path.is_file():
             from collapse.config import load_config
 
@@ -99,19 +150,115 @@ def _prepare_out_dir(cfg: Config, is_main: bool) -> tuple[Path, bool]:
                         if k.split(".")[0] not in ("resume", "overwrite", "wandb", "out_dir", "keep_checkpoints")]
                 raise ConfigError(f"{out} holds a run with a different config ({', '.join(keys)}): use another "
                                   "out_dir, or resume=never overwrite=true to start over.")
-            return out, True
-        if cfg.resume == "auto" and not cfg_path.is_file():
+            return out, True, False
+        if cfg.resume == "auto":
             raise ConfigError(f"{out} is not empty and holds no run: choose another out_dir or set overwrite=true "
                               "with resume=never.")
         if not cfg.overwrite:
             raise ConfigError(f"{out} is not empty: add overwrite=true to delete it and start over.")
-        if is_main:
-            shutil.rmtree(out)
-    return out, False
+        return out, False, True
+    return out, False, False
+
+
+def _lock_out_dir(out: Path):
+    """Hold ``out/.lock`` (flock) for the process's lifetime; a second run in the same folder is refused."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    fh = open(out / LOCK_NAME, "a+")  # noqa: SIM115 - held open until the run ends
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        pid = fh.read().strip()
+        fh.close()
+        raise ConfigError(f"another `collapse run`{f' (pid {pid})' if pid else ''} is using {out} right now: wait "
+                          "for it to end, or choose another out_dir.") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
+def _empty_out_dir(out: Path) -> None:
+    for p in out.iterdir():
+        if p.name == LOCK_NAME:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def _clean_temp(out: Path) -> None:
+    """Delete what a killed run was writing: hidden ``*.tmp`` files and folders (never a finished file)."""
+    folders = [out, *sorted(out.glob("gen_*")), *sorted(out.glob("gen_*/shards"))]
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if is_temp_name(p.name):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
 
 
 def _weights_bytes(model, trainable_only: bool) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _lora_bytes(model, cfg: Config) -> int:
+    """Size of one generation's LoRA adapter: r x (in + out) per adapted layer, plus modules_to_save."""
+    from transformers.pytorch_utils import Conv1D
+
+    from collapse.modeling import default_targets
+
+    lc = cfg.train.lora
+    targets = set(lc.target_modules or default_targets(model))
+    save = set(lc.modules_to_save or [])
+    total = 0
+    for name, mod in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if isinstance(mod, (torch.nn.Linear, Conv1D)) and leaf in targets:
+            total += lc.r * sum(mod.weight.shape) * mod.weight.element_size()
+        if leaf in save:
+            total += _weights_bytes(mod, trainable_only=False)
+    return total
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def _disk_estimate(cfg: Config, model0, n_seq: int) -> tuple[int, int]:
+    """(bytes a generation adds, bytes of the whole run) on disk: samples, weights kept, small files.
+
+    Samples: prompt and continuation ids (int32), the text (~4 bytes a token), the index; their
+    shards double them while a generation is merged. Weights: the adapter (LoRA), plus the merged model
+    with train.init=previous, or the whole model (full fine-tune); keep_checkpoints bounds how many
+    generations keep them. The report adds about 1 MiB.
+    """
+    gc, G = cfg.generation, cfg.generations
+    samples = n_seq * (4 * (gc.prompt_tokens + gc.new_tokens) + 4 * gc.new_tokens + 8) + n_seq * 4  # + gen0_ppl
+    small = 64 * 1024  # json files, metrics row, adapter config
+    full = _weights_bytes(model0, trainable_only=False)
+    if cfg.train.method == "full":
+        weights = full
+    else:
+        weights = _lora_bytes(model0, cfg) + (full if cfg.train.init == "previous" else 0)
+    kept = G if cfg.keep_checkpoints is None else min(G, cfg.keep_checkpoints)
+    report = 1 << 20
+    total = ((G + 1) * (samples + small) + kept * weights + samples + (full if cfg.train.gen0_epochs else 0)
+             + report)
+    return samples + small + weights, total
 
 
 # ---------------------------------------------------------------------- models per generation
@@ -120,6 +267,8 @@ def _weights_bytes(model, trainable_only: bool) -> int:
 def _attach(model0, cfg: Config, g: int):
     from collapse.modeling import attach_lora, seed_int
 
+    # LoRA init (and dropout, if any) draw from the global torch RNG: seed it from (seed, g) right here,
+    # so nothing the process did before (an earlier generation, or nothing at all on resume) matters
     torch.manual_seed(seed_int(cfg.seed, g, "init"))
     if cfg.train.method == "lora":
         return attach_lora(model0, cfg.train.lora)
@@ -136,53 +285,203 @@ def starting_model(init: str, base, prev):
     return prev.merge_and_unload() if hasattr(prev, "merge_and_unload") else prev
 
 
-def _save_model(model, folder: Path, cfg: Config, is_main: bool) -> None:
-    """gen_g/adapter (LoRA) and, where a later generation must continue from it, gen_g/model (merged)."""
-    if not is_main:
-        return
-    tmp = folder.parent / f".{folder.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if cfg.train.method == "lora":
-        model.save_pretrained(tmp / "adapter", safe_serialization=True)
-        if cfg.train.init == "previous":
-            merged = copy.deepcopy(model).merge_and_unload()
-            merged.save_pretrained(tmp / "model", safe_serialization=True)
-    else:
-        model.save_pretrained(tmp / "model", safe_serialization=True)
-    folder.mkdir(parents=True, exist_ok=True)
-    for sub in tmp.iterdir():
-        dest = folder / sub.name
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(sub, dest)
-    shutil.rmtree(tmp, ignore_errors=True)
+def _weights_subdir(cfg: Config) -> str:
+    """Where model g (g >= 1) is reloaded from: the adapter (LoRA on the base) or the (merged) model."""
+    return "adapter" if cfg.train.method == "lora" and cfg.train.init == "base" else "model"
 
 
-def _load_generation_model(model0, g: int, out: Path, cfg: Config, device):
-    """Model g rebuilt from disk (on resume)."""
+def _save_model(model, folder: Path, cfg: Config, is_main: bool):
+    """gen_g/adapter (LoRA) and, where a later generation must continue from it, gen_g/model (merged).
+
+    Returns the model the later stages of generation g use: with LoRA and train.init=previous the merged
+    model -- exactly the weights saved in gen_g/model, so a resumed run that reloads them evaluates and
+    samples the same numbers.
+    """
+    merged = None
+    if cfg.train.method == "lora" and cfg.train.init == "previous":
+        merged = copy.deepcopy(model).merge_and_unload().eval()
+    if is_main:
+        tmp = folder.parent / f".{folder.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            tmp.mkdir(parents=True)
+            if cfg.train.method == "lora":
+                model.save_pretrained(tmp / "adapter", safe_serialization=True)
+                if merged is not None:
+                    merged.save_pretrained(tmp / "model", safe_serialization=True)
+            else:
+                model.save_pretrained(tmp / "model", safe_serialization=True)
+            folder.mkdir(parents=True, exist_ok=True)
+            for sub in tmp.iterdir():
+                dest = folder / sub.name
+                if dest.exists():
+                    shutil.rmtree(dest)
+                os.replace(sub, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return merged if merged is not None else model
+
+
+def _load_model_dir(folder: Path, like, device):
     from transformers import AutoModelForCausalLM
 
-    d = gen_dir(out, g)
-    if g == 0 and not (d / "model").is_dir():
-        return model0
-    if cfg.train.method == "lora" and cfg.train.init == "base" and g > 0:
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(copy.deepcopy(model0), d / "adapter").to(device).eval()
-    if not (d / "model").is_dir():
-        raise DataError(f"the weights of generation {g} are missing from {d} (removed by keep_checkpoints?): "
-                        "raise keep_checkpoints or start over with resume=never overwrite=true.")
-    return AutoModelForCausalLM.from_pretrained(d / "model", dtype=next(model0.parameters()).dtype,
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=next(like.parameters()).dtype,
                                                 use_safetensors=True).to(device).eval()
 
 
+def _load_generation_model(base, g: int, out: Path, cfg: Config, device):
+    """Model g rebuilt from disk (on resume): the base with adapter g, or the saved (merged) model g."""
+    if g == 0:
+        return base
+    d = gen_dir(out, g)
+    sub = _weights_subdir(cfg)
+    if not (d / sub).is_dir():
+        raise DataError(f"the weights of generation {g} are missing from {d} (removed by keep_checkpoints?): "
+                        "raise keep_checkpoints or start over with resume=never overwrite=true.")
+    if not any((d / sub).glob("*.safetensors")):  # never let a library fall back to a pickled .bin
+        raise DataError(f"the weights of generation {g} in {d / sub} are not in safetensors format: "
+                        "delete the folder and rerun the same command to retrain it.")
+    try:
+        if sub == "adapter":
+            from peft import PeftModel
+
+            return PeftModel.from_pretrained(copy.deepcopy(base), d / sub).to(device).eval()
+        return _load_model_dir(d / sub, base, device)
+    except Exception as e:  # noqa: BLE001 - safetensors / peft / transformers raise several types
+        raise DataError(f"the weights of generation {g} in {d / sub} cannot be read "
+                        f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}): delete {d / sub} "
+                        "and rerun the same command to retrain it.") from None
+
+
 def _prune_checkpoints(out: Path, g: int, cfg: Config, is_main: bool) -> None:
+    """Delete the weights of generations 1 .. g - keep_checkpoints (generation 0's are never deleted).
+
+    Called after generation g's weights are saved and recorded, so what a resume needs is kept: model g
+    (the stages of g still to run; with train.init=previous also generation g+1's training). Earlier
+    weights are never read again (stages are only redone for the generation in flight).
+    """
     if not is_main or cfg.keep_checkpoints is None:
         return
     for old in range(1, g - cfg.keep_checkpoints + 1):
         for sub in ("adapter", "model"):
             shutil.rmtree(gen_dir(out, old) / sub, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- checks on resume
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0][:120] if s else type(e).__name__
+
+
+def _safetensors_problem(folder: Path) -> str | None:
+    """None if every *.safetensors file in ``folder`` is complete (header and data covered), else why not."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return f"{folder.name}/ holds no weights"
+    for f in files:
+        try:
+            with safe_open(str(f), "pt") as fh:
+                fh.keys()
+        except Exception as e:  # noqa: BLE001 - SafetensorError and OSError
+            return f"{f.relative_to(folder.parent.parent)} cannot be read ({_first_line(e)})"
+    return None
+
+
+def _stage_problem(stage: str, g: int, out: Path, cfg: Config, n_seq: int) -> str | None:
+    """Why the recorded stage ``stage`` of generation g cannot be trusted, or None. Reads metadata only."""
+    import pyarrow.parquet as pq
+
+    d = gen_dir(out, g)
+
+    def json_problem(name: str, key: str) -> str | None:
+        try:
+            obj = read_json(d / name)
+            if not isinstance(obj, dict) or key not in obj:
+                raise ValueError(f"no '{key}'")
+        except FileNotFoundError:
+            return f"{d.name}/{name} is missing"
+        except Exception as e:  # noqa: BLE001
+            return f"{d.name}/{name} cannot be read ({_first_line(e)})"
+        return None
+
+    if stage == "train":
+        if g == 0:  # the fine-tune on real text (train.gen0_epochs)
+            return _safetensors_problem(d / "model")
+        return json_problem("train.json", "val_nll")
+    if stage == "evaluate":
+        return json_problem("eval.json", "test_ppl")
+    if stage == "generate":
+        path = d / "samples.parquet"
+        if not path.is_file():
+            return f"{d.name}/samples.parquet is missing"
+        try:
+            pf = pq.ParquetFile(path)
+            rows, names = pf.metadata.num_rows, set(pf.schema_arrow.names)
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+            return f"{d.name}/samples.parquet cannot be read ({_first_line(e)})"
+        if not {"token_ids", "prompt_ids"} <= names:
+            return f"{d.name}/samples.parquet lacks the token_ids/prompt_ids columns"
+        if rows != n_seq:
+            return f"{d.name}/samples.parquet holds {rows} rows, not {n_seq}"
+        return None
+    problem = json_problem("metrics.json", "test_ppl")
+    if problem is None:
+        try:
+            np.load(d / "gen0_ppl.npy", allow_pickle=False)
+        except Exception as e:  # noqa: BLE001
+            problem = f"{d.name}/gen0_ppl.npy cannot be read ({_first_line(e)})"
+    return problem
+
+
+def _verify_stages(manifest: Manifest, out: Path, cfg: Config, n_seq: int) -> list[str]:
+    """On resume: un-record every stage whose files are missing or damaged, so it is redone.
+
+    A stage found broken is redone with the stages of its generation that read its files (samples ->
+    measure, eval.json -> measure). Later generations stay: they were computed from the intact file,
+    and the redone stage reproduces it exactly (every stage is deterministic). Weights are checked
+    where a stage still to run needs them (they may be pruned by keep_checkpoints otherwise); if they are
+    missing or damaged, that generation's training is redone. Returns one note per redone stage.
+    """
+    G = cfg.generations
+    notes = []
+    for g in range(G, -1, -1):  # newest first: a redone training needs the weights of the generation before
+        if str(g) not in manifest.data["generations"]:
+            continue
+        for stage in STAGES:
+            if not manifest.done(g, stage):
+                continue
+            why = _stage_problem(stage, g, out, cfg, n_seq)
+            if why:
+                redo = REDO_WITH[stage]
+                manifest.clear(g, redo)
+                notes.append(f"gen {g}: {why}: redoing {'/'.join(redo)}")
+        if g > 0 and manifest.done(g, "train"):
+            needed = (not manifest.done(g, "evaluate") or not manifest.done(g, "generate")
+                      or (cfg.train.init == "previous" and g < G and not manifest.done(g + 1, "train")))
+            if needed:
+                why = _safetensors_problem(gen_dir(out, g) / _weights_subdir(cfg))
+                if why:
+                    manifest.clear(g, ("train",))
+                    notes.append(f"gen {g}: weights needed to resume: {why}: redoing train")
+    return notes
+
+
+def _disk_full(e: BaseException | None) -> bool:
+    """An OSError ENOSPC, or a library's wrapping of one (pyarrow, safetensors, torch say it in words)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(e)
+        if "No space left on device" in text or "StorageFull" in text or "Disk quota exceeded" in text:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 # ---------------------------------------------------------------------- samples on disk
@@ -193,6 +492,7 @@ def _shard_path(d: Path, b: int) -> Path:
 
 
 def _finished_shards(d: Path) -> set[int]:
+    """Batch shards on disk (written atomically: a shard that exists is complete)."""
     s = d / "shards"
     if not s.is_dir():
         return set()
@@ -208,8 +508,6 @@ def _finished_shards(d: Path) -> set[int]:
 def _merge_shards(d: Path, n_batches: int) -> None:
     """Stream the batch shards, in order, into one samples.parquet (one shard in memory at a time)."""
     import pyarrow.parquet as pq
-
-    from collapse.io import atomic_path
 
     writer = None
     with atomic_path(d / "samples.parquet") as tmp:
@@ -231,8 +529,8 @@ def load_samples(out: Path, g: int, keep_prompt: bool = False) -> np.ndarray:
         if keep_prompt:
             gen = np.concatenate([read_id_column(path, "prompt_ids"), gen], axis=1)
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
-        raise DataError(f"{path} cannot be read ({str(e).splitlines()[0][:120]}): delete it and the "
-                        f"generation's 'generate' entry will be redone on resume.") from None
+        raise DataError(f"{path} cannot be read ({_first_line(e)}): delete it and rerun the same command; "
+                        "it is regenerated (identically) on resume.") from None
     return gen
 
 
@@ -264,7 +562,7 @@ def run_loop(cfg: Config, show_progress: bool = True) -> int:
     from collapse.evaluate import evaluate_blocks, sequence_ppl
     from collapse.modeling import load_model, numpy_rng, set_threads
     from collapse.runtime import StageClock, fmt_s, make_accelerator
-    from collapse.tracking import make_logger
+    from collapse.tracking import NullLogger, make_logger
     from collapse.train import finetune
 
     t_run = time.perf_counter()
@@ -276,8 +574,8 @@ def run_loop(cfg: Config, show_progress: bool = True) -> int:
     show = show_progress and is_main
     gc, G = cfg.generation, cfg.generations
 
-    # ---- validate everything before the first byte is written
-    out, resuming = _prepare_out_dir(cfg, is_main)
+    # ---- validate everything before the first byte is written (or deleted)
+    out, resuming, wipe = _prepare_out_dir(cfg)
     accelerator.wait_for_everyone()
     splits = load_splits(cfg.data)
     if cfg.model.name_or_path == "scratch":  # check on a weightless skeleton before the scratch model is built
@@ -312,52 +610,75 @@ def run_loop(cfg: Config, show_progress: bool = True) -> int:
     n_batches = math.ceil(n_seq / gc.batch_size)
     suppress = (eos,) if eos is not None else ()
 
-    # ---- the run folder
-    manifest = Manifest.load_or_new(out / "manifest.json", cfg.fingerprint())
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "config.yaml", cfg.to_yaml())
-        if not (out / "reference_counts.npy").is_file():
-            from collapse.io import atomic_path
-
-            with atomic_path(out / "reference_counts.npy") as tmp:
-                with open(tmp, "wb") as fh:
-                    np.save(fh, ref_counts, allow_pickle=False)
-        manifest.data.setdefault("base_model", model_ref)
-        manifest.data["world_size"] = accelerator.num_processes  # of the latest (re)start
-        manifest.save(is_main)
-    logger = make_logger(cfg.wandb, out, cfg.to_dict(), is_main, run_id=manifest.data.get("wandb_run_id"),
-                         resume=resuming)
-    if is_main and getattr(logger, "id", None) and manifest.data.get("wandb_run_id") != logger.id:
-        manifest.data["wandb_run_id"] = logger.id
-        manifest.save(is_main)
-
-    weight_bytes = _weights_bytes(model0, trainable_only=False)
-    per_gen = n_seq * (L * 4 * 2 + 16 * L) + (weight_bytes if cfg.train.method == "full" or cfg.train.init == "previous"
-                                              else weight_bytes // 50)
-    log.info(f"collapse run → {out} ({'resuming' if resuming else 'new run'}); model {model_ref}; "
-             f"{G} generations × {n_seq} samples of {gc.new_tokens} tokens; regime {cfg.regime.kind}; "
-             f"train {cfg.train.method}/{cfg.train.init}; {accelerator.num_processes} process(es) on "
-             f"{accelerator.device.type}; disk ≈ {per_gen / 2**20:.0f} MiB per generation")
-
-    clock = StageClock(total_stages=4 * (G + 1) - 1 + (1 if cfg.train.gen0_epochs else 0), log=log)
-    base = model0
-    if cfg.train.gen0_epochs:
-        base = _gen0_finetune(cfg, model0, real_rows, val_blocks, out, manifest, accelerator, clock, show)
-    samples_cache: dict[int, np.ndarray] = {}
-    model_g = base
-    exit_code = 0
+    lock = logger = None
     try:
+        # ---- the run folder: locked, emptied (resume=never overwrite=true) or cleaned and checked (resume)
+        if is_main:
+            lock = _lock_out_dir(out)
+            if wipe:
+                _empty_out_dir(out)
+            elif out.is_dir():
+                _clean_temp(out)
+        accelerator.wait_for_everyone()
+        manifest = Manifest.load_or_new(out / "manifest.json", cfg.fingerprint())
+        if resuming:  # every process checks (read-only) so all agree on what is redone; the main one says it
+            for note in _verify_stages(manifest, out, cfg, n_seq):
+                if is_main:
+                    log.warning(note)
+        accelerator.wait_for_everyone()
+        if is_main:
+            write_text(out / "config.yaml", cfg.to_yaml())
+            if not (out / "reference_counts.npy").is_file():
+                with atomic_path(out / "reference_counts.npy") as tmp, open(tmp, "wb") as fh:
+                    np.save(fh, ref_counts, allow_pickle=False)
+            manifest.data.setdefault("base_model", model_ref)
+            if cfg.wandb.mode != "disabled" and not manifest.data.get("wandb_run_id"):
+                # recorded before wandb.init: a process killed at any later moment resumes the same W&B run
+                manifest.data["wandb_run_id"] = _new_wandb_id()
+            manifest.save(is_main)
+            if resuming:  # idempotent; repairs a metrics.jsonl damaged after the fact
+                _rewrite_metrics_jsonl(out, [g for g in range(G + 1) if manifest.done(g, "measure")])
+        logger = make_logger(cfg.wandb, out, cfg.to_dict(), is_main, run_id=manifest.data.get("wandb_run_id"),
+                             resume=resuming)
+        if is_main and getattr(logger, "id", None) and manifest.data.get("wandb_run_id") != logger.id:
+            manifest.data["wandb_run_id"] = logger.id
+            manifest.save(is_main)
+
+        per_gen, total = _disk_estimate(cfg, model0, n_seq)
+        log.info(f"collapse run → {out} ({'resuming' if resuming else 'new run'}); model {model_ref}; "
+                 f"{G} generations × {n_seq} samples of {gc.new_tokens} tokens; regime {cfg.regime.kind}; "
+                 f"train {cfg.train.method}/{cfg.train.init}; {accelerator.num_processes} process(es) on "
+                 f"{accelerator.device.type}; disk ≈ {fmt_bytes(per_gen)} per generation, {fmt_bytes(total)} "
+                 "for the run")
+        try:
+            free = shutil.disk_usage(out).free
+            if free < total:
+                log.warning(f"only {fmt_bytes(free)} free on the disk of {out}; the run may need about "
+                            f"{fmt_bytes(total)} (a full disk stops it cleanly: free space and rerun to resume).")
+        except OSError:  # pragma: no cover
+            pass
+        if resuming and not isinstance(logger, NullLogger):
+            # the killed process may not have flushed its last rows: log the finished generations again,
+            # from the first step the W&B server lacks (online: starting_step; offline it is 0)
+            first = getattr(getattr(logger, "run", None), "starting_step", 0)
+            for g in range(first if isinstance(first, int) else 0, G + 1):
+                if manifest.done(g, "measure"):
+                    d = gen_dir(out, g)
+                    _log_generation(logger, read_json(d / "metrics.json"),
+                                    np.load(d / "gen0_ppl.npy", allow_pickle=False), d, tok, g)
+
+        clock = StageClock(total_stages=4 * (G + 1) - 1 + (1 if cfg.train.gen0_epochs else 0), log=log)
+        base = model0
+        if cfg.train.gen0_epochs:
+            base = _gen0_finetune(cfg, model0, real_rows, val_blocks, out, manifest, accelerator, clock, show)
+        samples_cache: dict[int, np.ndarray] = {}
+        prev_model = base  # model g-1 in memory, or None (reloaded from disk where a stage needs it)
         for g in range(G + 1):
             d = gen_dir(out, g)
-            manifest.data["_current_gen"] = g
+            model_g = base if g == 0 else None  # model g; None: not in memory (loaded when a stage needs it)
             # -- train model g on samples g-1 (per the regime)
             if g > 0:
                 if manifest.done(g, "train"):
-                    model_g = None  # loaded lazily below if a later stage of g needs it
-                    if not all(manifest.done(g, s) for s in STAGES[1:]) or (cfg.train.init == "previous"
-                                                                          and g < G):
-                        model_g = _load_generation_model(base, g, out, cfg, accelerator.device)
                     clock.done += 1
                 else:
                     t0 = clock.start()
@@ -369,14 +690,15 @@ def run_loop(cfg: Config, show_progress: bool = True) -> int:
                         real_fraction=cfg.regime.real_fraction, size=cfg.regime.size,
                         rng=numpy_rng(cfg.seed, g, "regime"))
                     prev = None
-                    if cfg.train.init == "previous" and g > 1:
-                        prev = model_g if model_g is not None else _load_generation_model(base, g - 1, out, cfg,
-                                                                                           accelerator.device)
+                    if cfg.train.init == "previous":
+                        prev = prev_model if prev_model is not None else _load_generation_model(
+                            base, g - 1, out, cfg, accelerator.device)
                     model_g = _attach(starting_model(cfg.train.init, base, prev), cfg, g)
+                    prev = None
                     stats = finetune(model_g, rows, val_blocks, cfg.train, accelerator, key=(cfg.seed, g, "train"),
                                      show_progress=show, desc=f"gen {g} train",
                                      on_step=lambda s, g=g: fault.point("train", g, s))
-                    _save_model(model_g, d, cfg, is_main)
+                    model_g = _save_model(model_g, d, cfg, is_main)
                     if is_main:
                         write_json(d / "train.json", {**stats, "rows": int(len(rows)),
                                                       "real_rows": int((src == -1).sum()),
@@ -387,13 +709,14 @@ def run_loop(cfg: Config, show_progress: bool = True) -> int:
                     _prune_checkpoints(out, g, cfg, is_main)
                     clock.finish(f"gen {g}: train", t0, f"{len(rows)} rows, val NLL {stats['val_nll']:.3f} "
                                  f"(epoch {stats['epoch_selected']}), {stats['tokens_per_s'] / 1e3:.1f}k tok/s")
-            if model_g is None:
-                model_g = _load_generation_model(base, g, out, cfg, accelerator.device)
+            prev_model = None
             # -- evaluate model g on REAL test text
             if manifest.done(g, "evaluate"):
                 clock.done += 1
             else:
                 t0 = clock.start()
+                if model_g is None:
+                    model_g = _load_generation_model(base, g, out, cfg, accelerator.device)
                 fault.point("evaluate", g, 0)
                 ev = evaluate_blocks(model_g, test_blocks, bucket_of, cfg.eval.batch_size, accelerator)
                 fault.point("evaluate", g, 1)
@@ -407,6 +730,8 @@ def run_loop(cfg: Config, show_progress: bool = True) -> int:
                 clock.done += 1
             else:
                 t0 = clock.start()
+                if model_g is None:
+                    model_g = _load_generation_model(base, g, out, cfg, accelerator.device)
                 _generate_stage(model_g, prompts, cfg, g, d, n_batches, tok, accelerator, suppress, show)
                 manifest.mark(g, "generate", is_main)
                 clock.finish(f"gen {g}: generate", t0, f"{n_seq} × {gc.new_tokens} tokens")
@@ -423,42 +748,73 @@ def run_loop(cfg: Config, show_progress: bool = True) -> int:
                                    cfg.eval.batch_size, accelerator)
                 row = _metrics_row(g, read_json(d / "eval.json"), ref_counts, gen_ids, ppl, d)
                 if is_main:
-                    from collapse.io import atomic_path
-
                     with atomic_path(d / "gen0_ppl.npy") as tmp, open(tmp, "wb") as fh:
                         np.save(fh, ppl.astype(np.float32), allow_pickle=False)
                     write_json(d / "metrics.json", row)
-                    _rewrite_metrics_jsonl(out, g)
+                    _rewrite_metrics_jsonl(out, [k for k in range(G + 1) if k == g or manifest.done(k, "measure")])
                 accelerator.wait_for_everyone()
                 manifest.mark(g, "measure", is_main)
                 clock.finish(f"gen {g}: measure", t0, f"shift 1-10 {_fmt(row['bucket_shift']['1-10'])}, "
                              f"1001-10000 {_fmt(row['bucket_shift']['1001-10000'])}")
                 _log_generation(logger, row, ppl, d, tok, g)
-            if cfg.train.init == "base" and g < G:
-                model_g = None  # the next generation starts from the base again
+            # with train.init=previous generation g+1 starts from model g (kept in memory if it is there)
+            prev_model = model_g if cfg.train.init == "previous" else None
+            model_g = None
         manifest.data["complete"] = True
-        manifest.data.pop("_current_gen", None)
         manifest.save(is_main)
-    except KeyboardInterrupt:
-        log.error(f"interrupted: finished stages are kept in {out}. Rerun the same command to resume.")
-        exit_code = 130
-        logger.close(exit_code=1)
-        raise
-    if is_main:
-        rows = [read_json(gen_dir(out, g) / "metrics.json") for g in range(G + 1)]
-        log.info("\n" + metrics_table(rows))
-        try:
-            from collapse.report import make_report
+        _prune_checkpoints(out, G, cfg, is_main)
+        if is_main:
+            rows = [read_json(gen_dir(out, g) / "metrics.json") for g in range(G + 1)]
+            log.info("\n" + metrics_table(rows))
+            if os.environ.get("COLLAPSE_SKIP_REPORT") != "1":
+                try:
+                    from collapse.report import make_report
 
-            make_report([out], out / "report", quiet=True)
-            log.info(f"report: {out / 'report' / 'report.html'}")
-        except Exception as e:  # noqa: BLE001 - the run's data are safe; the report can be redrawn
-            log.warning(f"the report could not be drawn ({e}); run `collapse report {out}` to retry.")
-        log.info(f"done in {fmt_s(time.perf_counter() - t_run)}: {out}/metrics.jsonl")
-    logger.close(exit_code=0)
+                    make_report([out], out / "report", quiet=True)
+                    log.info(f"report: {out / 'report' / 'report.html'}")
+                except Exception as e:  # noqa: BLE001 - the run's data are safe; the report can be redrawn
+                    log.warning(f"the report could not be drawn ({e}); run `collapse report {out}` to retry.")
+            log.info(f"done in {fmt_s(time.perf_counter() - t_run)}: {out}/metrics.jsonl")
+        logger.close(exit_code=0)
+        logger = None
+    except KeyboardInterrupt:
+        log.error(f"interrupted: finished stages are kept in {out}; rerun the same command to resume.")
+        _close_quietly(logger, 1)
+        raise
+    except CollapseError:
+        _close_quietly(logger, 1)
+        raise
+    except Exception as e:
+        _close_quietly(logger, 1)
+        if _disk_full(e):
+            where = getattr(e, "filename", None)
+            where = where if isinstance(where, str) and not where.startswith("<") else str(out)
+            raise DataError(f"no space left on device (writing {where}): free space and rerun the same command "
+                            "to resume; finished stages are kept.") from None
+        raise
+    finally:
+        if lock is not None:
+            lock.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return exit_code
+    return 0
+
+
+def _close_quietly(logger, exit_code: int) -> None:
+    if logger is None:
+        return
+    try:
+        logger.close(exit_code=exit_code)
+    except Exception:  # noqa: BLE001 - closing the logger must not hide the error that stopped the run
+        pass
+
+
+def _new_wandb_id() -> str:
+    import secrets
+    import string
+
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
 def _fmt(v) -> str:
@@ -473,7 +829,11 @@ def _gen0_finetune(cfg, model0, real_rows, val_blocks, out, manifest, accelerato
     is_main = accelerator.is_main_process
     if manifest.done(0, "train"):
         clock.done += 1
-        return _load_generation_model(model0, 0, out, cfg, accelerator.device)
+        try:
+            return _load_model_dir(d / "model", model0, accelerator.device)
+        except Exception as e:  # noqa: BLE001 - checked on resume already; this is a race with a deletion
+            raise DataError(f"the fine-tuned generation 0 in {d / 'model'} cannot be read ({_first_line(e)}): "
+                            "rerun the same command to redo it.") from None
     t0 = clock.start()
     m = _attach(copy.deepcopy(model0), cfg, 0)
     tcfg = copy.deepcopy(cfg.train)
@@ -485,9 +845,12 @@ def _gen0_finetune(cfg, model0, real_rows, val_blocks, out, manifest, accelerato
     if is_main:
         tmp = d / ".model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        m.save_pretrained(tmp, safe_serialization=True)
-        shutil.rmtree(d / "model", ignore_errors=True)
-        os.replace(tmp, d / "model")
+        try:
+            m.save_pretrained(tmp, safe_serialization=True)
+            shutil.rmtree(d / "model", ignore_errors=True)
+            os.replace(tmp, d / "model")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         write_json(d / "train.json", stats)
     accelerator.wait_for_everyone()
     manifest.mark(0, "train", is_main)
@@ -548,14 +911,10 @@ def _metrics_row(g: int, ev: dict, ref_counts: np.ndarray, gen_ids: np.ndarray, 
     }
 
 
-def _rewrite_metrics_jsonl(out: Path, upto: int) -> None:
-    """metrics.jsonl = the per-generation metrics.json rows, rewritten whole (idempotent on resume)."""
-    lines = []
-    for g in range(upto + 1):
-        p = gen_dir(out, g) / "metrics.json"
-        if p.is_file():
-            lines.append(dumps_line(read_json(p)))
-    write_text(out / "metrics.jsonl", "\n".join(lines) + "\n")
+def _rewrite_metrics_jsonl(out: Path, gens: list[int]) -> None:
+    """metrics.jsonl = the metrics.json rows of the measured generations ``gens``, rewritten whole (idempotent)."""
+    lines = [dumps_line(read_json(gen_dir(out, g) / "metrics.json")) for g in sorted(gens)]
+    write_text(out / "metrics.jsonl", "".join(line + "\n" for line in lines))
 
 
 def _log_generation(logger, row: dict, ppl: np.ndarray, d: Path, tok, g: int) -> None:

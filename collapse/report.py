@@ -13,7 +13,10 @@
 
 Runs whose configs agree except for ``seed`` (and ``out_dir``, ``wandb.*``, ``resume``, ``overwrite``) form a
 group, drawn as the mean over seeds with a 95% t-interval band; groups are labelled by the config keys in which
-they differ (``regime.kind=accumulate``).
+they differ (``regime.kind=accumulate``). A key that only some configs have (runs written by an older version)
+does not split a group; the page lists such keys.
+
+A figure that cannot be drawn (missing files, odd data) is named in the page with the reason; the rest is written.
 
 Exit codes
 ----------
@@ -159,7 +162,11 @@ def load_run(path: str | Path) -> Run:
     if not path.is_dir():
         raise DataError(f"{path} is not a folder: pass the out_dir of a `collapse run`.")
     if not cfg_p.is_file():
-        raise DataError(f"{path} is not a run folder (no config.yaml): pass the out_dir of a `collapse run`.")
+        inner = sorted(d.name for d in path.iterdir() if (d / "config.yaml").is_file()
+                       and ((d / "metrics.jsonl").is_file() or (d / "manifest.json").is_file()))
+        hint = (f"; it holds {len(inner)} run folder(s) ({', '.join(inner[:3])}{', …' if len(inner) > 3 else ''}): "
+                f"pass them, e.g. `collapse report {path}/*`" if inner else ": pass the out_dir of a `collapse run`")
+        raise DataError(f"{path} is not a run folder (no config.yaml){hint}.")
     text = cfg_p.read_text(encoding="utf-8")
     try:
         config = yaml.safe_load(text) or {}
@@ -272,34 +279,50 @@ class Group:
         return s
 
 
-def group_runs(runs: list[Run]) -> list[Group]:
-    """Group runs whose configs agree once seed, out_dir, wandb.*, resume and overwrite are removed."""
-    from collapse.config import config_diff
+def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Group runs whose configs agree once seed, out_dir, wandb.*, resume and overwrite are removed.
+
+    Only keys every run's config has are compared: a run written before a key existed cannot have set it, so
+    a key missing from some configs (an older version of the package) does not split a group by itself.
+    """
+    flat = [_flatten(_strip(r.config)) for r in runs]
+    common = set(flat[0]).intersection(*flat[1:])
     keyed: dict[str, Group] = {}
-    stripped: dict[str, dict] = {}
-    for r in runs:
-        s = _strip(r.config)
-        k = json.dumps(s, sort_keys=True, default=str)
-        if k not in keyed:
-            keyed[k] = Group(runs=[])
-            stripped[k] = s
-        keyed[k].runs.append(r)
+    values: dict[str, dict] = {}
+    for r, f in zip(runs, flat):
+        v = {k: f[k] for k in sorted(common)}
+        key = json.dumps(v, sort_keys=True, default=str)
+        if key not in keyed:
+            keyed[key] = Group(runs=[])
+            values[key] = v
+        keyed[key].runs.append(r)
     groups = list(keyed.values())
-    configs = list(stripped.values())
-    diff_keys: list[str] = []
-    for c in configs[1:]:
-        for k in config_diff(configs[0], c):
-            if k not in diff_keys:
-                diff_keys.append(k)
-    for grp, c in zip(groups, configs):
-        grp.diff = {k: _dotted(c, k) for k in diff_keys}
+    vals = list(values.values())
+    diff_keys = [k for k in sorted(common) if len({json.dumps(v[k], default=str) for v in vals}) > 1]
+    for grp, v in zip(groups, vals):
+        grp.diff = {k: v[k] for k in diff_keys}
         if len(groups) == 1:
             grp.label = grp.runs[0].name if len(grp.runs) == 1 else ", ".join(r.name for r in grp.runs)
         else:
-            parts = [f"{k}={_short(v)}" for k, v in grp.diff.items()]
+            parts = [f"{k}={_short(x)}" for k, x in grp.diff.items()]
             grp.label = ", ".join(parts[:3]) + (f" (+{len(parts) - 3} more)" if len(parts) > 3 else "")
     return groups
+
+
+def _schema_drift(runs: list[Run]) -> list[str]:
+    """Config keys some runs have and others lack (runs made by different versions of the package)."""
+    flat = [set(_flatten(_strip(r.config))) for r in runs]
+    return sorted(set().union(*flat) - set(flat[0]).intersection(*flat[1:]))
 
 
 def _short(v: Any) -> str:
@@ -361,15 +384,17 @@ def _gen_style(i: int, n: int) -> dict:
     return {"color": c, "linestyle": LINESTYLES[i % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)]}
 
 
-def _line(ax, group: Group, i: int, value: Callable[[dict], Any], scale: float = 1.0) -> bool:
+def _line(ax, group: Group, i: int, value: Callable[[dict], Any], scale: float = 1.0, of: int = 1) -> bool:
+    """Mean line of group ``i`` of ``of``, nudged sideways a little so equal values do not hide each other."""
     gens, mean, lo, hi, _ = series(group, value)
     if len(gens) == 0:
         return False
     st = _style(i)
-    ax.plot(gens, mean * scale, label=group.legend, linewidth=1.6, markersize=5, **st)
+    x = gens + (0.0 if of < 2 else (i - (of - 1) / 2) * min(0.06, 0.25 / of))
+    ax.plot(x, mean * scale, label=group.legend, linewidth=1.6, markersize=5, **st)
     band = np.isfinite(lo)
     if band.any():
-        ax.fill_between(gens[band], lo[band] * scale, hi[band] * scale, color=st["color"], alpha=0.18, linewidth=0)
+        ax.fill_between(x[band], lo[band] * scale, hi[band] * scale, color=st["color"], alpha=0.18, linewidth=0)
     return True
 
 
@@ -386,7 +411,17 @@ def _compared(groups: list[Group]) -> str:
         g = groups[0]
         return g.label if len(g.runs) == 1 else f"mean of {len(g.runs)} seeds"
     s = " vs ".join(g.label for g in groups)
-    return s if len(s) <= 70 else f"{len(groups)} configurations"
+    if len(s) <= 90:
+        return s
+    keys = list(groups[0].diff)
+    return f"{len(groups)} configurations of {keys[0]}" if len(keys) == 1 else f"{len(groups)} configurations"
+
+
+def _wrap(text: str, width_in: float, fontsize: float = 8) -> str:
+    """Wrap text to a width in inches (about 0.55 em per character)."""
+    import textwrap
+
+    return textwrap.fill(text, max(12, int(width_in * 72 / (0.55 * fontsize))))
 
 
 def _legend_below(fig, axes, ncol: int | None = None) -> None:
@@ -397,8 +432,13 @@ def _legend_below(fig, axes, ncol: int | None = None) -> None:
                 handles.append(h)
                 labels.append(lab)
     if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncol=ncol or min(len(labels), 3), frameon=False,
-                   fontsize=8)
+        # as many columns as fit the figure's width; labels longer than a column wrap
+        longest = max(len(lab) for lab in labels)
+        fit = max(1, int(fig.get_figwidth() / (0.06 * min(longest, 70) + 0.6)))
+        ncol = max(1, min(ncol or 3, len(labels), fit))
+        col_in = fig.get_figwidth() / ncol - 0.6
+        fig.legend(handles, [_wrap(lab, col_in) for lab in labels], loc="outside lower center", ncol=ncol,
+                   frameon=False, fontsize=8)
 
 
 def _ncols(n: int, most: int) -> int:
@@ -441,10 +481,10 @@ def fig_test_ppl(groups: list[Group], out: Path) -> Path:
     plt = _mpl()
     fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
     for i, g in enumerate(groups):
-        _line(ax, g, i, _get("test_ppl"))
+        _line(ax, g, i, _get("test_ppl"), of=len(groups))
     _int_xaxis(ax)
     ax.set_ylabel("perplexity on real test text\n(exp of mean NLL in nats/token; lower is better)")
-    ax.set_title(f"Test perplexity by generation: {_compared(groups)}", fontsize=10)
+    _suptitle(fig, f"Test perplexity by generation: {_compared(groups)}", fontsize=10)
     note = _band_note(groups)
     if note:
         ax.text(0.99, 0.02, note, transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.3")
@@ -467,7 +507,7 @@ def fig_tail_loss(groups: list[Group], buckets: list[str], out: Path) -> Path:
     for k, b in enumerate(buckets):
         ax = axes[k // ncol][k % ncol]
         for i, g in enumerate(groups):
-            _line(ax, g, i, _get(f"tail_loss.{b}"))
+            _line(ax, g, i, _get(f"tail_loss.{b}"), of=len(groups))
         _int_xaxis(ax)
         n = tokens.get(b)
         title = _BUCKET_TITLES.get(b, b) + (f"\n{n:,} test tokens" if isinstance(n, int) else "")
@@ -518,7 +558,7 @@ def fig_bucket_heatmap(groups: list[Group], buckets: list[str], out: Path) -> Pa
         ax.set_yticks(range(len(gens)), [str(x) for x in gens], fontsize=8)
         ax.set_xlabel("frequency rank in the real text (bucket)", fontsize=8)
         ax.set_ylabel("generation", fontsize=8)
-        ax.set_title(g.legend, fontsize=9)
+        ax.set_title(_wrap(g.legend, max(2.5, 0.9 * len(buckets)), 9), fontsize=9)
         for (r, c), v in np.ndenumerate(m):
             txt = "n/a" if not np.isfinite(v) else _signed(v)
             dark = np.isfinite(v) and abs(v) > 0.55 * vmax
@@ -549,9 +589,12 @@ def fig_bucket_shift(groups: list[Group], buckets: list[str], out: Path) -> Path
             gs, mean, lo, hi, _ = series(grp, _get(f"bucket_shift.{b}"))
             for g, mu, lo_, hi_ in zip(gs, mean, lo, hi):
                 stats[(gi, int(g), j)] = (mu, lo_, hi_)
-    vals = [abs(v) for s in stats.values() for v in s if np.isfinite(v)]
-    lim = max(vals + [1.0]) * 1.3
+    # the scale follows the means: with 2 seeds a t-interval can be 10× wider and would flatten every bar
+    means = [abs(s_[0]) for s_ in stats.values() if np.isfinite(s_[0])]
+    ci = [abs(v) for s_ in stats.values() for v in s_[1:] if np.isfinite(v)]
+    lim = max(min(max(ci + [0.0]), 2.0 * max(means + [0.5])), max(means + [1.0]) * 1.3)
     single = len(groups) == 1
+    label_bars = len(groups) <= 2 and all(len(g.runs) == 1 for g in groups)  # numbers would collide with whiskers
     for k, g in enumerate(gens):
         ax = axes[k // ncol][k % ncol]
         for gi, grp in enumerate(groups):
@@ -570,10 +613,12 @@ def fig_bucket_shift(groups: list[Group], buckets: list[str], out: Path) -> Path
                               hatch=HATCHES[gi % len(HATCHES)], edgecolor="black", linewidth=0.5,
                               label=grp.legend)
             err = np.isfinite(lo)
-            if err.any():
-                ax.errorbar(xs[err], mu[err], yerr=[mu[err] - lo[err], hi[err] - mu[err]], fmt="none",
-                            ecolor="0.2", elinewidth=0.8, capsize=2)
-            if len(groups) <= 2:
+            if err.any():  # a white halo under a dark bar keeps the whisker visible on dark bars too
+                yerr = [mu[err] - lo[err], hi[err] - mu[err]]
+                ax.errorbar(xs[err], mu[err], yerr=yerr, fmt="none", ecolor="white", elinewidth=2.4, capsize=3,
+                            capthick=2.4)
+                ax.errorbar(xs[err], mu[err], yerr=yerr, fmt="none", ecolor="0.15", elinewidth=0.9, capsize=2.5)
+            if label_bars:
                 for xv, v in zip(xs, mu):
                     if np.isfinite(v):
                         ax.annotate(_signed(v), (xv, v), ha="center", va="bottom" if v >= 0 else "top",
@@ -585,10 +630,12 @@ def fig_bucket_shift(groups: list[Group], buckets: list[str], out: Path) -> Path
         ax.grid(axis="y", alpha=0.3)
         if k % ncol == 0:
             ax.set_ylabel("over(+) / under(−) (%)")
+        if k + ncol >= len(gens):  # the lowest panel of its column
+            ax.set_xlabel("frequency rank in the real text (bucket)", fontsize=8)
     for k in range(len(gens), nrow * ncol):
         axes[k // ncol][k % ncol].set_visible(False)
-    _suptitle(fig, f"Generated vs real token frequencies by rank bucket: {_compared(groups)}", fontsize=10)
-    fig.supxlabel("frequency rank of the token type in the real text (bucket)", fontsize=8)
+    _suptitle(fig, f"Generated vs real token frequencies by rank bucket: {_compared(groups)}"
+              + (" (whiskers: 95% t-interval over seeds)" if not label_bars and not single else ""), fontsize=10)
     if not single:
         _legend_below(fig, axes)
     return _save(fig, out, "bucket-shift")
@@ -647,6 +694,7 @@ def fig_gen0_ppl(groups: list[Group], out: Path) -> Path | None:
     nrow = math.ceil(len(groups) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.3 * nrow + 0.6), layout="constrained",
                              squeeze=False, sharex=True)
+    span = (math.inf, 0.0)  # x range holding data: the stored histograms run over 1..10^4
     for k, (grp, data) in enumerate(zip(groups, panels)):
         ax = axes[k // ncol][k % ncol]
         for i, (g, v) in enumerate(sorted(data.items())):
@@ -657,9 +705,13 @@ def fig_gen0_ppl(groups: list[Group], out: Path) -> Path | None:
             else:
                 edges, counts = v
                 cdf = np.cumsum(counts) / max(counts.sum(), 1)
-                med = float(edges[1:][np.searchsorted(cdf, 0.5)]) if counts.sum() else float("nan")
+                j = int(np.searchsorted(cdf, 0.5))
+                med = float(np.sqrt(edges[j] * edges[j + 1])) if counts.sum() else float("nan")
             share = 100 * counts / max(counts.sum(), 1)
             centers = np.sqrt(edges[:-1] * edges[1:])
+            nz = np.flatnonzero(counts)
+            if nz.size:
+                span = (min(span[0], edges[nz[0]]), max(span[1], edges[nz[-1] + 1]))
             ax.stairs(share, edges, color=st["color"], linestyle=st["linestyle"], linewidth=1.5)
             ax.plot(centers, share, linestyle="none", marker=st["marker"], color=st["color"], markersize=3.5,
                     markevery=max(1, len(centers) // 8))
@@ -670,9 +722,11 @@ def fig_gen0_ppl(groups: list[Group], out: Path) -> Path | None:
         ax.set_xlabel("perplexity of a sample under the generation-0 model (log scale)", fontsize=8)
         if k % ncol == 0:
             ax.set_ylabel("share of samples (%)")
-        ax.set_title(grp.legend + (" — seeds pooled" if len(grp.runs) > 1 else ""), fontsize=9)
+        ax.set_title(_wrap(grp.legend + (" — seeds pooled" if len(grp.runs) > 1 else ""), 4.6, 9), fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, frameon=False, loc="upper right")
+        ax.legend(fontsize=7, frameon=False, loc="best")
+    if span[1] > span[0]:
+        axes[0][0].set_xlim(span[0] / 1.15, span[1] * 1.15)
     for k in range(len(groups), nrow * ncol):
         axes[k // ncol][k % ncol].set_visible(False)
     _suptitle(fig, "How plausible each generation's samples look to the original model "
@@ -688,7 +742,7 @@ def fig_diversity(groups: list[Group], out: Path) -> Path:
               ("kl_ref_gen", 1.0, "KL(real ‖ generated) (bits)", "Divergence from the real unigram distribution")]
     for ax, (key, scale, ylabel, title) in zip(axes, panels):
         for i, g in enumerate(groups):
-            _line(ax, g, i, _get(key), scale)
+            _line(ax, g, i, _get(key), scale, of=len(groups))
         if key == "entropy":
             refs = [r.get("entropy_ref") for g in groups for run in g.runs for r in run.rows]
             refs = [v for v in refs if isinstance(v, (int, float))]
@@ -768,8 +822,11 @@ def fig_zipf(groups: list[Group], out: Path) -> Path | None:
             rax.set_ylabel("share vs real\n(ratio, by rank range)")
         rax.set_xlabel("rank of the token type (log)", fontsize=8)
         rax.set_xscale("log")
+        for a in (ax, rax):
+            a.minorticks_off()  # log-scale minor ticks cost seconds per figure and add no reading
         rax.grid(alpha=0.3, which="major")
-        ax.set_title(f"{grp.legend} — run {run.name}" if len(groups) > 1 else f"run {run.name}", fontsize=9)
+        ax.set_title(_wrap(f"{grp.legend} — run {run.name}" if len(groups) > 1 else f"run {run.name}", 4.6, 9),
+                     fontsize=9)
         ax.grid(alpha=0.3, which="major")
         ax.legend(fontsize=7, frameon=False, loc="lower left")
     for k in range(len(groups), nrow * ncol):
@@ -855,40 +912,49 @@ def _decoder(base_model: str | None) -> Callable[[list[int]], str] | None:
 
 
 def _examples(run: Run) -> tuple[list[dict], str]:
-    """The same ``EXAMPLES`` prompts in every generation: [{index, prompt, gens: [(g, text, ppl)]}], and a note."""
+    """The same ``EXAMPLES`` prompts in every generation: [{index, prompt, gens: [(g, text, ppl)]}], and a note.
+
+    Only the ``sample_index`` column is read whole; the example rows are read one generation at a time.
+    """
     import pyarrow.parquet as pq
 
-    tables = {}
+    files, position = {}, {}  # generation -> parquet path, {sample_index: row position}
     for g in run.gens:
         p = run.path / f"gen_{g:03d}" / "samples.parquet"
-        if not p.is_file():
-            continue
         try:
-            names = pq.read_schema(p).names
-            cols = [c for c in ("sample_index", "prompt_ids", "token_ids", "text") if c in names]
-            tables[g] = pq.read_table(p, columns=cols)
-        except Exception:  # noqa: BLE001 - a damaged file costs its generation's examples only
+            pf = pq.ParquetFile(p)
+            n = pf.metadata.num_rows
+            idx = (pq.read_table(p, columns=["sample_index"]).column("sample_index").to_numpy()
+                   if "sample_index" in pf.schema_arrow.names else np.arange(n, dtype=np.int64))
+        except Exception:  # noqa: BLE001 - missing or damaged: costs its generation's examples only
             continue
-    if not tables:
-        return [], "no samples.parquet found."
-    index_of = {}
-    for g, t in tables.items():
-        idx = (t.column("sample_index").to_numpy() if "sample_index" in t.column_names
-               else np.arange(t.num_rows, dtype=np.int64))
-        index_of[g] = {int(v): i for i, v in enumerate(idx)}
-    common = sorted(set.intersection(*(set(d) for d in index_of.values())))
+        files[g] = p
+        position[g] = {int(v): i for i, v in enumerate(idx)}
+    if not files:
+        return [], "no readable samples.parquet found."
+    common = sorted(set.intersection(*(set(d) for d in position.values())))
     if not common:
         return [], "no sample index occurs in every generation."
     pick = [common[i] for i in np.unique(np.linspace(0, len(common) - 1, EXAMPLES).round().astype(int))]
     dec = _decoder(run.manifest.get("base_model"))
     note = "" if dec else ("the run's tokenizer is not on this machine: prompts are shown as token ids, "
                            "generations as stored.")
+    rows: dict[tuple[int, int], dict] = {}
+    for g, p in files.items():
+        try:
+            names = pq.read_schema(p).names
+            cols = [c for c in ("prompt_ids", "token_ids", "text") if c in names]
+            t = pq.read_table(p, columns=cols)
+            for s_ in pick:
+                rows[(g, s_)] = t.slice(position[g][s_], 1).to_pylist()[0]
+            del t
+        except Exception:  # noqa: BLE001
+            continue
     out = []
-    for s in pick:
-        ex = {"index": s, "prompt": None, "gens": []}
-        for g, t in sorted(tables.items()):
-            i = index_of[g][s]
-            row = t.slice(i, 1).to_pylist()[0]
+    for s_ in pick:
+        ex = {"index": s_, "prompt": None, "gens": []}
+        for g in sorted(files):
+            row = rows.get((g, s_), {})
             if ex["prompt"] is None and row.get("prompt_ids") is not None:
                 ids = row["prompt_ids"]
                 ex["prompt"] = _safe_decode(dec, ids) if dec else f"[{len(ids)} token ids] " + " ".join(
@@ -896,7 +962,7 @@ def _examples(run: Run) -> tuple[list[dict], str]:
             text = row.get("text")
             if text is None and dec and row.get("token_ids") is not None:
                 text = _safe_decode(dec, row["token_ids"])
-            ppl = _gen0_ppl_at(run, g, i)
+            ppl = _gen0_ppl_at(run, g, position[g][s_])
             ex["gens"].append((g, text if text is not None else "(no text stored)", ppl))
         out.append(ex)
     return out, note
@@ -945,9 +1011,10 @@ figcaption{font-size:.9em;color:#333;max-width:900px}
 .partial{background:#fff3cd;border:2px solid #b8860b;padding:.6em 1em;font-weight:bold}
 .scroll{overflow-x:auto}
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
-th,td{border:1px solid #ccc;padding:.2em .5em;text-align:right;vertical-align:top}
+th,td{border:1px solid #ccc;padding:.2em .5em;text-align:left;vertical-align:top}
+table.metrics td,table.metrics th,table.samples td{text-align:right}
 th{background:#f2f2f2}
-table.samples td.text,blockquote.text{text-align:left;white-space:pre-wrap;font-family:ui-monospace,monospace;
+table.samples td.text,blockquote.text{text-align:left !important;white-space:pre-wrap;font-family:ui-monospace,monospace;
 font-size:.95em}
 table.samples{max-width:100%}
 blockquote{margin:.3em 0 .3em 1em;padding:.3em .6em;background:#f7f7f7;border-left:4px solid #999}
@@ -975,7 +1042,8 @@ _CAPTIONS = {
     "bucket-heatmap": "Share of generated tokens falling in each frequency bucket, relative to the real text's "
                       "share: +10 means the bucket is 10% over-represented. Red cells in the rare buckets are the "
                       "tails disappearing. Buckets without data (e.g. ranks beyond the vocabulary) are left out.",
-    "bucket-shift": "The same shift as bars, for selected generations (error bars: 95% t-interval over seeds).",
+    "bucket-shift": "The same shift as bars, for selected generations (whiskers: 95% t-interval over seeds; with "
+                    "few seeds they can run off the panel, which is scaled to the means).",
     "gen0-ppl": "Distribution of each generated sample's perplexity under the generation-0 model (log x axis). "
                 "Later generations drifting left produce ever more 'typical' text; a long right tail is "
                 "text the original model finds implausible.",
@@ -1010,21 +1078,25 @@ def _page(runs: list[Run], groups: list[Group], figures: dict[str, Path | None],
     links += [("metrics", "Metrics per generation"), ("samples", "Example samples"), ("configs", "Configs")]
     parts.append("<nav><b>Contents:</b> " + " · ".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in links) + "</nav>")
     rows = "".join(
-        f"<tr><td style=\"text-align:left\">{esc(r.name)}</td><td style=\"text-align:left\"><code>{esc(str(r.path))}"
+        f"<tr><td>{esc(r.name)}</td><td><code>{esc(str(r.path))}"
         f"</code></td><td>{esc(str(r.config.get('seed')))}</td><td>{esc(_gens_text(r))}</td>"
-        f"<td style=\"text-align:left\">{esc(next(g.legend for g in groups if r in g.runs))}</td></tr>"
+        f"<td>{esc(next(g.legend for g in groups if r in g.runs))}</td></tr>"
         for r in runs)
     parts.append("<h2>Runs</h2><table class=\"runs\"><thead><tr><th>run</th><th>folder</th><th>seed</th>"
                  f"<th>generations finished</th><th>group</th></tr></thead><tbody>{rows}</tbody></table>")
     if len(groups) > 1:
         keys = list(groups[0].diff)
         head = "".join(f"<th>{esc(k)}</th>" for k in keys)
-        body = "".join("<tr><td style=\"text-align:left\">" + esc(g.legend) + "</td>"
+        body = "".join("<tr><td>" + esc(g.legend) + "</td>"
                        + "".join(f"<td>{esc(_short(g.diff[k]))}</td>" for k in keys) + "</tr>" for g in groups)
         parts.append("<p>Runs are grouped by config (ignoring " + esc(", ".join(IGNORED_KEYS))
                      + "); the groups differ in:</p>"
                      f"<table class=\"groups\"><thead><tr><th>group</th>{head}</tr></thead><tbody>{body}</tbody>"
                      "</table>")
+    drift = _schema_drift(runs)
+    if drift:
+        parts.append('<p class="note">Config keys only some runs have (written by different versions of collapse; '
+                     "not used for grouping): " + esc(", ".join(drift)) + ".</p>")
     band = _band_note(groups)
     parts.append("<h2>Figures</h2>")
     if band:

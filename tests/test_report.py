@@ -232,6 +232,9 @@ def test_bad_input_raises_data_error(tmp_path):
         R.make_report([a, b], tmp_path / "out", quiet=True)
     assert not (tmp_path / "out").exists()  # nothing written on bad input
 
+    with pytest.raises(DataError, match=r"holds 4 run folder\(s\).*pass them"):  # a sweep's parent folder
+        R.make_report([tmp_path], None, quiet=True)
+
 
 def test_chromium_loads_every_image(four_runs, tmp_path):
     exe = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -250,3 +253,15 @@ def test_chromium_loads_every_image(four_runs, tmp_path):
     n_img = len(_parse(out / "report.html").images)
     assert f'data-images-total="{n_img}"' in dom, dom[:500]
     assert f'data-images-loaded="{n_img}"' in dom
+
+
+def test_keys_missing_from_older_configs_do_not_split_groups(tmp_path):
+    def run(name, seed, kind, **extra):
+        cfg = {"seed": seed, "out_dir": name, "regime": {"kind": kind}, "data": {"source": "kjv", **extra}}
+        return R.Run(tmp_path / name, name, cfg, "", {}, [{"generation": 0}], ())
+
+    runs = [run("a0", 0, "replace"), run("a1", 1, "replace", split_seed=0), run("b0", 0, "mix", split_seed=0)]
+    groups = R.group_runs(runs)
+    assert [[r.name for r in g.runs] for g in groups] == [["a0", "a1"], ["b0"]]
+    assert [g.label for g in groups] == ["regime.kind=replace", "regime.kind=mix"]
+    assert R._schema_drift(runs) == ["data.split_seed"]
