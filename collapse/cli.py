@@ -71,11 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help='how to start each run, e.g. "accelerate launch --num_processes 2 -m collapse"')
     sw.add_argument("--dry-run", action="store_true", help="validate and list the runs without starting them")
     sub.add_parser("keys", help="list every config key with its default and meaning")
+    sub.add_parser("bench", add_help=False,
+                   help="speed benchmarks: collapse bench [--device cpu|cuda] [--quick] [--out F]")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # its own parser: options after the subcommand
+        from collapse.bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     from collapse.runtime import quiet_libraries, setup_logging
 

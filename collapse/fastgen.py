@@ -7,13 +7,33 @@ tensors it owns: LayerNorm, one QKV matmul, SDPA over a slice of a preallocated 
 
 Every engine exposes ``prefill(prompts [B, P]) -> logits [B, V]`` and ``step(tokens [B]) -> logits``;
 ``make_engine`` picks the fast one when the architecture is supported and the HF one otherwise.
-The fast engine's logits match HF's to float tolerance (tests/test_fastgen.py).
+The fast engine's logits match HF's to float tolerance (tests/test_generate.py, tests/test_fastgen.py).
+
+A decode step attends over a growing slice of the cache (``cache[:, :, :pos+1]``): what is fastest on a
+CPU, and on a GPU its attention runs FlashAttention's decoding kernel. On CUDA the steps are also
+captured in CUDA graphs: the step at position ``p`` is the same code with ``p`` a Python constant,
+reading the next tokens from a fixed input buffer and writing logits into a fixed output buffer, so
+each position's step is captured once (during the engine's second batch, after one eager warm-up run:
+an engine used for one batch only, such as a ragged last batch, never pays for captures) and replayed
+for every later batch of the same shape: one launch per step instead of ~15 per layer. All positions'
+graphs share one memory pool (they run one after another). The maths and kernels are those of the
+eager step, so logits are bit-identical with and without graphs. If capture fails (old GPU, driver,
+an op that cannot be captured) the engine logs a warning and decodes eagerly.
+
+Measured on an H200 (OPT-125m shapes, bf16, 64 + 64 tokens): a single static-shape step over the
+whole cache with a position mask (SDPA picks cuDNN for masked attention) captured in ONE graph was
+2.2x faster than eager at batch 64 but 12-17% slower at batch 512-1024, where the step is GPU-bound
+and the masked kernel over 128 slots loses to the flash decoding kernel over the used slots.
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger("collapse")
 
 
 class HFEngine:
@@ -74,7 +94,9 @@ class FastDecoder:
                     and not getattr(c, "_remove_final_layer_norm", False) and c.activation_function in ("relu", "gelu"))
         return False
 
-    def __init__(self, model, batch: int, max_len: int):
+    def __init__(self, model, batch: int, max_len: int, graphs: bool = False, static: bool | None = None):
+        """``graphs``: capture the steps in CUDA graphs (CUDA only). ``static``: run steps through the
+        capturable per-position step (fixed input / output buffers) even without graphs (tests, on CPU)."""
         c = model.config
         self.mt = c.model_type
         p = next(model.parameters())
@@ -118,13 +140,35 @@ class FastDecoder:
         self.v = torch.empty(shape, dtype=self.dtype, device=self.device)
         self.pos = 0
         self.batch = batch
+        self.max_len = max_len
+        self.use_graphs = bool(graphs) and self.device.type == "cuda"
+        self.static = self.use_graphs if static is None else bool(static or self.use_graphs)
+        self.graphs: dict[int, object] = {}  # position -> CUDAGraph
+        self.batches = 0  # prefills so far: graphs are captured from the second batch on
+        self.capture_seconds = 0.0  # host time spent capturing (warm-up runs included)
+        if self.static:
+            self._tok = torch.zeros(batch, dtype=torch.long, device=self.device)
+            self._logits = torch.empty(batch, self.head.shape[0], dtype=torch.float32, device=self.device)
+        if self.use_graphs:
+            self._pool = torch.cuda.graph_pool_handle()
+            self._stream = torch.cuda.Stream(self.device)
+
+    @property
+    def graph(self):
+        """A captured CUDA graph of this engine, if any (None: eager steps)."""
+        return next(iter(self.graphs.values()), None)
 
     def _ln(self, x, wb):
         return F.layer_norm(x, (self.d,), wb[0], wb[1], self.eps)
 
     def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+        logits = self._run(ids, self.pos)
+        self.pos += ids.shape[1]
+        return logits
+
+    def _run(self, ids: torch.Tensor, p0: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, V] (float32) after ``ids`` [B, T] placed at positions ``p0..p0+T-1``; K/V written there."""
         B, T = ids.shape
-        p0 = self.pos
         h = F.embedding(ids, self.wte) + self.wpe[p0 + self.pos_offset:p0 + self.pos_offset + T]
         for i, L in enumerate(self.layers):
             a = self._ln(h, L["ln1"])
@@ -139,22 +183,93 @@ class FastDecoder:
             m = self._ln(h, L["ln2"]).reshape(B * T, self.d)
             m = torch.addmm(L["fc2"][1], self.act(torch.addmm(L["fc1"][1], m, L["fc1"][0])), L["fc2"][0])
             h = h + m.view(B, T, self.d)
-        self.pos = p0 + T
         last = self._ln(h[:, -1], self.lnf)
+        if out is not None:
+            return out.copy_(last @ self.head.t())  # the float32 conversion, into the caller's buffer
         return (last @ self.head.t()).float()
 
+    # ------------------------------------------------------------------ per-position steps (CUDA graphs)
+
+    def _fixed_step(self, p: int) -> torch.Tensor:
+        """The step at position ``p`` on ``self._tok``, into ``self._logits``: fixed shapes and addresses.
+        Running it twice at the same ``p`` with the same tokens writes the same K/V (idempotent)."""
+        return self._run(self._tok[:, None], p, out=self._logits)
+
+    def _capture(self, p: int):
+        """One eager warm-up run of position ``p``'s step (loads its kernels; writes what the replay will
+        write), then its capture into the shared pool. None (and eager steps from now on) on failure."""
+        import time
+
+        t0 = time.perf_counter()
+        cur = torch.cuda.current_stream(self.device)
+        try:
+            self._stream.wait_stream(cur)
+            with torch.cuda.stream(self._stream):
+                self._fixed_step(p)
+                g = torch.cuda.CUDAGraph()
+                g.capture_begin(self._pool)
+                try:
+                    self._fixed_step(p)
+                finally:
+                    g.capture_end()
+            cur.wait_stream(self._stream)
+        except Exception as e:  # noqa: BLE001 - any capture failure: eager steps still work
+            log.warning("CUDA graph capture failed (%s: %s); decoding with eager steps", type(e).__name__,
+                        str(e).splitlines()[0][:160] if str(e) else "")
+            self.use_graphs = False
+            self.graphs.clear()
+            torch.cuda.synchronize(self.device)
+            return None
+        finally:
+            self.capture_seconds += time.perf_counter() - t0
+        self.graphs[p] = g
+        return g
+
+    # ------------------------------------------------------------------ public
+
     def prefill(self, prompts: torch.Tensor) -> torch.Tensor:
+        if self.static and prompts.shape[0] != self.batch:
+            raise ValueError(f"this engine decodes batches of {self.batch} rows, got {prompts.shape[0]}")
         self.pos = 0
+        self.batches += 1
         return self._forward(prompts)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self._forward(tokens[:, None])
+        """Logits after appending ``tokens`` [B]. On the static path (CUDA graphs) the returned tensor is a
+        fixed buffer, overwritten by the next step: read or copy it before calling again."""
+        if not self.static:
+            return self._forward(tokens[:, None])
+        p = self.pos
+        if p >= self.max_len:
+            raise IndexError(f"the KV cache holds {self.max_len} positions; all are used")
+        self._tok.copy_(tokens)
+        g = self.graphs.get(p) if self.use_graphs else None
+        if g is None and self.use_graphs and self.batches >= 2:
+            g = self._capture(p)  # its warm-up run did this step's work already; the replay redoes it
+        if g is not None:
+            g.replay()
+        else:
+            self._fixed_step(p)
+        self.pos = p + 1
+        return self._logits
 
 
-def make_engine(model, batch: int, max_len: int, prefer: str = "auto"):
-    """The fast engine where supported (``prefer='auto'``/``'fast'``), else HF's own forward."""
+def graphs_available(device: torch.device) -> bool:
+    """CUDA graphs for the decode step: a CUDA device, not disabled by ``COLLAPSE_CUDA_GRAPHS=0``."""
+    import os
+
+    return device.type == "cuda" and os.environ.get("COLLAPSE_CUDA_GRAPHS", "1") != "0"
+
+
+def make_engine(model, batch: int, max_len: int, prefer: str = "auto", graphs: bool | None = None):
+    """The fast engine where supported (``prefer='auto'``/``'fast'``), else HF's own forward.
+
+    ``graphs``: None = CUDA graphs wherever the device is CUDA (see :func:`graphs_available`).
+    """
     if prefer != "hf" and FastDecoder.supports(model):
-        return FastDecoder(model, batch, max_len)
+        if graphs is None:
+            graphs = graphs_available(next(model.parameters()).device)
+        return FastDecoder(model, batch, max_len, graphs=graphs)
     if prefer == "fast":
         raise NotImplementedError(f"no fast decode path for {model.config.model_type}")
     return HFEngine(model, batch, max_len)

@@ -1,0 +1,15 @@
+#!/usr/bin/env python3
+"""Benchmarks: `python scripts/bench.py --device cpu` (table + bench.json); `--device cuda --selftest` on a GPU.
+
+The logic lives in collapse/bench.py (CPU) and collapse/bench_cuda.py (GPU); see docs/benchmarks.md.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from collapse.bench import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

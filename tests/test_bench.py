@@ -1,0 +1,46 @@
+"""scripts/bench.py --quick: the benchmark's plumbing and JSON schema (not its timings)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_quick_bench_writes_the_documented_json(tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--threads", "1",
+                        "--repeats", "1", "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["schema"] == "collapse-bench/1" and res["device"] == "cpu" and res["quick"] is True
+    m = res["machine"]
+    for k in ("cpu", "cores_usable", "torch", "torch_threads", "load_avg"):
+        assert k in m, k
+    assert m["torch_threads"] == 1
+    assert set(res["parts"]) == {"generation", "counting", "training"}
+    for name, part in res["parts"].items():
+        assert part["rows"], name
+        for row in part["rows"]:
+            assert row["seconds_median"] > 0 and len(row["seconds"]) >= 1, (name, row)
+            rate = [k for k in row if k.endswith("_per_s")]
+            assert rate and row[rate[0]] > 0, (name, row)
+        assert all(v > 0 for v in part["ratios"].values()), name
+    for t in res["parts"]["generation"]["targets"] + res["parts"]["counting"]["targets"]:
+        assert {"what", "value", "op", "threshold", "met"} <= set(t)
+    assert res["parts"]["counting"]["info"]["same_counts"] is True
+    assert res["parts"]["counting"]["info"]["same_bucket_shift"] is True
+    gen = res["parts"]["generation"]
+    assert "project / HF per-prompt" in gen["ratios"] and "after / before (this change, total)" in gen["ratios"]
+    assert gen["info"]["bf16_weights_adopted"] is False
+    assert "ratio" in r.stdout and "JSON:" in r.stdout  # the printed table
+
+
+def test_bench_path_imports_neither_datasets_nor_wandb():
+    """The GPU machine has neither: the generate / fastgen / train / bench path must import them lazily."""
+    code = ("import sys, collapse.generate, collapse.fastgen, collapse.train, collapse.bench, collapse.bench_cuda; "
+            "bad = [m for m in ('datasets', 'wandb') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
