@@ -632,6 +632,7 @@ def run_loop(cfg: Config, show_progress: bool = True) -> int:
                 with atomic_path(out / "reference_counts.npy") as tmp, open(tmp, "wb") as fh:
                     np.save(fh, ref_counts, allow_pickle=False)
             manifest.data.setdefault("base_model", model_ref)
+            manifest.data["world_size"] = accelerator.num_processes  # of the latest (re)start
             if cfg.wandb.mode != "disabled" and not manifest.data.get("wandb_run_id"):
                 # recorded before wandb.init: a process killed at any later moment resumes the same W&B run
                 manifest.data["wandb_run_id"] = _new_wandb_id()
