@@ -272,6 +272,10 @@ def _attach(model0, cfg: Config, g: int):
     torch.manual_seed(seed_int(cfg.seed, g, "init"))
     if cfg.train.method == "lora":
         return attach_lora(model0, cfg.train.lora)
+    if any(p.dtype in (torch.bfloat16, torch.float16) for p in model0.parameters()):
+        # a full fine-tune needs float32 master weights: in bf16, lr 2e-5 updates round away (80% of
+        # the weights probed on an H200 never changed); compute stays bf16 through Accelerate's autocast
+        model0 = model0.float()
     for p in model0.parameters():
         p.requires_grad_(True)
     return model0
