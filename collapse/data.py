@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from collapse.config import DataConfig
-from collapse.errors import DataError
+from collapse.errors import DataError, first_line
 
 SPLITS = ("train", "validation", "test")
 LOCAL_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -71,12 +71,6 @@ def _is_local(source: str) -> bool:
             or Path(source).expanduser().exists())
 
 
-def _first_line(e: BaseException, limit: int = 200) -> str:
-    """First line of an exception's message, or its type name when the message is empty."""
-    lines = str(e).strip().splitlines()
-    return lines[0][:limit] if lines else type(e).__name__
-
-
 def _load_with_datasets(cfg: DataConfig) -> dict[str, list[str]]:
     import datasets
 
@@ -96,13 +90,13 @@ def _load_with_datasets(cfg: DataConfig) -> dict[str, list[str]]:
         try:
             dd = datasets.load_dataset(builder, data_files={"train": str(path)}, **kwargs)
         except Exception as e:  # noqa: BLE001 - datasets raises many types for bad files
-            raise DataError(f"could not read {path} as {builder}: {_first_line(e)}") from None
+            raise DataError(f"could not read {path} as {builder}: {first_line(e)}") from None
     else:
         try:
             dd = datasets.load_dataset(source, cfg.config)
         except Exception as e:  # noqa: BLE001
             offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
-            why = "the hub is not reachable (offline mode is on)" if offline else _first_line(e)
+            why = "the hub is not reachable (offline mode is on)" if offline else first_line(e)
             raise DataError(f"could not load dataset `{source}`"
                             f"{f' ({cfg.config})' if cfg.config else ''}: {why}. "
                             "Use data.source=kjv or a local .txt/.jsonl/.parquet file offline.") from None

@@ -43,7 +43,7 @@ import torch
 from collapse import fault
 from collapse import metrics as M
 from collapse.config import Config, config_diff
-from collapse.errors import CollapseError, ConfigError, DataError, ModelError
+from collapse.errors import CollapseError, ConfigError, DataError, ModelError, first_line
 from collapse.io import (
     atomic_path,
     dumps_line,
@@ -89,7 +89,7 @@ class Manifest:
                 if not all(isinstance(v, dict) and str(k).isdigit() for k, v in data["generations"].items()):
                     raise ValueError("malformed 'generations' table")
             except (ValueError, OSError, UnicodeDecodeError) as e:
-                msg = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+                msg = first_line(e, 120)
                 raise DataError(f"{path} is corrupt ({msg}): delete it to redo every stage of the run (same "
                                 "results), or start over with resume=never overwrite=true.") from None
             data.pop("_current_gen", None)  # written by older versions
@@ -353,7 +353,7 @@ def _load_generation_model(base, g: int, out: Path, cfg: Config, device):
         return _load_model_dir(d / sub, base, device)
     except Exception as e:  # noqa: BLE001 - safetensors / peft / transformers raise several types
         raise DataError(f"the weights of generation {g} in {d / sub} cannot be read "
-                        f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}): delete {d / sub} "
+                        f"({first_line(e, 120)}): delete {d / sub} "
                         "and rerun the same command to retrain it.") from None
 
 
@@ -374,11 +374,6 @@ def _prune_checkpoints(out: Path, g: int, cfg: Config, is_main: bool) -> None:
 # ---------------------------------------------------------------------- checks on resume
 
 
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0][:120] if s else type(e).__name__
-
-
 def _safetensors_problem(folder: Path) -> str | None:
     """None if every *.safetensors file in ``folder`` is complete (header and data covered), else why not."""
     from safetensors import safe_open
@@ -391,7 +386,7 @@ def _safetensors_problem(folder: Path) -> str | None:
             with safe_open(str(f), "pt") as fh:
                 fh.keys()
         except Exception as e:  # noqa: BLE001 - SafetensorError and OSError
-            return f"{f.relative_to(folder.parent.parent)} cannot be read ({_first_line(e)})"
+            return f"{f.relative_to(folder.parent.parent)} cannot be read ({first_line(e, 120)})"
     return None
 
 
@@ -409,7 +404,7 @@ def _stage_problem(stage: str, g: int, out: Path, cfg: Config, n_seq: int) -> st
         except FileNotFoundError:
             return f"{d.name}/{name} is missing"
         except Exception as e:  # noqa: BLE001
-            return f"{d.name}/{name} cannot be read ({_first_line(e)})"
+            return f"{d.name}/{name} cannot be read ({first_line(e, 120)})"
         return None
 
     if stage == "train":
@@ -426,7 +421,7 @@ def _stage_problem(stage: str, g: int, out: Path, cfg: Config, n_seq: int) -> st
             pf = pq.ParquetFile(path)
             rows, names = pf.metadata.num_rows, set(pf.schema_arrow.names)
         except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
-            return f"{d.name}/samples.parquet cannot be read ({_first_line(e)})"
+            return f"{d.name}/samples.parquet cannot be read ({first_line(e, 120)})"
         if not {"token_ids", "prompt_ids"} <= names:
             return f"{d.name}/samples.parquet lacks the token_ids/prompt_ids columns"
         if rows != n_seq:
@@ -437,7 +432,7 @@ def _stage_problem(stage: str, g: int, out: Path, cfg: Config, n_seq: int) -> st
         try:
             np.load(d / "gen0_ppl.npy", allow_pickle=False)
         except Exception as e:  # noqa: BLE001
-            problem = f"{d.name}/gen0_ppl.npy cannot be read ({_first_line(e)})"
+            problem = f"{d.name}/gen0_ppl.npy cannot be read ({first_line(e, 120)})"
     return problem
 
 
@@ -533,7 +528,7 @@ def load_samples(out: Path, g: int, keep_prompt: bool = False) -> np.ndarray:
         if keep_prompt:
             gen = np.concatenate([read_id_column(path, "prompt_ids"), gen], axis=1)
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
-        raise DataError(f"{path} cannot be read ({_first_line(e)}): delete it and rerun the same command; "
+        raise DataError(f"{path} cannot be read ({first_line(e, 120)}): delete it and rerun the same command; "
                         "it is regenerated (identically) on resume.") from None
     return gen
 
@@ -745,12 +740,11 @@ def run_loop(cfg: Config, show_progress: bool = True) -> int:
                 clock.done += 1
             else:
                 t0 = clock.start()
-                samples_cache[g] = load_samples(out, g, gc.keep_prompt)
-                gen_ids = load_samples(out, g, False)
-                prompt_ids = read_id_column(d / "samples.parquet", "prompt_ids")
+                full = load_samples(out, g, keep_prompt=True)  # prompt + continuation, read once
+                gen_ids = full[:, gc.prompt_tokens:]
+                samples_cache[g] = full if gc.keep_prompt else gen_ids
                 fault.point("measure", g, 0)
-                ppl = sequence_ppl(base, np.concatenate([prompt_ids, gen_ids], axis=1), gc.prompt_tokens,
-                                   cfg.eval.batch_size, accelerator)
+                ppl = sequence_ppl(base, full, gc.prompt_tokens, cfg.eval.batch_size, accelerator)
                 row = _metrics_row(g, read_json(d / "eval.json"), ref_counts, gen_ids, ppl, d)
                 if is_main:
                     with atomic_path(d / "gen0_ppl.npy") as tmp, open(tmp, "wb") as fh:
@@ -837,7 +831,7 @@ def _gen0_finetune(cfg, model0, real_rows, val_blocks, out, manifest, accelerato
         try:
             return _load_model_dir(d / "model", model0, accelerator.device)
         except Exception as e:  # noqa: BLE001 - checked on resume already; this is a race with a deletion
-            raise DataError(f"the fine-tuned generation 0 in {d / 'model'} cannot be read ({_first_line(e)}): "
+            raise DataError(f"the fine-tuned generation 0 in {d / 'model'} cannot be read ({first_line(e, 120)}): "
                             "rerun the same command to redo it.") from None
     t0 = clock.start()
     m = _attach(copy.deepcopy(model0), cfg, 0)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from collapse.config import LoraConfig, ModelConfig, ScratchConfig
-from collapse.errors import DataError, ModelError
+from collapse.errors import DataError, ModelError, first_line
 
 log = logging.getLogger("collapse")
 
@@ -77,7 +77,7 @@ def load_pretrained(name_or_path: str, cfg: ModelConfig, device: torch.device, d
             source, dtype=dtype, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision, use_safetensors=True
         )
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         if source == name_or_path and offline:
             raise ModelError(f"cannot load `{name_or_path}`: offline (HF_HUB_OFFLINE=1) and not in the local cache. "
                              "Download it once with network access, or pass a local folder.") from None

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_generate import _gpt2, _opt
+from test_generate import CORPUS_CFG, _gpt2, _opt, small_corpus
 
 from collapse.config import GenerationConfig
 from collapse.fastgen import FastDecoder, HFEngine, make_engine
-from collapse.generate import generate_corpus, sample_batch, sample_icdf
+from collapse.generate import sample_batch, sample_icdf
 
 
 @pytest.mark.parametrize("build", [_gpt2, _opt])
@@ -94,14 +94,10 @@ def test_chunking_does_not_change_the_tokens(build):
 
 def test_generate_corpus_reuses_engines_without_changing_the_corpus():
     m = _gpt2()
-    prompts = np.random.default_rng(0).integers(3, 300, size=(10, 5)).astype(np.int32)
-    cfg = GenerationConfig(batch_size=4, temperature=1.0)
-    got: dict[int, np.ndarray] = {}
-    generate_corpus(m, prompts, 6, cfg, key=(0, 1, "generate"), sink=lambda b, p, g: got.__setitem__(b, g),
-                    progress=False)
+    prompts, got = small_corpus(m)
     from collapse.modeling import seeded_generator
 
     for b in range(3):
         rows = torch.as_tensor(prompts[b * 4:(b + 1) * 4], dtype=torch.long)
-        alone = sample_batch(m, rows, 6, cfg, seeded_generator(0, 1, "generate", b))
+        alone = sample_batch(m, rows, 6, CORPUS_CFG, seeded_generator(0, 1, "generate", b))
         assert np.array_equal(got[b], alone.numpy())

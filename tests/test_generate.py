@@ -129,17 +129,23 @@ def test_beam_search_path_shape():
     assert out.shape == (2, 6)
 
 
+CORPUS_CFG = GenerationConfig(batch_size=4, temperature=1.0)
+
+
+def small_corpus(m, **kw) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """10 random 5-token prompts continued by 6 tokens in batches of 4: (prompts, batch index -> rows)."""
+    prompts = np.random.default_rng(0).integers(3, 300, size=(10, 5)).astype(np.int32)
+    got: dict[int, np.ndarray] = {}
+    generate_corpus(m, prompts, 6, CORPUS_CFG, key=(0, 1, "generate"), sink=lambda b, p, g: got.__setitem__(b, g),
+                    progress=False, **kw)
+    return prompts, got
+
+
 def test_generate_corpus_batches_are_independent_of_skips():
     """A resumed stage that skips finished batches produces the same remaining batches."""
     m = _gpt2()
-    prompts = np.random.default_rng(0).integers(3, 300, size=(10, 5)).astype(np.int32)
-    cfg = GenerationConfig(batch_size=4, temperature=1.0)
-    full: dict[int, np.ndarray] = {}
-    generate_corpus(m, prompts, 6, cfg, key=(0, 1, "generate"), sink=lambda b, p, g: full.__setitem__(b, g),
-                    progress=False)
-    part: dict[int, np.ndarray] = {}
-    generate_corpus(m, prompts, 6, cfg, key=(0, 1, "generate"), sink=lambda b, p, g: part.__setitem__(b, g),
-                    skip_batches={0}, progress=False)
+    _, full = small_corpus(m)
+    _, part = small_corpus(m, skip_batches={0})
     assert sorted(full) == [0, 1, 2] and sorted(part) == [1, 2]
     assert all(np.array_equal(full[b], part[b]) for b in part)
     assert full[2].shape == (2, 6)  # the ragged last batch
