@@ -460,7 +460,7 @@ def bench_counting(n: int, repeats: int, vocab: int = 4096) -> dict:
     same_counts = all(c_np[k] == v for k, v in c_py.items()) and int(c_np.sum()) == sum(c_py.values())
     same_shift = all((bs_np[k]["shift_pct"] is None and bs_py[k] is None)
                      or (bs_py[k] is not None and abs(bs_np[k]["shift_pct"] - bs_py[k]) < 1e-9) for k in bs_py)
-    rows = [_row("metrics.counts (np.bincount) + bucket_shift", t["ours"], n, unit="ids"),
+    rows = [_row("metrics.counts (torch.bincount, zero-copy) + bucket_shift", t["ours"], n, unit="ids"),
             _row("collections.Counter(arr.tolist()) + pure-Python bucket shift", t["counter"], n, unit="ids",
                  note="tolist INSIDE the timed region"),
             _row("  of which arr.tolist() alone", t["tolist"], n, unit="ids")]

@@ -3,7 +3,7 @@
 Conventions
 -----------
 * ``ref`` is the real (reference) text, ``gen`` the generated text; both are arrays of token ids.
-* Counts are ``np.bincount`` histograms over a common vocabulary size ``V``.
+* Counts are exact int64 histograms (``counts``) over a common vocabulary size ``V``.
 * Frequency buckets rank the token types of the *reference* by count (descending, ties broken by
   the smaller token id): ranks 1-10, 11-100, 101-1000, 1001-10000, 10001+, and ``unseen`` for types
   the reference never uses.
@@ -14,6 +14,7 @@ Each metric says whether higher is closer to the reference (``HIGHER_IS_CLOSER``
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -25,15 +26,41 @@ KL_ALPHA = 0.5  # additive smoothing for KL (Jeffreys prior), over the union of 
 
 
 def counts(ids: np.ndarray | Iterable[np.ndarray], vocab: int | None = None) -> np.ndarray:
-    """Histogram of token ids: ``c[t]`` = number of occurrences of type t (int64, length >= vocab)."""
+    """Histogram of token ids: ``c[t]`` = number of occurrences of type t (int64, length >= vocab).
+
+    The kernel is ``torch.bincount`` on a zero-copy view of the array: it counts int32 ids without
+    the int64 copy ``np.bincount`` makes and uses the torch threads (about 2.5x faster than chunked
+    ``np.bincount`` on 10^7 int32 ids, 2 cores; ``docs/benchmarks.md``). Without torch it falls back
+    to chunked ``np.bincount``; both give the same exact integer counts.
+    """
     if not isinstance(ids, np.ndarray):
         parts = [np.asarray(x).ravel() for x in ids]
         ids = np.concatenate(parts) if parts else np.zeros(0, np.int64)
     ids = np.asarray(ids).ravel()
-    if ids.size and ids.min() < 0:
+    if ids.size == 0:
+        return np.zeros(vocab or 0, dtype=np.int64)
+    if ids.dtype.kind not in "iu":
+        raise ValueError(f"token ids must be integers, got dtype {ids.dtype}")
+    if ids.dtype.kind == "u":  # torch.bincount counts signed types only; widen (exact)
+        ids = ids.astype(np.int32 if ids.dtype.itemsize <= 2 else np.int64)
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency; kept for metric-only installs
+        return _counts_numpy(ids, vocab)
+    with warnings.catch_warnings():  # read-only arrays (e.g. from pyarrow) are only read here
+        warnings.simplefilter("ignore", UserWarning)
+        t = torch.from_numpy(np.ascontiguousarray(ids))
+    lo, hi = (int(v) for v in torch.aminmax(t))
+    if lo < 0:
+        raise ValueError("token ids must be non-negative")
+    return torch.bincount(t, minlength=max(hi + 1, vocab or 0)).numpy()
+
+
+def _counts_numpy(ids: np.ndarray, vocab: int | None = None) -> np.ndarray:
+    if ids.min() < 0:
         raise ValueError("token ids must be non-negative")
     # bincount casts its input to int64: chunks keep that copy in cache (about 3x faster on 10^7 ids)
-    out = np.zeros(max(int(ids.max()) + 1 if ids.size else 0, vocab or 0), dtype=np.int64)
+    out = np.zeros(max(int(ids.max()) + 1, vocab or 0), dtype=np.int64)
     for i in range(0, ids.size, 1 << 16):
         chunk = ids[i:i + (1 << 16)]
         out[: int(chunk.max()) + 1] += np.bincount(chunk)

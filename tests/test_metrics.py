@@ -35,6 +35,24 @@ def test_counts_rejects_negative_ids():
         M.counts(arr(1, -1))
 
 
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64])
+def test_counts_equal_counter_for_every_integer_dtype_and_read_only_input(dtype):
+    import collections
+
+    ids = np.random.default_rng(0).integers(0, 120, size=5000).astype(dtype)
+    ids.flags.writeable = False  # arrays from pyarrow are read-only; counting must not need to write
+    c = M.counts(ids, vocab=130)
+    want = collections.Counter(ids.tolist())
+    assert len(c) == 130 and c.dtype == np.int64
+    assert {t: int(v) for t, v in enumerate(c) if v} == dict(want)
+    assert np.array_equal(c, M._counts_numpy(ids, 130))  # the no-torch fallback agrees exactly
+
+
+def test_counts_rejects_non_integer_ids():
+    with pytest.raises(ValueError, match="integers"):
+        M.counts(np.array([1.0, 2.0]))
+
+
 # ---------------------------------------------------------------------- ranks and buckets
 
 
