@@ -353,6 +353,89 @@ def series(group: Group, value: Callable[[dict], Any]) -> tuple[np.ndarray, ...]
     return gens, mean, lo, hi, n
 
 
+def _ci(values: list[float]) -> dict:
+    """Mean, 95% t-interval half-width (None for n < 2), n, and the values themselves."""
+    a = np.asarray(values, dtype=np.float64)
+    half = _t975(len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)) if len(a) >= 2 else None
+    return {"mean": float(a.mean()), "ci95": None if half is None else float(half), "n": int(len(a)),
+            "values": [float(v) for v in a]}
+
+
+def summary_metrics(tail_buckets: list[str], shift_buckets: list[str]) -> list[tuple[str, str, Callable]]:
+    """(key, label, value(row, row0)) of the last-generation summary; ``row0`` is the run's generation 0."""
+    def delta(key: str) -> Callable:
+        return lambda r, r0: None if r0 is None or r.get(key) is None or r0.get(key) is None else r[key] - r0[key]
+
+    out: list[tuple[str, str, Callable]] = [("test_ppl", "test ppl", lambda r, r0: r.get("test_ppl")),
+                                            ("test_ppl_change", "Δ test ppl vs gen 0", delta("test_ppl"))]
+    out += [(f"bucket_shift.{b}", f"shift {b} (%)", lambda r, r0, b=b: (r.get("bucket_shift") or {}).get(b))
+            for b in shift_buckets]
+    out += [(f"tail_loss.{b}", f"NLL {b}", lambda r, r0, b=b: (r.get("tail_loss") or {}).get(b)) for b in tail_buckets]
+    out += [("entropy", "entropy (bits)", lambda r, r0: r.get("entropy")),
+            ("coverage", "coverage", lambda r, r0: r.get("coverage")),
+            ("kl_ref_gen", "KL(real‖gen)", lambda r, r0: r.get("kl_ref_gen"))]
+    return out
+
+
+def summarize(groups: list[Group], tail_buckets: list[str], shift_buckets: list[str]) -> list[dict]:
+    """Per seed group, at the last generation every run of the group finished: mean ± 95% t-interval over seeds.
+
+    ``Δ test ppl vs gen 0`` is paired: each run's change from its own generation 0 (seeds differ in their
+    generation-0 model too), then averaged.
+    """
+    out = []
+    for grp in groups:
+        last = min(r.gens[-1] for r in grp.runs)
+        entry = {"group": grp.legend, "diff": {k: grp.diff[k] for k in grp.diff}, "generation": last,
+                 "seeds": grp.seeds, "runs": [str(r.path) for r in grp.runs], "metrics": {}}
+        for key, label, value in summary_metrics(tail_buckets, shift_buckets):
+            vals = [value(r.row(last), r.row(0)) for r in grp.runs if r.row(last) is not None]
+            vals = [float(v) for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and math.isfinite(v)]
+            if vals:
+                entry["metrics"][key] = {"label": label, **_ci(vals)}
+        out.append(entry)
+    return out
+
+
+def _pm(m: dict | None, spec: str = ".2f") -> str:
+    if m is None:
+        return "—"
+    return f"{m['mean']:{spec}}" + ("" if m["ci95"] is None else f" ± {m['ci95']:{spec}}")
+
+
+def summary_markdown(summary: list[dict]) -> str:
+    """The summary as a Markdown table (groups as rows), as ``docs/results.md`` quotes it."""
+    keys = [k for k in dict.fromkeys(k for e in summary for k in e["metrics"])]
+    labels = {k: e["metrics"][k]["label"] for e in summary for k in e["metrics"]}
+    spec = {k: (".4f" if k in ("coverage", "kl_ref_gen") else ".3f" if k.startswith(("tail_loss", "entropy")) else
+                ".1f" if k.startswith("bucket_shift") else ".2f") for k in keys}
+    head = "| group | gen | n |" + "".join(f" {labels[k]} |" for k in keys)
+    lines = [head, "|---|---|---|" + "---|" * len(keys)]
+    for e in summary:
+        n = max((m["n"] for m in e["metrics"].values()), default=0)
+        lines.append(f"| {e['group']} | {e['generation']} | {n} |"
+                     + "".join(f" {_pm(e['metrics'].get(k), spec[k])} |" for k in keys))
+    return "\n".join(lines) + "\n\nmean ± half-width of the 95% t-interval over seeds (none for one seed).\n"
+
+
+def _summary_html(summary: list[dict]) -> str:
+    esc = html.escape
+    keys = [k for k in dict.fromkeys(k for e in summary for k in e["metrics"])]
+    labels = {k: e["metrics"][k]["label"] for e in summary for k in e["metrics"]}
+    head = "".join(f"<th>{esc(labels[k])}</th>" for k in keys)
+    body = "".join(
+        f"<tr><td>{esc(e['group'])}</td><td>{e['generation']}</td>"
+        + "".join(f"<td>{esc(_pm(e['metrics'].get(k), '.4f' if k in ('coverage', 'kl_ref_gen') else '.2f'))}</td>"
+                  for k in keys) + "</tr>" for e in summary)
+    return ('<h2 id="summary">Last generation, mean ± 95% CI over seeds</h2><p class="note">At the last generation '
+            "every run of a group finished; ± is the half-width of the 95% t-interval over seeds; Δ test ppl is "
+            "each run's change from its own generation 0. Also in <code>summary.json</code> and "
+            "<code>summary.md</code>.</p>"
+            f'<div class="scroll"><table class="summary"><thead><tr><th>group</th><th>gen</th>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")
+
+
 # ---------------------------------------------------------------------- figures
 
 
@@ -1063,7 +1146,7 @@ _FIG_TITLES = {"test-ppl": "Test perplexity", "tail-loss": "Tail loss by frequen
 
 
 def _page(runs: list[Run], groups: list[Group], figures: dict[str, Path | None], errors: dict[str, str],
-          tail_buckets: list[str], shift_buckets: list[str]) -> str:
+          tail_buckets: list[str], shift_buckets: list[str], summary: list[dict] | None = None) -> str:
     esc = html.escape
     title = "Model-collapse report: " + ", ".join(r.name for r in runs)
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(title)}</title>"
@@ -1075,6 +1158,7 @@ def _page(runs: list[Run], groups: list[Group], figures: dict[str, Path | None],
         if r.partial:
             parts.append(f'<p class="partial">{esc(r.partial_note())}</p>')
     links = [(stem, _FIG_TITLES[stem]) for stem in FIGURES if figures.get(stem) is not None]
+    links = ([("summary", "Last generation, mean ± CI")] if summary else []) + links
     links += [("metrics", "Metrics per generation"), ("samples", "Example samples"), ("configs", "Configs")]
     parts.append("<nav><b>Contents:</b> " + " · ".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in links) + "</nav>")
     rows = "".join(
@@ -1097,6 +1181,8 @@ def _page(runs: list[Run], groups: list[Group], figures: dict[str, Path | None],
     if drift:
         parts.append('<p class="note">Config keys only some runs have (written by different versions of collapse; '
                      "not used for grouping): " + esc(", ".join(drift)) + ".</p>")
+    if summary:
+        parts.append(_summary_html(summary))
     band = _band_note(groups)
     parts.append("<h2>Figures</h2>")
     if band:
@@ -1192,7 +1278,10 @@ def make_report(run_dirs: list[Path], out: Path | None, quiet: bool = False) -> 
                 figures[stem] = None
                 errors[stem] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 note(f"report: figure {stem} could not be drawn ({errors[stem]}).")
-    page = _page(runs, groups, figures, errors, tail_buckets, shift_buckets)
+    summary = summarize(groups, tail_buckets, shift_buckets)
+    write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    write_text(out / "summary.md", summary_markdown(summary))
+    page = _page(runs, groups, figures, errors, tail_buckets, shift_buckets, summary)
     write_text(out / "report.html", page)
     for r in runs:
         if r.partial:

@@ -38,6 +38,20 @@ def test_quick_bench_writes_the_documented_json(tmp_path):
     assert "ratio" in r.stdout and "JSON:" in r.stdout  # the printed table
 
 
+def test_quick_end_to_end_part_builds_the_model_inside_the_timed_run(tmp_path):
+    """Part 4 times `collapse run` from an EMPTY model cache: the scratch build is inside the figure."""
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--threads", "1",
+                        "--parts", "e2e", "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    e2e = json.loads(out.read_text())["parts"]["e2e"]
+    assert "skipped" not in e2e, e2e
+    total, build, after = (row["seconds_median"] for row in e2e["rows"])
+    assert e2e["info"]["empty_cache"] is True and 0 < build < total and abs(build + after - total) < 1e-6
+    assert e2e["targets"][0]["value"] == total
+    assert {"train", "generate", "evaluate", "measure"} <= set(e2e["info"]["stage_totals_s"])
+
+
 def test_bench_path_imports_neither_datasets_nor_wandb():
     """The GPU machine has neither: the generate / fastgen / train / bench path must import them lazily."""
     code = ("import sys, collapse.generate, collapse.fastgen, collapse.train, collapse.bench, collapse.bench_cuda; "

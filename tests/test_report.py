@@ -204,6 +204,29 @@ def test_t_interval_of_the_mean_over_seeds(tmp_path):
     assert np.isnan(one[2]).all()  # no band from one seed
 
 
+def test_summary_at_the_last_generation_every_seed_finished(four_runs):
+    runs, out = four_runs
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {r.name: [json.loads(line) for line in (r / "metrics.jsonl").read_text().splitlines()] for r in runs}
+    rep, acc = summary
+    assert rep["group"].startswith("regime.kind=replace") and rep["generation"] == 2
+    assert acc["generation"] == 1  # acc_s1 stopped after generation 1: the group's common last generation
+    ppl = [rows["replace_s0"][2]["test_ppl"], rows["replace_s1"][2]["test_ppl"]]
+    m = rep["metrics"]["test_ppl"]
+    assert m["values"] == ppl and m["mean"] == pytest.approx(np.mean(ppl))
+    assert m["ci95"] == pytest.approx(12.706 * np.std(ppl, ddof=1) / math.sqrt(2))  # t(0.975, df=1)
+    change = [rows[n][2]["test_ppl"] - rows[n][0]["test_ppl"] for n in ("replace_s0", "replace_s1")]
+    assert rep["metrics"]["test_ppl_change"]["values"] == pytest.approx(change)  # paired, per run
+    shift = [rows[n][1]["bucket_shift"]["1-10"] for n in ("acc_s0", "acc_s1")]
+    assert acc["metrics"]["bucket_shift.1-10"]["values"] == pytest.approx(shift)
+    assert "bucket_shift.10001+" not in rep["metrics"]  # no value anywhere: left out
+    md = (out / "summary.md").read_text()
+    assert md.splitlines()[0].startswith("| group | gen | n | test ppl |")
+    assert f"{np.mean(ppl):.2f} ± {m['ci95']:.2f}" in md
+    text = " ".join(_parse(out / "report.html").text)
+    assert "Last generation, mean ± 95% CI over seeds" in text
+
+
 def test_bad_input_raises_data_error(tmp_path):
     from collapse.cli import main
 
