@@ -1,4 +1,4 @@
-"""Token-distribution metrics: pure, vectorised numpy on token-id arrays.
+"""Token-distribution metrics: pure, vectorised functions on numpy token-id arrays.
 
 Conventions
 -----------
