@@ -42,12 +42,15 @@ def _is_list_key(key: str) -> bool:
 
 
 def parse_grid(items: list[str], yaml_grid: dict | None = None) -> tuple[list[tuple[str, list[str]]], list[str]]:
-    """(axes, fixed overrides). Axis values stay strings; `collapse run` parses them."""
-    axes: list[tuple[str, list[str]]] = []
+    """(axes, fixed overrides). Axis values stay strings; `collapse run` parses them.
+
+    The command line overrides the YAML ``sweep:`` block key by key: ``key=a,b`` replaces that key's axis,
+    ``key=a`` fixes it (the axis is dropped), so a key never varies twice.
+    """
+    axes: dict[str, list[str]] = {}
     fixed: list[str] = []
     for key, values in (yaml_grid or {}).items():
-        axes.append((key, [yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
-                           for v in values]))
+        axes[key] = [yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip() for v in values]
     for it in items:
         key, sep, val = it.partition("=")
         if not sep:
@@ -55,10 +58,11 @@ def parse_grid(items: list[str], yaml_grid: dict | None = None) -> tuple[list[tu
         if key not in all_keys():
             load_config(None, [it])  # raises the usual unknown-key error with a suggestion
         if "," in val and not val.strip().startswith("[") and not _is_list_key(key):
-            axes.append((key, [v.strip() for v in val.split(",") if v.strip()]))
+            axes[key] = [v.strip() for v in val.split(",") if v.strip()]
         else:
+            axes.pop(key, None)
             fixed.append(it)
-    return axes, fixed
+    return list(axes.items()), fixed
 
 
 def point_name(assign: list[tuple[str, str]]) -> str:

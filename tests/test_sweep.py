@@ -1,0 +1,80 @@
+"""`collapse sweep`: grid parsing (YAML block and command line), the shipped experiment configs, and a
+tiny two-seed sweep end to end (runs, resumability, one report with the seed group's summary)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import TINY_RUN, run_cli
+
+from collapse.errors import ConfigError
+from collapse.sweep import parse_grid, point_name
+
+
+def test_yaml_axes_and_command_line_axes():
+    axes, fixed = parse_grid(["seed=0,1,2", "generations=3"], {"regime.kind": ["replace", "mix"]})
+    assert axes == [("regime.kind", ["replace", "mix"]), ("seed", ["0", "1", "2"])]
+    assert fixed == ["generations=3"]
+
+
+def test_command_line_replaces_or_fixes_a_yaml_axis():
+    grid = {"generation.temperature": [0.7, 1.0, 1.3], "seed": [0, 1, 2]}
+    axes, fixed = parse_grid(["generation.temperature=0.7,1.3"], grid)
+    assert axes == [("generation.temperature", ["0.7", "1.3"]), ("seed", ["0", "1", "2"])]  # replaced, not doubled
+    axes, fixed = parse_grid(["seed=4"], grid)
+    assert axes == [("generation.temperature", ["0.7", "1.0", "1.3"])] and fixed == ["seed=4"]
+
+
+def test_list_valued_keys_are_not_split_into_an_axis():
+    axes, fixed = parse_grid(["train.lora.target_modules=c_attn,c_proj"])
+    assert axes == [] and fixed == ["train.lora.target_modules=c_attn,c_proj"]
+
+
+def test_bad_items_raise_config_errors():
+    with pytest.raises(ConfigError, match="key=v1,v2"):
+        parse_grid(["seed"])
+    with pytest.raises(ConfigError):
+        parse_grid(["regime.knd=replace,mix"])
+
+
+def test_point_names_are_folder_names():
+    assert point_name([("regime.kind", "mix"), ("seed", "1")]) == "regime.kind=mix,seed=1"
+    assert point_name([("model.name_or_path", "facebook/opt-125m")]) == "model.name_or_path=facebook_opt-125m"
+    assert point_name([]) == "single"
+
+
+@pytest.mark.parametrize("name, runs", [("regimes", 9), ("decoding", 9), ("training", 4)])
+def test_shipped_experiment_configs_validate(tmp_path, name, runs):
+    r = run_cli("sweep", f"configs/experiments/{name}.yaml", "--dry-run", "--out", str(tmp_path / name), timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"sweep: {runs} runs" in r.stderr
+    assert not [p for p in (tmp_path / name).iterdir() if p.is_dir()]  # a dry run starts nothing
+
+
+def test_a_two_seed_sweep_runs_resumes_and_reports(tmp_path):
+    out = tmp_path / "sw"
+    args = ["sweep", *[a for a in TINY_RUN if not a.startswith("generations=")], "generations=1", "seed=0,1",
+            "--out", str(out)]
+    r = run_cli(*args, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = sorted(p.name for p in out.iterdir() if (p / "metrics.jsonl").is_file())
+    assert runs == ["seed=0", "seed=1"]
+    for name in runs:
+        assert yaml.safe_load((out / name / "config.yaml").read_text())["seed"] == int(name[-1])
+        assert len((out / name / "metrics.jsonl").read_text().splitlines()) == 2  # generations 0 and 1
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert len(summary) == 1 and summary[0]["metrics"]["test_ppl"]["n"] == 2 and summary[0]["generation"] == 1
+    assert (out / "report" / "report.html").is_file()
+    def stamps():
+        return {str(p.relative_to(out)): p.stat().st_mtime_ns for n in runs
+                for p in (out / n).glob("gen_*/*") if p.name in ("samples.parquet", "adapter", "eval.json")}
+
+    before = stamps()
+    assert len(before) == 2 * 5  # per run: samples + eval of gens 0 and 1, and gen 1's adapter
+    again = run_cli(*args, timeout=300)  # finished runs are resumed with nothing left to do
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("(resuming)") == 2
+    assert stamps() == before
+
