@@ -361,79 +361,88 @@ def _ci(values: list[float]) -> dict:
             "values": [float(v) for v in a]}
 
 
-def summary_metrics(tail_buckets: list[str], shift_buckets: list[str]) -> list[tuple[str, str, Callable]]:
-    """(key, label, value(row, row0)) of the last-generation summary; ``row0`` is the run's generation 0."""
-    def delta(key: str) -> Callable:
-        return lambda r, r0: None if r0 is None or r.get(key) is None or r0.get(key) is None else r[key] - r0[key]
-
-    out: list[tuple[str, str, Callable]] = [("test_ppl", "test ppl", lambda r, r0: r.get("test_ppl")),
-                                            ("test_ppl_change", "Δ test ppl vs gen 0", delta("test_ppl"))]
-    out += [(f"bucket_shift.{b}", f"shift {b} (%)", lambda r, r0, b=b: (r.get("bucket_shift") or {}).get(b))
-            for b in shift_buckets]
-    out += [(f"tail_loss.{b}", f"NLL {b}", lambda r, r0, b=b: (r.get("tail_loss") or {}).get(b)) for b in tail_buckets]
-    out += [("entropy", "entropy (bits)", lambda r, r0: r.get("entropy")),
-            ("coverage", "coverage", lambda r, r0: r.get("coverage")),
-            ("kl_ref_gen", "KL(real‖gen)", lambda r, r0: r.get("kl_ref_gen"))]
+def summary_metrics(tail_buckets: list[str], shift_buckets: list[str]) -> list[tuple[str, str, str]]:
+    """(key, label, number format) of the last-generation summary; keys are dotted metrics.jsonl keys."""
+    out = [("test_ppl", "test ppl", ".2f")]
+    out += [(f"bucket_shift.{b}", f"shift {b} (%)", ".1f") for b in shift_buckets]
+    out += [(f"tail_loss.{b}", f"NLL {b}", ".3f") for b in tail_buckets]
+    out += [("entropy", "entropy (bits)", ".3f"), ("coverage", "coverage", ".4f"), ("kl_ref_gen", "KL(real‖gen)", ".4f")]
     return out
 
 
-def summarize(groups: list[Group], tail_buckets: list[str], shift_buckets: list[str]) -> list[dict]:
-    """Per seed group, at the last generation every run of the group finished: mean ± 95% t-interval over seeds.
+def _num(v: Any) -> float | None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return float(v) if ok else None
 
-    ``Δ test ppl vs gen 0`` is paired: each run's change from its own generation 0 (seeds differ in their
-    generation-0 model too), then averaged.
+
+def summarize(groups: list[Group], tail_buckets: list[str], shift_buckets: list[str]) -> list[dict]:
+    """Per seed group, at the last generation every run of the group finished: mean ± 95% t-interval over seeds
+    of each metric (``metrics``) and of its change from generation 0 (``changes``).
+
+    Changes are paired: each run's value minus its own generation 0's (seeds differ in their generation-0
+    model too, which the absolute values carry), then averaged over the group.
     """
     out = []
     for grp in groups:
         last = min(r.gens[-1] for r in grp.runs)
         entry = {"group": grp.legend, "diff": {k: grp.diff[k] for k in grp.diff}, "generation": last,
-                 "seeds": grp.seeds, "runs": [str(r.path) for r in grp.runs], "metrics": {}}
-        for key, label, value in summary_metrics(tail_buckets, shift_buckets):
-            vals = [value(r.row(last), r.row(0)) for r in grp.runs if r.row(last) is not None]
-            vals = [float(v) for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)
-                    and math.isfinite(v)]
+                 "seeds": grp.seeds, "runs": [str(r.path) for r in grp.runs], "metrics": {}, "changes": {}}
+        for key, label, fmt in summary_metrics(tail_buckets, shift_buckets):
+            get = _get(key)
+            now = [(_num(get(r.row(last) or {})), _num(get(r.row(0) or {}))) for r in grp.runs]
+            vals = [v for v, _ in now if v is not None]
+            diffs = [v - v0 for v, v0 in now if v is not None and v0 is not None]
             if vals:
-                entry["metrics"][key] = {"label": label, **_ci(vals)}
+                entry["metrics"][key] = {"label": label, "format": fmt, **_ci(vals)}
+            if diffs and last > 0:
+                entry["changes"][key] = {"label": "Δ " + label, "format": fmt, **_ci(diffs)}
         out.append(entry)
     return out
 
 
-def _pm(m: dict | None, spec: str = ".2f") -> str:
+def _pm(m: dict | None, signed: bool = False) -> str:
     if m is None:
         return "—"
-    return f"{m['mean']:{spec}}" + ("" if m["ci95"] is None else f" ± {m['ci95']:{spec}}")
+    spec = ("+" if signed else "") + m["format"]
+    return f"{m['mean']:{spec}}" + ("" if m["ci95"] is None else f" ± {m['ci95']:{m['format']}}")
+
+
+def _summary_tables(summary: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of the two summary tables: values at the last generation, changes from gen 0."""
+    tables = []
+    for part, title in (("metrics", "at the last generation"), ("changes", "change from generation 0 (paired)")):
+        keys = list(dict.fromkeys(k for e in summary for k in e[part]))
+        if not keys:
+            continue
+        labels = {k: e[part][k]["label"] for e in summary for k in e[part]}
+        rows = [[e["group"], str(e["generation"]), str(max((m["n"] for m in e[part].values()), default=0))]
+                + [_pm(e[part].get(k), signed=part == "changes") for k in keys] for e in summary]
+        tables.append((title, ["group", "gen", "n"] + [labels[k] for k in keys], rows))
+    return tables
 
 
 def summary_markdown(summary: list[dict]) -> str:
-    """The summary as a Markdown table (groups as rows), as ``docs/results.md`` quotes it."""
-    keys = [k for k in dict.fromkeys(k for e in summary for k in e["metrics"])]
-    labels = {k: e["metrics"][k]["label"] for e in summary for k in e["metrics"]}
-    spec = {k: (".4f" if k in ("coverage", "kl_ref_gen") else ".3f" if k.startswith(("tail_loss", "entropy")) else
-                ".1f" if k.startswith("bucket_shift") else ".2f") for k in keys}
-    head = "| group | gen | n |" + "".join(f" {labels[k]} |" for k in keys)
-    lines = [head, "|---|---|---|" + "---|" * len(keys)]
-    for e in summary:
-        n = max((m["n"] for m in e["metrics"].values()), default=0)
-        lines.append(f"| {e['group']} | {e['generation']} | {n} |"
-                     + "".join(f" {_pm(e['metrics'].get(k), spec[k])} |" for k in keys))
-    return "\n".join(lines) + "\n\nmean ± half-width of the 95% t-interval over seeds (none for one seed).\n"
+    """The summary as Markdown tables (groups as rows), as ``docs/results.md`` quotes them."""
+    parts = []
+    for title, head, rows in _summary_tables(summary):
+        parts.append(f"**{title}**\n\n| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
+                     + "".join("| " + " | ".join(r) + " |\n" for r in rows))
+    return "\n".join(parts) + "\nmean ± half-width of the 95% t-interval over seeds (none for one seed).\n"
 
 
 def _summary_html(summary: list[dict]) -> str:
     esc = html.escape
-    keys = [k for k in dict.fromkeys(k for e in summary for k in e["metrics"])]
-    labels = {k: e["metrics"][k]["label"] for e in summary for k in e["metrics"]}
-    head = "".join(f"<th>{esc(labels[k])}</th>" for k in keys)
-    body = "".join(
-        f"<tr><td>{esc(e['group'])}</td><td>{e['generation']}</td>"
-        + "".join(f"<td>{esc(_pm(e['metrics'].get(k), '.4f' if k in ('coverage', 'kl_ref_gen') else '.2f'))}</td>"
-                  for k in keys) + "</tr>" for e in summary)
-    return ('<h2 id="summary">Last generation, mean ± 95% CI over seeds</h2><p class="note">At the last generation '
-            "every run of a group finished; ± is the half-width of the 95% t-interval over seeds; Δ test ppl is "
-            "each run's change from its own generation 0. Also in <code>summary.json</code> and "
-            "<code>summary.md</code>.</p>"
-            f'<div class="scroll"><table class="summary"><thead><tr><th>group</th><th>gen</th>{head}</tr></thead>'
-            f"<tbody>{body}</tbody></table></div>")
+    parts = ['<h2 id="summary">Last generation, mean ± 95% CI over seeds</h2><p class="note">At the last '
+             "generation every run of a group finished; ± is the half-width of the 95% t-interval over seeds. "
+             "Changes are paired: each run against its own generation 0 (the seeds' generation-0 models differ "
+             "too). Also in <code>summary.json</code> and <code>summary.md</code>.</p>"]
+    for title, head, rows in _summary_tables(summary):
+        parts.append(f"<h3>{esc(title[0].upper() + title[1:])}</h3>"
+                     '<div class="scroll"><table class="summary"><thead><tr>'
+                     + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>"
+                     + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+                     + "</tbody></table></div>")
+    return "".join(parts)
 
 
 # ---------------------------------------------------------------------- figures

@@ -216,13 +216,16 @@ def test_summary_at_the_last_generation_every_seed_finished(four_runs):
     assert m["values"] == ppl and m["mean"] == pytest.approx(np.mean(ppl))
     assert m["ci95"] == pytest.approx(12.706 * np.std(ppl, ddof=1) / math.sqrt(2))  # t(0.975, df=1)
     change = [rows[n][2]["test_ppl"] - rows[n][0]["test_ppl"] for n in ("replace_s0", "replace_s1")]
-    assert rep["metrics"]["test_ppl_change"]["values"] == pytest.approx(change)  # paired, per run
+    assert rep["changes"]["test_ppl"]["values"] == pytest.approx(change)  # paired, per run
+    ent = [rows[n][1]["entropy"] - rows[n][0]["entropy"] for n in ("acc_s0", "acc_s1")]
+    assert acc["changes"]["entropy"]["values"] == pytest.approx(ent)
     shift = [rows[n][1]["bucket_shift"]["1-10"] for n in ("acc_s0", "acc_s1")]
     assert acc["metrics"]["bucket_shift.1-10"]["values"] == pytest.approx(shift)
     assert "bucket_shift.10001+" not in rep["metrics"]  # no value anywhere: left out
     md = (out / "summary.md").read_text()
-    assert md.splitlines()[0].startswith("| group | gen | n | test ppl |")
+    assert "| group | gen | n | test ppl | shift 1-10 (%) |" in md and "| Δ test ppl |" in md
     assert f"{np.mean(ppl):.2f} ± {m['ci95']:.2f}" in md
+    assert f"{np.mean(change):+.2f} ± " in md
     text = " ".join(_parse(out / "report.html").text)
     assert "Last generation, mean ± 95% CI over seeds" in text
 
