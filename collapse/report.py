@@ -334,14 +334,21 @@ def _t975(df: int) -> float:
     return _T975[df - 1] if df <= len(_T975) else 1.96 + 2.4 / df
 
 
-def series(group: Group, value: Callable[[dict], Any]) -> tuple[np.ndarray, ...]:
-    """Per generation: mean over the group's runs, 95% t-interval (lo, hi; NaN where n < 2) and n."""
+def series(group: Group, value: Callable[[dict], Any], paired: bool = False) -> tuple[np.ndarray, ...]:
+    """Per generation: mean over the group's runs, 95% t-interval (lo, hi; NaN where n < 2) and n.
+
+    ``paired``: each run's value minus its own generation 0's, so differences between the seeds'
+    generation-0 models drop out of the interval.
+    """
     by_gen: dict[int, list[float]] = defaultdict(list)
     for run in group.runs:
+        base = _num(value(run.row(0) or {})) if paired else 0.0
+        if base is None:
+            continue
         for row in run.rows:
-            v = value(row)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                by_gen[row["generation"]].append(float(v))
+            v = _num(value(row))
+            if v is not None:
+                by_gen[row["generation"]].append(v - base)
     gens = np.array(sorted(by_gen), dtype=np.int64)
     mean, lo, hi, n = (np.full(len(gens), np.nan) for _ in range(4))
     for i, g in enumerate(gens):
@@ -476,9 +483,10 @@ def _gen_style(i: int, n: int) -> dict:
     return {"color": c, "linestyle": LINESTYLES[i % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)]}
 
 
-def _line(ax, group: Group, i: int, value: Callable[[dict], Any], scale: float = 1.0, of: int = 1) -> bool:
+def _line(ax, group: Group, i: int, value: Callable[[dict], Any], scale: float = 1.0, of: int = 1,
+          paired: bool = False) -> bool:
     """Mean line of group ``i`` of ``of``, nudged sideways a little so equal values do not hide each other."""
-    gens, mean, lo, hi, _ = series(group, value)
+    gens, mean, lo, hi, _ = series(group, value, paired)
     if len(gens) == 0:
         return False
     st = _style(i)
@@ -571,16 +579,23 @@ def _band_note(groups: list[Group]) -> str:
 
 def fig_test_ppl(groups: list[Group], out: Path) -> Path:
     plt = _mpl()
-    fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained")
+    ax, dax = axes
     for i, g in enumerate(groups):
         _line(ax, g, i, _get("test_ppl"), of=len(groups))
-    _int_xaxis(ax)
+        _line(dax, g, i, _get("test_ppl"), of=len(groups), paired=True)
+    for a in axes:
+        _int_xaxis(a)
     ax.set_ylabel("perplexity on real test text\n(exp of mean NLL in nats/token; lower is better)")
+    ax.set_title("value")
+    dax.axhline(0.0, color="0.5", linewidth=0.8)
+    dax.set_ylabel("change from the run's own generation 0")
+    dax.set_title("change from generation 0 (paired per run)")
     _suptitle(fig, f"Test perplexity by generation: {_compared(groups)}", fontsize=10)
     note = _band_note(groups)
     if note:
-        ax.text(0.99, 0.02, note, transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.3")
-    _legend_below(fig, ax)
+        dax.text(0.99, 0.02, note, transform=dax.transAxes, ha="right", va="bottom", fontsize=7, color="0.3")
+    _legend_below(fig, list(axes))
     return _save(fig, out, "test-ppl")
 
 
@@ -596,10 +611,15 @@ def fig_tail_loss(groups: list[Group], buckets: list[str], out: Path) -> Path:
     nrow = math.ceil(len(buckets) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.8 * nrow + 0.6), layout="constrained", squeeze=False)
     tokens = groups[0].runs[0].rows[0].get("tail_tokens") or {}
+    # with several seeds, the seeds' generation-0 models differ more than the generations do: draw each
+    # run's change from its own generation 0 (the tail-loss *curve*), so the bands show the effect's spread
+    paired = any(len(g.runs) > 1 for g in groups)
     for k, b in enumerate(buckets):
         ax = axes[k // ncol][k % ncol]
         for i, g in enumerate(groups):
-            _line(ax, g, i, _get(f"tail_loss.{b}"), of=len(groups))
+            _line(ax, g, i, _get(f"tail_loss.{b}"), of=len(groups), paired=paired)
+        if paired:
+            ax.axhline(0.0, color="0.5", linewidth=0.8)
         _int_xaxis(ax)
         n = tokens.get(b)
         title = _BUCKET_TITLES.get(b, b) + (f"\n{n:,} test tokens" if isinstance(n, int) else "")
@@ -609,11 +629,13 @@ def fig_tail_loss(groups: list[Group], buckets: list[str], out: Path) -> Path:
             for s in ax.spines.values():
                 s.set_linewidth(1.4)
         if k % ncol == 0:
-            ax.set_ylabel("mean NLL (nats/token)")
+            ax.set_ylabel("Δ mean NLL vs generation 0\n(nats/token, paired per run)" if paired
+                          else "mean NLL (nats/token)")
     for k in range(len(buckets), nrow * ncol):
         axes[k // ncol][k % ncol].set_visible(False)
-    _suptitle(fig, f"Loss on real test tokens by frequency bucket (grey panels: rare): {_compared(groups)}",
-                 fontsize=10)
+    what = "Change of the loss" if paired else "Loss"
+    _suptitle(fig, f"{what} on real test tokens by frequency bucket (grey panels: rare): {_compared(groups)}",
+              fontsize=10)
     _legend_below(fig, axes)
     return _save(fig, out, "tail-loss")
 
@@ -1127,10 +1149,12 @@ window.addEventListener("load", function () {
 
 _CAPTIONS = {
     "test-ppl": "Perplexity of each generation's model on the <b>real</b> held-out test text. Rising curves: the "
-                "model forgets the real distribution.",
+                "model forgets the real distribution. Right: each run's change from its own generation 0, averaged over "
+                "seeds (the seeds' generation-0 models differ, which widens the bands on the left).",
     "tail-loss": "Mean negative log-likelihood of real test tokens, split by how frequent the token type is in the "
                  "real training text. Collapse shows first in the rare buckets (grey panels): their loss climbs "
-                 "while the frequent ones stay put. Each panel has its own y scale.",
+                 "while the frequent ones stay put. Each panel has its own y scale. With several seeds the panels show each "
+                 "run's change from its own generation 0 (paired), averaged over seeds.",
     "bucket-heatmap": "Share of generated tokens falling in each frequency bucket, relative to the real text's "
                       "share: +10 means the bucket is 10% over-represented. Red cells in the rare buckets are the "
                       "tails disappearing. Buckets without data (e.g. ranks beyond the vocabulary) are left out.",
