@@ -352,11 +352,10 @@ def series(group: Group, value: Callable[[dict], Any], paired: bool = False) -> 
     gens = np.array(sorted(by_gen), dtype=np.int64)
     mean, lo, hi, n = (np.full(len(gens), np.nan) for _ in range(4))
     for i, g in enumerate(gens):
-        a = np.array(by_gen[g])
-        mean[i], n[i] = a.mean(), len(a)
-        if len(a) >= 2:
-            half = _t975(len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a))
-            lo[i], hi[i] = mean[i] - half, mean[i] + half
+        c = _ci(by_gen[g])
+        mean[i], n[i] = c["mean"], c["n"]
+        if c["ci95"] is not None:
+            lo[i], hi[i] = mean[i] - c["ci95"], mean[i] + c["ci95"]
     return gens, mean, lo, hi, n
 
 
