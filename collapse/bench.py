@@ -363,6 +363,47 @@ def bench_generation(inp: Inputs, repeats: int, batch: int, n_prompts: int, n_pe
                                 ">=", 15.0)]}
 
 
+def bench_beam(inp: Inputs, repeats: int, n_prompts: int, beams: int = 5, penalty: float = 3.0) -> dict:
+    """Part 1b: beam search (the paper's decoding): our beam loop on the fast engine vs HF ``generate``
+    on the same batch of prompts, plus how many rows agree token for token (they must all, bar float
+    near-ties between the two forwards)."""
+    import torch
+
+    from collapse.config import GenerationConfig
+    from collapse.generate import sample_batch
+
+    model, eos, P, N = inp.model, inp.eos, inp.prompt_tokens, inp.new_tokens
+    x = torch.as_tensor(inp.prompts[:n_prompts], dtype=torch.long)
+    cfg = {e: GenerationConfig(prompt_tokens=P, new_tokens=N, num_beams=beams, repetition_penalty=penalty, engine=e)
+           for e in ("auto", "hf", "hf-generate")}
+    out = {}
+
+    def run(e):
+        def f():
+            out[e] = sample_batch(model, x, N, cfg[e], torch.Generator(), (eos,))
+        return f
+
+    t = _interleaved({"project": run("auto"), "project_hf_engine": run("hf"), "hf_generate": run("hf-generate")},
+                     repeats)
+    tok = len(x) * N
+    rows = [
+        _row(f"collapse beam search, fast engine ({beams} beams, penalty {penalty})", t["project"], tok,
+             note=f"{len(x)} prompts"),
+        _row("collapse beam search, engine=hf (HF forward + cache)", t["project_hf_engine"], tok),
+        _row(f"HF generate(num_beams={beams}, repetition_penalty={penalty}), one batched call", t["hf_generate"], tok),
+    ]
+    same = lambda a, b: int((out[a] == out[b]).all(1).sum())  # noqa: E731
+    rate = {k: r["tokens_per_s"] for k, r in zip(("project", "project_hf_engine", "hf_generate"), rows)}
+    return {"rows": rows,
+            "ratios": {"project / HF generate": rate["project"] / rate["hf_generate"],
+                       "engine=hf / HF generate": rate["project_hf_engine"] / rate["hf_generate"]},
+            "info": {"rows_identical_fast_vs_hf_generate": f"{same('auto', 'hf-generate')} of {len(x)}",
+                     "rows_identical_hf_engine_vs_hf_generate": f"{same('hf', 'hf-generate')} of {len(x)}",
+                     "prompt_tokens": P, "new_tokens": N, "num_beams": beams, "repetition_penalty": penalty,
+                     "cpu_seconds_median": {k: _median(CPU_TIMES.get(k, [])) for k in t}},
+            "targets": []}
+
+
 def _sampler_probe(inp: Inputs, batch: int) -> dict:
     """Per-step costs of the two samplers at [batch, V] and the bf16-weights question (not adopted)."""
     import torch
@@ -694,7 +735,7 @@ def cpu_main(args) -> dict:
     q = args.quick
     reps = args.repeats or (2 if q else 5)
     inp = None
-    if {"generation", "training"} & set(parts):
+    if {"generation", "beam", "training"} & set(parts):
         _say("inputs (model, tokenizer, real blocks)")
         inp = Inputs(q)
         res["scratch_model"] = inp.scratch
@@ -703,6 +744,9 @@ def cpu_main(args) -> dict:
         res["parts"]["generation"] = bench_generation(
             inp, reps, batch=32 if q else args.batch, n_prompts=64 if q else 2 * args.batch,
             n_per_prompt=4 if q else args.per_prompt)
+    if "beam" in parts:
+        _say("part 1b: beam search")
+        res["parts"]["beam"] = bench_beam(inp, reps if q else max(3, reps - 2), n_prompts=8 if q else 64)
     if "counting" in parts:
         _say("part 2: counting")
         res["parts"]["counting"] = bench_counting(10**5 if q else 10**7, reps if q else max(3, reps - 2))
@@ -735,7 +779,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes (for tests): checks the plumbing, not speed")
     p.add_argument("--parts", default=None,
-                   help="cpu: comma list of generation,counting,training,e2e,memory (default: all; --quick: 1-3)")
+                   help="cpu: comma list of generation,beam,counting,training,e2e,memory (default: all; --quick: "
+                        "all but e2e and memory)")
     p.add_argument("--out", default="bench.json", help="JSON output path")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--batch", type=int, default=256, help="cpu: generation batch size")
@@ -753,7 +798,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.parts is None:
-        args.parts = "generation,counting,training" if args.quick else "generation,counting,training,e2e,memory"
+        args.parts = ("generation,beam,counting,training" if args.quick
+                      else "generation,beam,counting,training,e2e,memory")
     t0 = time.perf_counter()
     if args.device == "cuda" or args.dry_run_cpu:
         from collapse.bench_cuda import cuda_main

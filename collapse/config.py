@@ -110,10 +110,11 @@ class GenerationConfig:
     temperature: float = _f(1.0, "Softmax temperature; 0 = greedy.")
     top_k: int = _f(0, "Keep only the k most likely tokens (0 = off).")
     top_p: float = _f(1.0, "Nucleus sampling mass (1.0 = off).")
-    num_beams: int = _f(1, "Beam search width (1 = sampling / greedy). Beam search uses HF `generate`.")
+    num_beams: int = _f(1, "Beam search width (1 = sampling / greedy); exactly HF `generate`'s beam search, fixed length.")
     repetition_penalty: float = _f(1.0, "CTRL-style penalty on tokens already in the sequence (1.0 = off).")
-    engine: str = _f("auto", "`auto`: the fast GPT-2/OPT decoder where supported, else HF's forward; `hf`: always HF.",
-                     choices=("auto", "hf"))
+    engine: str = _f("auto", "`auto`: the fast GPT-2/OPT decoder where supported, else HF's forward; `hf`: always HF's "
+                     "forward; `hf-generate` (beam search only): HF `generate` itself, the slow reference.",
+                     choices=("auto", "hf", "hf-generate"))
     keep_prompt: bool = _f(False, "Train the next generation on prompt + continuation instead of the continuation only.")
 
     def __post_init__(self) -> None:
@@ -133,6 +134,9 @@ class GenerationConfig:
             raise ConfigError("generation.num_beams must be at least 1.")
         if self.repetition_penalty <= 0:
             raise ConfigError("generation.repetition_penalty must be positive (1.0 = off).")
+        if self.engine == "hf-generate" and self.num_beams == 1:
+            raise ConfigError("generation.engine=hf-generate is for beam search only: set generation.num_beams > 1, "
+                              "or use engine=hf to sample through HF's forward.")
 
 
 @dataclass

@@ -5,7 +5,8 @@ time of a decode step goes to per-step overhead, not arithmetic. HF's forward bu
 objects and output dataclasses every step; this engine does the same maths in a few fused calls on
 tensors it owns: LayerNorm, one QKV matmul, SDPA over a slice of a preallocated cache, MLP.
 
-Every engine exposes ``prefill(prompts [B, P]) -> logits [B, V]`` and ``step(tokens [B]) -> logits``;
+Every engine exposes ``prefill(prompts [B, P]) -> logits [B, V]``, ``step(tokens [B]) -> logits`` and
+``prefill_beams`` / ``reorder(rows [B])`` (beam search: row i of the cache becomes row ``rows[i]``);
 ``make_engine`` picks the fast one when the architecture is supported and the HF one otherwise.
 The fast engine's logits match HF's to float tolerance (tests/test_generate.py, tests/test_fastgen.py).
 
@@ -63,6 +64,14 @@ class HFEngine:
         out = self.model(input_ids=tokens[:, None], use_cache=True, **{self.kw: self.past})
         self.past = self._cache(out)
         return out.logits[:, -1].float()
+
+    def prefill_beams(self, prompts: torch.Tensor, beams: int) -> torch.Tensor:
+        """Logits [B*beams, V] with every prompt repeated ``beams`` times (HF generate's own layout)."""
+        return self.prefill(prompts.repeat_interleave(beams, 0))
+
+    def reorder(self, rows: torch.Tensor, start: int = 0) -> None:
+        """Row ``i`` of the cache becomes row ``rows[i]`` (beam search); ``start`` is ignored here."""
+        self.past.reorder_cache(rows)
 
 
 def _act(name: str):
@@ -252,6 +261,29 @@ class FastDecoder:
             self._fixed_step(p)
         self.pos = p + 1
         return self._logits
+
+
+    def prefill_beams(self, prompts: torch.Tensor, beams: int) -> torch.Tensor:
+        """Prefill for beam search: each of the B prompts runs through the model once, then its cache and
+        logits are copied to its ``beams`` rows (row ``b*beams + k``): 1/beams of the prefill work."""
+        B, P = prompts.shape
+        if self.static:  # the fixed-shape engine prefills whole batches: the plain way
+            return self.prefill(prompts.repeat_interleave(beams, 0))
+        self.pos = 0
+        self.batches += 1
+        logits = self._forward(prompts)
+        self.k[:, :B * beams, :, :P] = self.k[:, :B, :, :P].repeat_interleave(beams, 1)
+        self.v[:, :B * beams, :, :P] = self.v[:, :B, :, :P].repeat_interleave(beams, 1)
+        return logits.repeat_interleave(beams, 0)
+
+    def reorder(self, rows: torch.Tensor, start: int = 0) -> None:
+        """Row ``i`` of the KV cache becomes row ``rows[i]`` (beam search: each beam takes its parent's
+        cache). Positions before ``start`` are the same in every row that ``rows`` mixes (a prompt
+        shared by the beams of one item) and are not copied."""
+        B, p = rows.shape[0], self.pos
+        if p > start:
+            self.k[:, :B, :, start:p] = self.k[:, rows, :, start:p]
+            self.v[:, :B, :, start:p] = self.v[:, rows, :, start:p]
 
 
 def graphs_available(device: torch.device) -> bool:

@@ -92,11 +92,19 @@ def sample_batch(model, prompts: torch.Tensor, new_tokens: int, cfg: GenerationC
     :func:`decode_chunk`); the result does not depend on it. ``engines``: a dict in which decode engines
     are kept for reuse by later calls with the same shapes (one ``generate_corpus`` call passes one).
     """
-    if cfg.num_beams > 1:
-        return _beam_batch(model, prompts, new_tokens, cfg)
     dev = next(model.parameters()).device
     prompts = prompts.to(dev)
     B = prompts.shape[0]
+    if cfg.num_beams > 1:
+        if cfg.engine == "hf-generate":
+            return _beam_batch(model, prompts, new_tokens, cfg)
+        K = cfg.num_beams
+        chunk = max(1, min(B, chunk or max(1, decode_chunk(dev, B * K) // K)))
+        result = torch.empty(B, new_tokens, dtype=torch.long, device=dev)
+        for r0 in range(0, B, chunk):
+            r1 = min(B, r0 + chunk)
+            result[r0:r1] = _beam_decode(model, prompts[r0:r1], new_tokens, cfg, suppress_ids, engines)
+        return result.cpu()
     # one uniform per row and step, drawn up front: the stream does not depend on how rows are chunked
     u = None
     if cfg.temperature != 0:
@@ -153,7 +161,68 @@ def _decode(model, prompts: torch.Tensor, new_tokens: int, cfg: GenerationConfig
     return result
 
 
+def _penalize_ids(scores: torch.Tensor, ids: torch.Tensor, penalty: float) -> torch.Tensor:
+    """HF's ``RepetitionPenaltyLogitsProcessor`` on ``scores`` [R, V] in place, for the tokens ``ids`` [R, T]
+    of each row (prompt and continuation; repeats are harmless): gather, scale, scatter."""
+    s = scores.gather(1, ids)
+    scores.scatter_(1, ids, torch.where(s < 0, s * penalty, s / penalty))
+    return scores
+
+
+def _beam_decode(model, prompts: torch.Tensor, new_tokens: int, cfg: GenerationConfig,
+                 suppress_ids: tuple[int, ...], engines: dict | None) -> torch.Tensor:
+    """Beam search of exactly ``new_tokens`` tokens on a decode engine: HF ``generate``'s result for
+    ``num_beams=K, do_sample=False, min_new_tokens=max_new_tokens, repetition_penalty`` (tests/test_beam.py).
+
+    The steps of HF's ``_beam_search`` when no beam can end early (EOS suppressed): the beams of a prompt
+    are K adjacent rows, beam 0 starts at score 0 and the others at -1e9; each step takes ``log_softmax``
+    of the logits, applies the processors to those log-probabilities (repetition penalty over prompt and
+    continuation, EOS at -inf), adds each beam's score, keeps the top 2K of the K x V candidates of a
+    prompt and then their top K as the next beams; every beam takes its parent's cache
+    (``engine.reorder``). At the last step HF's best finished hypothesis is the top candidate (all have
+    the same length, so the length penalty does not reorder them). Unlike HF, each prompt is run through
+    the model once and its cache copied to its K beams (``prefill_beams``).
+    """
+    dev = prompts.device
+    B, P = prompts.shape
+    K = cfg.num_beams
+    engine = _engine(model, B * K, P, P + new_tokens, cfg, engines)
+    logits = engine.prefill_beams(prompts, K)  # [B*K, V]: beam k of prompt b is row b*K + k, as in HF
+    V = logits.shape[-1]
+    hist = torch.empty(B * K, P + new_tokens, dtype=torch.long, device=dev)  # every beam's tokens so far
+    hist[:, :P] = prompts.repeat_interleave(K, 0)
+    penalty = cfg.repetition_penalty
+    suppress = torch.as_tensor(list(suppress_ids), dtype=torch.long, device=dev) if suppress_ids else None
+    scores = torch.zeros(B, K, dtype=torch.float32, device=dev)
+    scores[:, 1:] = -1e9
+    base = torch.arange(B, device=dev)[:, None] * K
+    for t in range(new_tokens):
+        lp = torch.log_softmax(logits.float(), -1)
+        if penalty != 1.0:
+            _penalize_ids(lp, hist[:, :P + t], penalty)
+        if suppress is not None:
+            lp[:, suppress] = float("-inf")
+        cand = (lp.view(B, K, V) + scores[:, :, None]).view(B, K * V)
+        v2, i2 = torch.topk(cand, 2 * K, dim=1)
+        if t + 1 == new_tokens:  # HF's best finished hypothesis: the top candidate
+            best = i2[:, 0]
+            out = hist[base[:, 0] + best // V, P:]
+            out[:, t] = best % V
+            return out
+        keep = torch.topk(v2, K, dim=1).indices
+        scores = v2.gather(1, keep)
+        idx = i2.gather(1, keep)
+        src = (base + idx // V).view(-1)
+        tok = (idx % V).view(-1)
+        hist = hist[src]
+        hist[:, P + t] = tok
+        engine.reorder(src, P)
+        logits = engine.step(tok)
+    return hist[::K, P:]  # new_tokens == 0
+
+
 def _beam_batch(model, prompts: torch.Tensor, new_tokens: int, cfg: GenerationConfig) -> torch.Tensor:
+    """Beam search through HF ``generate`` (``generation.beam_engine=hf-generate``: the reference)."""
     dev = next(model.parameters()).device
     attn = torch.ones_like(prompts)
     gen = model.generate(input_ids=prompts.to(dev), attention_mask=attn.to(dev), num_beams=cfg.num_beams,

@@ -20,7 +20,7 @@ def test_quick_bench_writes_the_documented_json(tmp_path):
     for k in ("cpu", "cores_usable", "torch", "torch_threads", "load_avg"):
         assert k in m, k
     assert m["torch_threads"] == 1
-    assert set(res["parts"]) == {"generation", "counting", "training"}
+    assert set(res["parts"]) == {"generation", "beam", "counting", "training"}
     for name, part in res["parts"].items():
         assert part["rows"], name
         for row in part["rows"]:
@@ -35,6 +35,8 @@ def test_quick_bench_writes_the_documented_json(tmp_path):
     gen = res["parts"]["generation"]
     assert "project / HF per-prompt" in gen["ratios"] and "after / before (this change, total)" in gen["ratios"]
     assert gen["info"]["bf16_weights_adopted"] is False
+    beam = res["parts"]["beam"]["info"]  # our beam search gives HF generate's rows, on both engines
+    assert beam["rows_identical_fast_vs_hf_generate"] == beam["rows_identical_hf_engine_vs_hf_generate"] == "8 of 8"
     assert "ratio" in r.stdout and "JSON:" in r.stdout  # the printed table
 
 
