@@ -71,7 +71,10 @@ class HFEngine:
 
     def reorder(self, rows: torch.Tensor, start: int = 0) -> None:
         """Row ``i`` of the cache becomes row ``rows[i]`` (beam search); ``start`` is ignored here."""
-        self.past.reorder_cache(rows)
+        if hasattr(self.model, "_reorder_cache"):  # as HF's beam search: a model's own reorder comes first
+            self.past = self.model._reorder_cache(self.past, rows)
+        else:
+            self.past.reorder_cache(rows)
 
 
 def _act(name: str):
@@ -265,15 +268,18 @@ class FastDecoder:
 
     def prefill_beams(self, prompts: torch.Tensor, beams: int) -> torch.Tensor:
         """Prefill for beam search: each of the B prompts runs through the model once, then its cache and
-        logits are copied to its ``beams`` rows (row ``b*beams + k``): 1/beams of the prefill work."""
+        logits are copied to its ``beams`` rows (row ``b*beams + k``): 1/beams of the prefill work. The
+        beams of a prompt then share its prompt cache bit for bit, which ``reorder(rows, start=P)`` relies on."""
         B, P = prompts.shape
-        if self.static:  # the fixed-shape engine prefills whole batches: the plain way
-            return self.prefill(prompts.repeat_interleave(beams, 0))
-        self.pos = 0
-        self.batches += 1
-        logits = self._forward(prompts)
-        self.k[:, :B * beams, :, :P] = self.k[:, :B, :, :P].repeat_interleave(beams, 1)
-        self.v[:, :B * beams, :, :P] = self.v[:, :B, :, :P].repeat_interleave(beams, 1)
+        if self.static:  # the fixed-shape engine prefills whole batches: K copies, then made identical
+            logits = self.prefill(prompts.repeat_interleave(beams, 0))[::beams]
+        else:
+            self.pos = 0
+            self.batches += 1
+            logits = self._forward(prompts)
+        first = torch.arange(B, device=prompts.device) * (beams if self.static else 1)
+        self.k[:, :B * beams, :, :P] = self.k[:, first, :, :P].repeat_interleave(beams, 1)
+        self.v[:, :B * beams, :, :P] = self.v[:, first, :, :P].repeat_interleave(beams, 1)
         return logits.repeat_interleave(beams, 0)
 
     def reorder(self, rows: torch.Tensor, start: int = 0) -> None:

@@ -6,7 +6,8 @@ with ONE uniform number per row (:func:`sample_icdf`): softmax in float32, cumul
 binary search. The uniforms of a whole batch (``new_tokens x B``) are drawn up front from the batch's
 generator, so decoding the rows of a batch in smaller chunks (what is fastest on a CPU: a chunk's KV
 working set stays in cache memory) gives the same tokens as decoding them all at once. Prompts of one batch
-share a length, so no padding is ever computed. Beam search goes through HF ``generate``.
+share a length, so no padding is ever computed. Beam search (:func:`_beam_decode`) is HF ``generate``'s,
+step for step, on the same engines (``generation.engine=hf-generate``: HF ``generate`` itself).
 
 Why not Gumbel-max (``argmax(logits + G)``): it needs B x V random numbers per step; on a CPU at
 256 x 4096 the noise (mt19937 uniforms, two logs) and the argmax cost ~7 ms of a ~25 ms step, against
@@ -174,6 +175,11 @@ def _beam_decode(model, prompts: torch.Tensor, new_tokens: int, cfg: GenerationC
     """Beam search of exactly ``new_tokens`` tokens on a decode engine: HF ``generate``'s result for
     ``num_beams=K, do_sample=False, min_new_tokens=max_new_tokens, repetition_penalty`` (tests/test_beam.py).
 
+    Same tokens as HF whenever both see the same logits (tested in float32; the fast engine's logits
+    equal HF's to float tolerance, so in bfloat16 a near-tie between two candidates can go the other way).
+    Decoding settings stored with a hub model (``generation_config.no_repeat_ngram_size`` and the like)
+    are not applied: the ``generation.*`` keys define the decoding.
+
     The steps of HF's ``_beam_search`` when no beam can end early (EOS suppressed): the beams of a prompt
     are K adjacent rows, beam 0 starts at score 0 and the others at -1e9; each step takes ``log_softmax``
     of the logits, applies the processors to those log-probabilities (repetition penalty over prompt and
@@ -192,7 +198,11 @@ def _beam_decode(model, prompts: torch.Tensor, new_tokens: int, cfg: GenerationC
     hist = torch.empty(B * K, P + new_tokens, dtype=torch.long, device=dev)  # every beam's tokens so far
     hist[:, :P] = prompts.repeat_interleave(K, 0)
     penalty = cfg.repetition_penalty
-    suppress = torch.as_tensor(list(suppress_ids), dtype=torch.long, device=dev) if suppress_ids else None
+    # HF's min_new_tokens blocks every EOS id of the model's generation config (some models have several)
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    gen_eos = [] if gen_eos is None else [gen_eos] if isinstance(gen_eos, int) else list(gen_eos)
+    block = sorted(set(suppress_ids) | set(gen_eos))
+    suppress = torch.as_tensor(block, dtype=torch.long, device=dev) if block else None
     scores = torch.zeros(B, K, dtype=torch.float32, device=dev)
     scores[:, 1:] = -1e9
     base = torch.arange(B, device=dev)[:, None] * K
@@ -222,7 +232,7 @@ def _beam_decode(model, prompts: torch.Tensor, new_tokens: int, cfg: GenerationC
 
 
 def _beam_batch(model, prompts: torch.Tensor, new_tokens: int, cfg: GenerationConfig) -> torch.Tensor:
-    """Beam search through HF ``generate`` (``generation.beam_engine=hf-generate``: the reference)."""
+    """Beam search through HF ``generate`` (``generation.engine=hf-generate``: the reference)."""
     dev = next(model.parameters()).device
     attn = torch.ones_like(prompts)
     gen = model.generate(input_ids=prompts.to(dev), attention_mask=attn.to(dev), num_beams=cfg.num_beams,

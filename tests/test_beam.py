@@ -12,6 +12,7 @@ import torch
 from test_generate import _gpt2, _llama, _opt
 
 from collapse.config import ConfigError, GenerationConfig
+from collapse import generate as G
 from collapse.fastgen import FastDecoder
 from collapse.generate import sample_batch
 
@@ -79,3 +80,48 @@ def test_beam_search_on_the_static_engine_equals_hf_generate():
     out = sample_batch(m, prompts, 15, cfg, torch.Generator(), (m.config.eos_token_id,), chunk=4, engines=engines)
     assert eng.static and eng.pos == 9 + 14  # the static engine did the decoding
     assert torch.equal(out, ref)
+
+
+def _peaked(build):
+    """A test model with a peakier next-token distribution (top token at log-prob ~ -4 instead of ~ -5.7),
+    so that which beam survives depends on the scores and the caches, not on near-uniform noise."""
+    m = build()
+    with torch.no_grad():
+        m.get_output_embeddings().weight.mul_(3.0)
+    return m
+
+
+@pytest.mark.parametrize("build", [_gpt2, _opt])
+@pytest.mark.parametrize("engine", ["auto", "hf"])
+@pytest.mark.parametrize("new", [1, 2, 20])
+@pytest.mark.parametrize("beams,penalty", [(2, 1.0), (5, 3.0)])
+def test_beam_search_equals_hf_generate_on_a_peaked_model(build, engine, new, beams, penalty):
+    m = _peaked(build)
+    prompts = torch.randint(3, 300, (7, 9), generator=torch.Generator().manual_seed(new))
+    ref = _beams(m, prompts, new, "hf-generate", num_beams=beams, repetition_penalty=penalty)
+    assert torch.equal(_beams(m, prompts, new, engine, chunk=3, num_beams=beams, repetition_penalty=penalty), ref)
+
+
+@pytest.mark.parametrize("broken", ["reorder", "penalty"])
+def test_the_peaked_comparison_catches_a_missing_cache_reorder_or_penalty(broken, monkeypatch):
+    """The test above can fail: without the cache reorder, or without the penalty, the rows differ."""
+    m = _peaked(_gpt2)
+    prompts = torch.randint(3, 300, (7, 9), generator=torch.Generator().manual_seed(20))
+    ref = _beams(m, prompts, 20, "hf-generate", num_beams=5, repetition_penalty=3.0)
+    if broken == "reorder":
+        monkeypatch.setattr(FastDecoder, "reorder", lambda self, rows, start=0: None)
+    else:
+        monkeypatch.setattr(G, "_penalize_ids", lambda scores, ids, penalty: scores)
+    assert not torch.equal(_beams(m, prompts, 20, "auto", chunk=3, num_beams=5, repetition_penalty=3.0), ref)
+
+
+def test_every_eos_id_of_the_model_is_blocked():
+    """HF's min_new_tokens blocks all EOS ids of the generation config; so does the beam loop."""
+    m = _peaked(_gpt2)
+    prompts = torch.randint(3, 300, (4, 9), generator=torch.Generator().manual_seed(1))
+    free = _beams(m, prompts, 12, "auto", num_beams=3)
+    banned = sorted(set(free.flatten().tolist()))[:3]
+    m.generation_config.eos_token_id = banned
+    out = _beams(m, prompts, 12, "auto", num_beams=3)
+    assert not (out[..., None] == torch.tensor(banned)).any()
+    assert torch.equal(out, _beams(m, prompts, 12, "hf-generate", num_beams=3))
