@@ -69,6 +69,31 @@ def point_name(assign: list[tuple[str, str]]) -> str:
     return ",".join(f"{k}={v}" for k, v in assign).replace("/", "_") or "single"
 
 
+def _run_child(cmd: list[str], grace_s: float = 60.0) -> int:
+    """Run one `collapse run` and return its exit code; 130 when interrupted.
+
+    Ctrl-C in a terminal reaches the sweep and its run alike (one process group): the run then stops
+    at once on its own and closes its files and W&B run, so the sweep waits for it instead of killing
+    it (what ``subprocess.run`` would do after 0.25 s). A SIGINT sent to the sweep alone is passed on.
+    """
+    import signal
+
+    proc = subprocess.Popen(cmd, env=dict(os.environ))
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        try:
+            proc.wait(timeout=2.0)  # the run got the same Ctrl-C: it is already stopping
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return 130
+
+
 def run_sweep(config: str | None, items: list[str], parent: str | None = None, launcher: str | None = None,
               dry_run: bool = False) -> int:
     from collapse.report import make_report
@@ -104,11 +129,15 @@ def run_sweep(config: str | None, items: list[str], parent: str | None = None, l
         log.info(f"[{i + 1}/{len(points)}] {' '.join(cmd[-len(args) - 1:])}")
         if dry_run:
             continue
-        r = subprocess.run(cmd, env=dict(os.environ))
-        if r.returncode != 0:
-            log.error(f"error: run {out} failed (exit {r.returncode}); fix it and rerun the sweep to continue "
+        rc = _run_child(cmd)
+        if rc == 130:
+            log.error(f"sweep interrupted during {out}: finished runs and stages are kept; rerun the same command "
+                      "to continue.")
+            return 130
+        if rc != 0:
+            log.error(f"error: run {out} failed (exit {rc}); fix it and rerun the sweep to continue "
                       "(finished runs are kept and skipped).")
-            return r.returncode
+            return rc
     if dry_run:
         return 0
     make_report(run_dirs, parent_dir / "report")

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import yaml
-from conftest import TINY_RUN, run_cli
+from conftest import REPO, TINY_RUN, run_cli
 
 from collapse.errors import ConfigError
 from collapse.sweep import parse_grid, point_name
@@ -78,3 +78,40 @@ def test_a_two_seed_sweep_runs_resumes_and_reports(tmp_path):
     assert again.stderr.count("(resuming)") == 2
     assert stamps() == before
 
+
+
+@pytest.mark.parametrize("whom", ["group", "sweep"])
+def test_ctrl_c_stops_the_sweep_and_its_run_cleanly(tmp_path, whom):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or a SIGINT to the sweep alone,
+    while its first run is in generation 1: both stop with exit 130, the run says how to resume, the
+    sweep says how to continue, no traceback, and the next run never starts."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "sw"
+    args = [*[a for a in TINY_RUN if not a.startswith("generations=")], "generations=1", "seed=0,1", "--out", str(out)]
+    env = dict(os.environ, COLLAPSE_FAULT="generate:1:0:pause")
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as fh:
+        p = subprocess.Popen([sys.executable, "-m", "collapse", "sweep", *args], stdout=subprocess.DEVNULL, stderr=fh,
+                             env=env, cwd=REPO, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        shard = out / "seed=0" / "gen_001" / "shards" / "b000000.parquet"
+        deadline = time.monotonic() + 300
+        while not shard.exists():
+            assert p.poll() is None, err.read_text()[-2000:]
+            assert time.monotonic() < deadline, "the first run never reached generation 1"
+            time.sleep(0.1)
+        if whom == "group":
+            os.killpg(p.pid, signal.SIGINT)
+        else:
+            os.kill(p.pid, signal.SIGINT)
+        rc = p.wait(timeout=90)
+    text = err.read_text()
+    assert rc == 130, (rc, text[-2000:])
+    assert "rerun the same command to resume" in text  # the run's own message: it was not killed
+    assert text.count("sweep interrupted") == 1 and "Traceback" not in text
+    assert not (out / "seed=1").exists()
