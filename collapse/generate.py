@@ -48,10 +48,12 @@ def _filter_logits(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
     return logits
 
 
-def _penalize(logits: torch.Tensor, present: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL repetition penalty (as HF): divide positive / multiply negative logits of tokens already present."""
-    pen = torch.where(logits > 0, logits / penalty, logits * penalty)
-    return torch.where(present, pen, logits)
+def _penalize_ids(scores: torch.Tensor, ids: torch.Tensor, penalty: float) -> torch.Tensor:
+    """HF's ``RepetitionPenaltyLogitsProcessor`` on ``scores`` [R, V] in place, for the tokens ``ids`` [R, T]
+    of each row (prompt and continuation; repeats are harmless): gather, scale, scatter."""
+    s = scores.gather(1, ids)
+    scores.scatter_(1, ids, torch.where(s < 0, s * penalty, s / penalty))
+    return scores
 
 
 def _gumbel(shape: tuple[int, int], generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -96,26 +98,24 @@ def sample_batch(model, prompts: torch.Tensor, new_tokens: int, cfg: GenerationC
     dev = next(model.parameters()).device
     prompts = prompts.to(dev)
     B = prompts.shape[0]
-    if cfg.num_beams > 1:
+    K = cfg.num_beams
+    if K > 1:
         if cfg.engine == "hf-generate":
             return _beam_batch(model, prompts, new_tokens, cfg)
-        K = cfg.num_beams
-        chunk = max(1, min(B, chunk or max(1, decode_chunk(dev, B * K) // K)))
-        result = torch.empty(B, new_tokens, dtype=torch.long, device=dev)
-        for r0 in range(0, B, chunk):
-            r1 = min(B, r0 + chunk)
-            result[r0:r1] = _beam_decode(model, prompts[r0:r1], new_tokens, cfg, suppress_ids, engines)
-        return result.cpu()
-    # one uniform per row and step, drawn up front: the stream does not depend on how rows are chunked
-    u = None
-    if cfg.temperature != 0:
-        u = torch.rand(new_tokens, B, dtype=torch.float64, generator=generator, device=generator.device).to(dev)
-    chunk = max(1, min(B, chunk or decode_chunk(dev, B)))
+        run = lambda r0, r1: _beam_decode(model, prompts[r0:r1], new_tokens, cfg, suppress_ids, engines)  # noqa: E731
+    else:
+        # one uniform per row and step, drawn up front: the stream does not depend on how rows are chunked
+        u = None
+        if cfg.temperature != 0:
+            u = torch.rand(new_tokens, B, dtype=torch.float64, generator=generator, device=generator.device).to(dev)
+        run = lambda r0, r1: _decode(model, prompts[r0:r1], new_tokens, cfg,  # noqa: E731
+                                     None if u is None else u[:, r0:r1], suppress_ids, engines)
+    # a chunk of prompts decodes K rows each (its beams)
+    chunk = max(1, min(B, chunk or max(1, decode_chunk(dev, B * K) // K)))
     result = torch.empty(B, new_tokens, dtype=torch.long, device=dev)
     for r0 in range(0, B, chunk):
         r1 = min(B, r0 + chunk)
-        result[r0:r1] = _decode(model, prompts[r0:r1], new_tokens, cfg, None if u is None else u[:, r0:r1],
-                                suppress_ids, engines)
+        result[r0:r1] = run(r0, r1)
     return result.cpu()
 
 
@@ -138,16 +138,17 @@ def _decode(model, prompts: torch.Tensor, new_tokens: int, cfg: GenerationConfig
     B = prompts.shape[0]
     engine = _engine(model, B, prompts.shape[1], prompts.shape[1] + new_tokens, cfg, engines)
     logits = engine.prefill(prompts)
-    V = logits.shape[-1]
-    present = None
-    if cfg.repetition_penalty != 1.0:
-        present = torch.zeros(B, V, dtype=torch.bool, device=dev)
-        present.scatter_(1, prompts, True)
+    P = prompts.shape[1]
+    penalty = cfg.repetition_penalty
+    hist = None  # prompt + continuation so far, for the repetition penalty
+    if penalty != 1.0:
+        hist = torch.empty(B, P + new_tokens, dtype=torch.long, device=dev)
+        hist[:, :P] = prompts
     suppress = torch.as_tensor(list(suppress_ids), dtype=torch.long, device=dev) if suppress_ids else None
     result = torch.empty(B, new_tokens, dtype=torch.long, device=dev)
     for t in range(new_tokens):
-        if present is not None:
-            logits = _penalize(logits, present, cfg.repetition_penalty)
+        if hist is not None:
+            _penalize_ids(logits, hist[:, :P + t], penalty)
         if suppress is not None:
             logits[:, suppress] = float("-inf")
         if u is None:
@@ -155,19 +156,11 @@ def _decode(model, prompts: torch.Tensor, new_tokens: int, cfg: GenerationConfig
         else:
             nxt = sample_icdf(_filter_logits(logits, cfg), u[t])
         result[:, t] = nxt
-        if present is not None:
-            present.scatter_(1, nxt[:, None], True)
+        if hist is not None:
+            hist[:, P + t] = nxt
         if t + 1 < new_tokens:
             logits = engine.step(nxt)
     return result
-
-
-def _penalize_ids(scores: torch.Tensor, ids: torch.Tensor, penalty: float) -> torch.Tensor:
-    """HF's ``RepetitionPenaltyLogitsProcessor`` on ``scores`` [R, V] in place, for the tokens ``ids`` [R, T]
-    of each row (prompt and continuation; repeats are harmless): gather, scale, scatter."""
-    s = scores.gather(1, ids)
-    scores.scatter_(1, ids, torch.where(s < 0, s * penalty, s / penalty))
-    return scores
 
 
 def _beam_decode(model, prompts: torch.Tensor, new_tokens: int, cfg: GenerationConfig,

@@ -8,7 +8,7 @@ import torch
 
 from collapse.config import GenerationConfig
 from collapse.fastgen import FastDecoder, HFEngine, make_engine
-from collapse.generate import _filter_logits, _gumbel, _penalize, generate_corpus, sample_batch
+from collapse.generate import _filter_logits, _gumbel, _penalize_ids, generate_corpus, sample_batch
 
 
 def _gpt2():
@@ -117,9 +117,8 @@ def test_repetition_penalty_matches_hf():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 50, generator=g)
     seen = torch.randint(0, 50, (3, 7), generator=g)
-    present = torch.zeros(3, 50, dtype=torch.bool).scatter_(1, seen, True)
     ref = RepetitionPenaltyLogitsProcessor(3.0)(seen, logits.clone())
-    assert torch.allclose(_penalize(logits, present, 3.0), ref)
+    assert torch.allclose(_penalize_ids(logits.clone(), seen, 3.0), ref)
 
 
 def test_beam_search_path_shape():
