@@ -204,7 +204,7 @@ class Inputs:
         self.scratch = {}
         if quick:
             from collapse.config import ScratchConfig
-            from collapse.modeling import build_scratch_model, train_tokenizer
+            from collapse.scratch import build_scratch_model, train_tokenizer
 
             tok = train_tokenizer(splits.train[:60], 512)
             torch.manual_seed(seed)
@@ -213,7 +213,8 @@ class Inputs:
             docs = splits.train[:60]
             self.scratch = {"model": "random tiny GPT-2 (quick)", "cached": None, "build_seconds": 0.0}
         else:
-            from collapse.modeling import cache_root, get_scratch_model, load_pretrained, scratch_key
+            from collapse.modeling import load_pretrained
+            from collapse.scratch import cache_root, get_scratch_model, scratch_key
 
             key = scratch_key(cfg.model.scratch, splits.fingerprint(), cfg.seed)
             cached = (cache_root() / "scratch" / key / "DONE").is_file()
@@ -274,7 +275,7 @@ def bench_generation(inp: Inputs, repeats: int, batch: int, n_prompts: int, n_pe
 
     from collapse.config import GenerationConfig
     from collapse.generate import generate_corpus, sample_batch
-    from collapse.modeling import seeded_generator
+    from collapse.seeding import seeded_generator
 
     model, eos, P, N = inp.model, inp.eos, inp.prompt_tokens, inp.new_tokens
     prompts = inp.prompts[:n_prompts]
@@ -683,7 +684,7 @@ def _ensure_scratch(overrides: list[str]) -> None:
     """Build (or find) the default scratch model in the user's cache, so no measured run includes its build."""
     from collapse.config import load_config
     from collapse.data import load_splits
-    from collapse.modeling import get_scratch_model
+    from collapse.scratch import get_scratch_model
 
     cfg = load_config(REPO / "configs" / "tiny.yaml", overrides)
     get_scratch_model(cfg.model.scratch, load_splits(cfg.data), cfg.seed, show_progress=False)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from collapse.config import GenerationConfig
-from collapse.modeling import seeded_generator
+from collapse.seeding import seeded_generator
 
 
 def _filter_logits(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:

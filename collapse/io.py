@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,6 +67,34 @@ def atomic_path(path: str | Path):
         except OSError:
             pass
         raise
+
+
+@contextmanager
+def atomic_dir(path: str | Path, replace: bool = True):
+    """Yield a hidden temporary folder next to ``path``; on success it becomes ``path``.
+
+    An existing ``path`` is replaced (``replace=True``) or kept, the new folder then discarded
+    (``replace=False``: another process finished the same build first). On failure nothing of the
+    temporary folder stays, and ``path`` is untouched.
+    """
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if path.exists():
+            if not replace:
+                return
+            shutil.rmtree(path)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if replace or not path.exists():
+                raise  # (keep: a build of the same key finished in the meantime)
+        _fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text(path: str | Path, text: str) -> None:

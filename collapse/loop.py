@@ -578,7 +578,7 @@ def run_loop(cfg: Config, show_progress: bool = True) -> int:
     accelerator.wait_for_everyone()
     splits = load_splits(cfg.data)
     if cfg.model.name_or_path == "scratch":  # check on a weightless skeleton before the scratch model is built
-        from collapse.modeling import build_scratch_model
+        from collapse.scratch import build_scratch_model
 
         with torch.device("meta"):
             _check_model_fits(cfg, build_scratch_model(cfg.model.scratch, cfg.model.scratch.vocab_size, 0))

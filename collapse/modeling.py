@@ -1,26 +1,17 @@
-"""Models and tokenizers: hub ids, local folders, and the tiny scratch model; LoRA attach / merge / save / load."""
+"""Models and tokenizers: hub ids and local folders (the scratch model is built in ``scratch.py``); LoRA attach."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import shutil
-import time
-from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from collapse.config import LoraConfig, ModelConfig, ScratchConfig
-from collapse.errors import DataError, ModelError, first_line
+from collapse.config import LoraConfig, ModelConfig
+from collapse.errors import ModelError, first_line
 
 log = logging.getLogger("collapse")
-
-SCRATCH_VERSION = 1  # bump when the scratch recipe changes, so old caches are not reused
-EOT = "<|endoftext|>"
 
 
 # ---------------------------------------------------------------------- devices / dtypes
@@ -44,10 +35,6 @@ def set_threads() -> None:
     want = max(1, n // max(1, world))
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(want)
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("COLLAPSE_CACHE", Path.home() / ".cache" / "collapse")).expanduser()
 
 
 # ---------------------------------------------------------------------- loading
@@ -105,87 +92,11 @@ def vocab_size(model, tokenizer) -> int:
     return max(int(model.config.vocab_size), len(tokenizer))
 
 
-# ---------------------------------------------------------------------- scratch model
-
-
-def scratch_key(cfg: ScratchConfig, data_fingerprint: str, seed: int) -> str:
-    blob = json.dumps({"v": SCRATCH_VERSION, "scratch": asdict(cfg), "data": data_fingerprint, "seed": seed},
-                      sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def train_tokenizer(docs: list[str], vocab: int):
-    """Byte-level BPE trained on ``docs`` (the real training split), wrapped as a HF fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=[EOT], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(docs, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOT, eos_token=EOT, pad_token=EOT, unk_token=EOT)
-
-
-def build_scratch_model(cfg: ScratchConfig, vocab: int, eos_id: int):
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
-
-    common = dict(vocab_size=vocab, bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id,
-                  tie_word_embeddings=True)
-    if cfg.arch == "gpt2":
-        mc = GPT2Config(n_positions=cfg.context, n_embd=cfg.d_model, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
-    else:
-        mc = LlamaConfig(hidden_size=cfg.d_model, intermediate_size=4 * cfg.d_model, num_hidden_layers=cfg.n_layer,
-                         num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head,
-                         max_position_embeddings=cfg.context, **common)
-    return AutoModelForCausalLM.from_config(mc)
-
-
-def get_scratch_model(cfg: ScratchConfig, splits, seed: int, show_progress: bool = True) -> Path:
-    """Folder of the scratch tokenizer + model for these settings and data, built once and cached by hash."""
-    from collapse.data import concat_blocks, tokenize
-    from collapse.train import pretrain
-
-    key = scratch_key(cfg, splits.fingerprint(), seed)
-    final = cache_root() / "scratch" / key
-    if (final / "DONE").is_file():
-        return final
-    t0 = time.time()
-    tok = train_tokenizer(splits.train, cfg.vocab_size)
-    eos = tok.eos_token_id
-    torch.manual_seed(seed)
-    model = build_scratch_model(cfg, len(tok), eos)
-    train_ids = tokenize(tok, splits.train)
-    train_blocks = concat_blocks(train_ids, cfg.block_size, eos)
-    if len(train_blocks) == 0:
-        n = sum(len(i) + 1 for i in train_ids)
-        raise DataError(f"the training split has {n} tokens, fewer than one model.scratch.block_size="
-                        f"{cfg.block_size} block: use more data or lower model.scratch.block_size.")
-    val_blocks = concat_blocks(tokenize(tok, splits.validation), cfg.block_size, eos)
-    log.info("building the scratch model %s (tokenizer + %d pre-training steps); cached for later runs", key, cfg.steps)
-    stats = pretrain(model, train_blocks, val_blocks, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                     seed=seed, show_progress=show_progress)
-    tmp = final.parent / f".{key}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    info = {"key": key, "scratch": asdict(cfg), "seed": seed, "seconds": round(time.time() - t0, 1), **stats}
-    (tmp / "scratch.json").write_text(json.dumps(info, indent=2))
-    (tmp / "DONE").write_text("ok\n")
-    try:
-        os.replace(tmp, final) if not final.exists() else shutil.rmtree(tmp)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    log.info("scratch model ready in %.0f s (validation perplexity %.1f)", time.time() - t0, stats["val_ppl"])
-    return final
-
-
 def load_model(cfg: ModelConfig, splits, seed: int, device: torch.device, show_progress: bool = True):
     """(model, tokenizer, folder) for ``model.name_or_path``; the scratch model is built or reused."""
     if cfg.name_or_path == "scratch":
+        from collapse.scratch import get_scratch_model
+
         folder = get_scratch_model(cfg.scratch, splits, seed, show_progress)
         model, tok = load_pretrained(str(folder), cfg, device)
         return model, tok, str(folder)
@@ -232,23 +143,3 @@ def attach_lora(model, cfg: LoraConfig):
                         modules_to_save=cfg.modules_to_save, task_type="CAUSAL_LM",
                         fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2")
     return get_peft_model(model, pc)
-
-
-def seeded_generator(*parts: int | str, device: torch.device | str = "cpu") -> torch.Generator:
-    """A torch generator on ``device`` seeded from a tuple (seed, generation, stage, shard ...).
-
-    Noise is drawn where it is used (a GPU draws its own), so a corpus is reproducible per device type.
-    """
-    h = hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).digest()
-    g = torch.Generator(device=device)
-    g.manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
-    return g
-
-
-def seed_int(*parts: int | str) -> int:
-    h = hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).digest()
-    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
-
-
-def numpy_rng(*parts: int | str) -> np.random.Generator:
-    return np.random.default_rng(seed_int(*parts))

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from collapse import fault
 from collapse.errors import ConfigError, TrainingError
 from collapse.evaluate import mean_nll
-from collapse.modeling import numpy_rng
+from collapse.seeding import numpy_rng
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -28,57 +28,18 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _lm_loss(model, batch: torch.Tensor) -> torch.Tensor:
+def lm_loss(model, batch: torch.Tensor) -> torch.Tensor:
     logits = model(input_ids=batch).logits
     return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
 
 
-def _epoch_order(n: int, global_batch: int, *key) -> np.ndarray:
+def epoch_order(n: int, global_batch: int, *key) -> np.ndarray:
     """A permutation of 0..n-1, wrapped so its length is a multiple of ``global_batch`` (as DistributedSampler pads)."""
     perm = numpy_rng(*key).permutation(n)
     pad = (-len(perm)) % global_batch
     if pad:
         perm = np.concatenate([perm, perm[:pad]])
     return perm
-
-
-def pretrain(model, train_blocks: np.ndarray, val_blocks: np.ndarray, *, steps: int, batch_size: int, lr: float,
-             seed: int, show_progress: bool = True) -> dict:
-    """Pre-train the scratch model on real blocks for ``steps`` steps (single process, CPU-sized)."""
-    from tqdm.auto import tqdm
-
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
-    warmup = max(1, steps // 20)
-    order = np.zeros(0, dtype=np.int64)
-    epoch = 0
-    with tqdm(total=steps, desc="pre-train scratch model", leave=False, disable=not show_progress,
-              dynamic_ncols=True) as bar:
-        t0 = time.perf_counter()
-        loss_v = float("nan")
-        for step in range(steps):
-            if len(order) < batch_size:
-                order = np.concatenate([order, _epoch_order(len(train_blocks), 1, seed, "pretrain", epoch)])
-                epoch += 1
-            rows, order = order[:batch_size], order[batch_size:]
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, steps, lr, warmup)
-            loss = _lm_loss(model, torch.as_tensor(train_blocks[rows], dtype=torch.long))
-            if not torch.isfinite(loss):
-                raise TrainingError(f"scratch pre-training diverged (loss {loss.item()}) at step {step}: "
-                                    "lower model.scratch.lr.")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            loss_v = loss.item()
-            bar.set_postfix(loss=f"{loss_v:.3f}", refresh=False)
-            bar.update(1)
-    dt = time.perf_counter() - t0
-    model.eval()
-    val = mean_nll(model, val_blocks)
-    return {"steps": steps, "train_loss": loss_v, "val_nll": val, "val_ppl": math.exp(val),
-            "tokens_per_s": steps * batch_size * train_blocks.shape[1] / dt}
 
 
 def _trainable_state(model) -> dict[str, torch.Tensor]:
@@ -121,7 +82,7 @@ def finetune(model, rows: np.ndarray, val_blocks: np.ndarray, cfg, accelerator, 
     with tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
               disable=not (show_progress and accelerator.is_main_process)) as bar:
         for epoch in range(cfg.epochs):
-            order = _epoch_order(len(rows), global_batch, *key, "epoch", epoch)
+            order = epoch_order(len(rows), global_batch, *key, "epoch", epoch)
             losses = []
             for s in range(steps_per_epoch):
                 for g in opt.param_groups:
@@ -134,7 +95,7 @@ def finetune(model, rows: np.ndarray, val_blocks: np.ndarray, cfg, accelerator, 
                     batch = torch.as_tensor(rows[mine], dtype=torch.long, device=accelerator.device)
                     ctx = accelerator.no_sync(pmodel) if a + 1 < cfg.grad_accum else contextlib.nullcontext()
                     with ctx, accelerator.autocast():
-                        loss = _lm_loss(pmodel, batch)
+                        loss = lm_loss(pmodel, batch)
                     if fault.active("nan", key[1] if len(key) > 1 else 0, step):
                         loss = loss * float("nan")
                     if not torch.isfinite(loss):

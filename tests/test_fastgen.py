@@ -95,7 +95,7 @@ def test_chunking_does_not_change_the_tokens(build):
 def test_generate_corpus_reuses_engines_without_changing_the_corpus():
     m = _gpt2()
     prompts, got = small_corpus(m)
-    from collapse.modeling import seeded_generator
+    from collapse.seeding import seeded_generator
 
     for b in range(3):
         rows = torch.as_tensor(prompts[b * 4:(b + 1) * 4], dtype=torch.long)

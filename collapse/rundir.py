@@ -1,0 +1,354 @@
+"""The run folder, without torch: layout, lock, manifest, resume checks, sample shards.
+
+Shared by ``collapse run`` (writes it), ``collapse report`` and ``collapse sweep`` (read it).
+
+    <out_dir>/config.yaml  manifest.json  metrics.jsonl  reference_counts.npy  .lock
+    <out_dir>/gen_NNN/     samples.parquet  eval.json  metrics.json  gen0_ppl.npy  train.json
+                           adapter/ or model/ (safetensors)   shards/ (while generating)
+
+Every file is written atomically (``collapse.io.atomic_path``); a stage is recorded in the manifest
+only after all its files are complete, so a kill at any moment loses at most the stage in flight.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from collapse import fault
+from collapse.config import Config, config_diff
+from collapse.errors import ConfigError, DataError, first_line
+from collapse.io import atomic_path, dumps_line, is_temp_name, read_id_column, read_json, write_text
+
+STAGES = ("train", "evaluate", "generate", "measure")
+# a stage found broken on resume is redone together with the stages that read its files
+REDO_WITH = {"train": ("train",), "evaluate": ("evaluate", "measure"), "generate": ("generate", "measure"),
+             "measure": ("measure",)}
+LOCK_NAME = ".lock"
+# config sections a resumed run may change (they do not change any result)
+RESUMABLE_KEYS = ("resume", "overwrite", "wandb", "out_dir", "keep_checkpoints")
+
+
+def gen_dir(out: str | Path, g: int) -> Path:
+    return Path(out) / f"gen_{g:03d}"
+
+
+def gen_number(folder: str | Path) -> int | None:
+    """g for a folder named ``gen_NNN``, else None."""
+    name = Path(folder).name
+    return int(name[4:]) if name.startswith("gen_") and name[4:].isdigit() else None
+
+
+# ---------------------------------------------------------------------- manifest
+
+
+class Manifest:
+    """Which stages of which generation are complete. Written atomically after the files it names."""
+
+    def __init__(self, path: Path, data: dict):
+        self.path = path
+        self.data = data
+
+    @classmethod
+    def load_or_new(cls, path: Path, fingerprint: str) -> Manifest:
+        if path.is_file():
+            try:
+                data = read_json(path)
+                if not isinstance(data, dict) or not isinstance(data.get("generations"), dict):
+                    raise ValueError("no 'generations' table")
+                if not all(isinstance(v, dict) and str(k).isdigit() for k, v in data["generations"].items()):
+                    raise ValueError("malformed 'generations' table")
+            except (ValueError, OSError, UnicodeDecodeError) as e:
+                msg = first_line(e, 120)
+                raise DataError(f"{path} is corrupt ({msg}): delete it to redo every stage of the run (same "
+                                "results), or start over with resume=never overwrite=true.") from None
+            data.pop("_current_gen", None)  # written by older versions
+            return cls(path, data)
+        return cls(path, {"version": 1, "fingerprint": fingerprint, "generations": {}, "complete": False,
+                          "wandb_run_id": None})
+
+    def done(self, g: int, stage: str) -> bool:
+        return bool(self.data["generations"].get(str(g), {}).get(stage))
+
+    def measured(self, last: int) -> list[int]:
+        """The generations 0..last whose measure stage (their metrics row) is recorded."""
+        return [g for g in range(last + 1) if self.done(g, "measure")]
+
+    def mark(self, g: int, stage: str, is_main: bool) -> None:
+        self.data["generations"].setdefault(str(g), {})[stage] = True
+        self.save(is_main, g, stage)
+        fault.point("between", g, stage)
+
+    def clear(self, g: int, stages: tuple[str, ...]) -> None:
+        entry = self.data["generations"].get(str(g), {})
+        for s in stages:
+            entry.pop(s, None)
+        self.data["complete"] = False
+
+    def save(self, is_main: bool, g: int | None = None, stage: str | None = None) -> None:
+        """Write the manifest; ``(g, stage)`` names the record being added (the ``manifest`` fault point)."""
+        if not is_main:
+            return
+        with atomic_path(self.path) as tmp:
+            Path(tmp).write_text(dumps_line(self.data) + "\n")
+            if g is not None:
+                fault.point("manifest", g, stage)  # temporary file written, rename not yet done
+
+
+# ---------------------------------------------------------------------- the folder
+
+
+def prepare_out_dir(cfg: Config) -> tuple[Path, bool, bool]:
+    """Check out_dir against the config; returns (path, resuming, wipe). Writes and deletes nothing.
+
+    ``wipe``: the folder holds something and resume=never overwrite=true asks to start over; it is
+    emptied only after the whole config has been validated (a typo must not cost a finished run).
+    """
+    out = Path(cfg.out_dir)
+    cfg_path = out / "config.yaml"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out_dir {out} is a file, not a folder: choose another out_dir.")
+    if out.is_dir() and any(p.name != LOCK_NAME and not is_temp_name(p.name) for p in out.iterdir()):
+        if cfg.resume == "auto" and cfg_path.is_file():
+            from collapse.config import load_config
+
+            try:
+                old = load_config(cfg_path)
+            except ConfigError as e:
+                raise ConfigError(f"{cfg_path} cannot be read ({e}); rerun with resume=never overwrite=true.") from None
+            if old.fingerprint() != cfg.fingerprint():
+                keys = [k for k in config_diff(old.to_dict(), cfg.to_dict()) if k.split(".")[0] not in RESUMABLE_KEYS]
+                raise ConfigError(f"{out} holds a run with a different config ({', '.join(keys)}): use another "
+                                  "out_dir, or resume=never overwrite=true to start over.")
+            return out, True, False
+        if cfg.resume == "auto":
+            raise ConfigError(f"{out} is not empty and holds no run: choose another out_dir or set overwrite=true "
+                              "with resume=never.")
+        if not cfg.overwrite:
+            raise ConfigError(f"{out} is not empty: add overwrite=true to delete it and start over.")
+        return out, False, True
+    return out, False, False
+
+
+def lock_out_dir(out: Path):
+    """Hold ``out/.lock`` (flock) for the process's lifetime; a second run in the same folder is refused."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    fh = open(out / LOCK_NAME, "a+")  # noqa: SIM115 - held open until the run ends
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        pid = fh.read().strip()
+        fh.close()
+        raise ConfigError(f"another `collapse run`{f' (pid {pid})' if pid else ''} is using {out} right now: wait "
+                          "for it to end, or choose another out_dir.") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
+def empty_out_dir(out: Path) -> None:
+    for p in out.iterdir():
+        if p.name == LOCK_NAME:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def clean_temp(out: Path) -> None:
+    """Delete what a killed run was writing: hidden ``*.tmp`` files and folders (never a finished file)."""
+    folders = [out, *sorted(out.glob("gen_*")), *sorted(out.glob("gen_*/shards"))]
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if is_temp_name(p.name):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+
+
+def disk_full(e: BaseException | None) -> bool:
+    """An OSError ENOSPC, or a library's wrapping of one (pyarrow, safetensors, torch say it in words)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(e)
+        if "No space left on device" in text or "StorageFull" in text or "Disk quota exceeded" in text:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def rewrite_metrics_jsonl(out: Path, gens: list[int]) -> None:
+    """metrics.jsonl = the metrics.json rows of the measured generations ``gens``, rewritten whole (idempotent)."""
+    lines = [dumps_line(read_json(gen_dir(out, g) / "metrics.json")) for g in sorted(gens)]
+    write_text(out / "metrics.jsonl", "".join(line + "\n" for line in lines))
+
+
+# ---------------------------------------------------------------------- checks on resume
+
+
+def safetensors_problem(folder: Path) -> str | None:
+    """None if every *.safetensors file in ``folder`` is complete (header and data covered), else why not."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return f"{folder.name}/ holds no weights"
+    for f in files:
+        try:
+            with safe_open(str(f), "np") as fh:
+                fh.keys()
+        except Exception as e:  # noqa: BLE001 - SafetensorError and OSError
+            return f"{f.relative_to(folder.parent.parent)} cannot be read ({first_line(e, 120)})"
+    return None
+
+
+def _json_problem(d: Path, name: str, key: str) -> str | None:
+    try:
+        obj = read_json(d / name)
+        if not isinstance(obj, dict) or key not in obj:
+            raise ValueError(f"no '{key}'")
+    except FileNotFoundError:
+        return f"{d.name}/{name} is missing"
+    except Exception as e:  # noqa: BLE001
+        return f"{d.name}/{name} cannot be read ({first_line(e, 120)})"
+    return None
+
+
+def _samples_problem(d: Path, n_seq: int) -> str | None:
+    import pyarrow.parquet as pq
+
+    path = d / "samples.parquet"
+    if not path.is_file():
+        return f"{d.name}/samples.parquet is missing"
+    try:
+        pf = pq.ParquetFile(path)
+        rows, names = pf.metadata.num_rows, set(pf.schema_arrow.names)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        return f"{d.name}/samples.parquet cannot be read ({first_line(e, 120)})"
+    if not {"token_ids", "prompt_ids"} <= names:
+        return f"{d.name}/samples.parquet lacks the token_ids/prompt_ids columns"
+    if rows != n_seq:
+        return f"{d.name}/samples.parquet holds {rows} rows, not {n_seq}"
+    return None
+
+
+def stage_problem(stage: str, g: int, out: Path, n_seq: int) -> str | None:
+    """Why the recorded stage ``stage`` of generation g cannot be trusted, or None. Reads metadata only."""
+    d = gen_dir(out, g)
+    if stage == "train":
+        if g == 0:  # the fine-tune on real text (train.gen0_epochs)
+            return safetensors_problem(d / "model")
+        return _json_problem(d, "train.json", "val_nll")
+    if stage == "evaluate":
+        return _json_problem(d, "eval.json", "test_ppl")
+    if stage == "generate":
+        return _samples_problem(d, n_seq)
+    problem = _json_problem(d, "metrics.json", "test_ppl")
+    if problem is None:
+        try:
+            np.load(d / "gen0_ppl.npy", allow_pickle=False)
+        except Exception as e:  # noqa: BLE001
+            problem = f"{d.name}/gen0_ppl.npy cannot be read ({first_line(e, 120)})"
+    return problem
+
+
+def verify_stages(manifest: Manifest, out: Path, generations: int, n_seq: int, weights_sub: str,
+                  continues_previous: bool) -> list[str]:
+    """On resume: un-record every stage whose files are missing or damaged, so it is redone.
+
+    A stage found broken is redone with the stages of its generation that read its files (samples ->
+    measure, eval.json -> measure). Later generations stay: they were computed from the intact file,
+    and the redone stage reproduces it exactly (every stage is deterministic). Weights (in
+    ``gen_g/<weights_sub>``) are checked where a stage still to run needs them (they may be pruned by
+    keep_checkpoints otherwise; ``continues_previous``: generation g+1 trains from model g); if they
+    are missing or damaged, that generation's training is redone. Returns one note per redone stage.
+    """
+    notes = []
+    for g in range(generations, -1, -1):  # newest first: a redone training needs the weights before it
+        if str(g) not in manifest.data["generations"]:
+            continue
+        for stage in STAGES:
+            if not manifest.done(g, stage):
+                continue
+            why = stage_problem(stage, g, out, n_seq)
+            if why:
+                redo = REDO_WITH[stage]
+                manifest.clear(g, redo)
+                notes.append(f"gen {g}: {why}: redoing {'/'.join(redo)}")
+        if g > 0 and manifest.done(g, "train"):
+            needed = (not manifest.done(g, "evaluate") or not manifest.done(g, "generate")
+                      or (continues_previous and g < generations and not manifest.done(g + 1, "train")))
+            if needed:
+                why = safetensors_problem(gen_dir(out, g) / weights_sub)
+                if why:
+                    manifest.clear(g, ("train",))
+                    notes.append(f"gen {g}: weights needed to resume: {why}: redoing train")
+    return notes
+
+
+# ---------------------------------------------------------------------- samples on disk
+
+
+def shard_path(d: Path, b: int) -> Path:
+    return d / "shards" / f"b{b:06d}.parquet"
+
+
+def finished_shards(d: Path) -> set[int]:
+    """Batch shards on disk (written atomically: a shard that exists is complete)."""
+    s = d / "shards"
+    if not s.is_dir():
+        return set()
+    out = set()
+    for f in s.glob("b*.parquet"):
+        try:
+            out.add(int(f.stem[1:]))
+        except ValueError:
+            continue
+    return out
+
+
+def merge_shards(d: Path, n_batches: int) -> None:
+    """Stream the batch shards, in order, into one samples.parquet (one shard in memory at a time)."""
+    import pyarrow.parquet as pq
+
+    writer = None
+    with atomic_path(d / "samples.parquet") as tmp:
+        for b in range(n_batches):
+            t = pq.read_table(shard_path(d, b))
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, t.schema)
+            writer.write_table(t)
+        if writer is not None:
+            writer.close()
+    shutil.rmtree(d / "shards", ignore_errors=True)
+
+
+def load_samples(out: Path, g: int, keep_prompt: bool = False) -> np.ndarray:
+    """Generation g's corpus as rows of token ids (continuations, or prompt + continuation)."""
+    path = gen_dir(out, g) / "samples.parquet"
+    try:
+        gen = read_id_column(path, "token_ids")
+        if keep_prompt:
+            gen = np.concatenate([read_id_column(path, "prompt_ids"), gen], axis=1)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        raise DataError(f"{path} cannot be read ({first_line(e, 120)}): delete it and rerun the same command; "
+                        "it is regenerated (identically) on resume.") from None
+    return gen
