@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "run":
             cfg = _load("run", args.args)
-            from collapse.loop import run_loop
+            from collapse.run import run_loop
 
             return run_loop(cfg)
         if args.command == "sweep":

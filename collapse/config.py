@@ -1,7 +1,7 @@
 """Typed configuration: one dataclass per concern, YAML files, dotted ``key=value`` overrides.
 
 Precedence is CLI over YAML over defaults. Every field carries a docstring-like ``help`` in its
-metadata; ``collapse run --help-config`` prints them. Unknown keys, wrong types and out-of-range
+metadata; ``collapse keys`` prints them. Unknown keys, wrong types and out-of-range
 values raise :class:`ConfigError` with one line that names the key and what to do.
 """
 
@@ -21,8 +21,6 @@ from typing import Any
 import yaml
 
 from collapse.errors import ConfigError
-
-BUCKET_EDGES = (10, 100, 1000, 10000)
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:

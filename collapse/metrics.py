@@ -8,8 +8,6 @@ Conventions
   the smaller token id): ranks 1-10, 11-100, 101-1000, 1001-10000, 10001+, and ``unseen`` for types
   the reference never uses.
 * Entropies and the Jensen-Shannon divergence are in bits; KL divergences in bits too.
-
-Each metric says whether higher is closer to the reference (``HIGHER_IS_CLOSER``) for reports.
 """
 
 from __future__ import annotations
@@ -218,9 +216,3 @@ def distribution_metrics(ref_counts: np.ndarray, gen_counts: np.ndarray, gen_seq
         out["distinct_1_ref"] = distinct_n(ref_seqs, 1)
         out["distinct_2_ref"] = distinct_n(ref_seqs, 2)
     return out
-
-
-# Direction of each scalar for reports: True = higher means closer to the real data / healthier.
-HIGHER_IS_CLOSER = {"test_ppl": False, "kl_ref_gen": False, "kl_gen_ref": False, "js": False, "coverage": True,
-                    "distinct_1": True, "distinct_2": True, "gen0_ppl_mean": None, "entropy": None,
-                    "tail_mass": None}

@@ -92,6 +92,24 @@ def vocab_size(model, tokenizer) -> int:
     return max(int(model.config.vocab_size), len(tokenizer))
 
 
+def check_fits(cfg, model) -> None:
+    """The run's blocks within the model's context; its LoRA targets present in it. Raises ModelError."""
+    ctx = context_length(model)
+    L = cfg.generation.prompt_tokens + cfg.generation.new_tokens
+    if L > ctx:
+        raise ModelError(f"generation.prompt_tokens + generation.new_tokens = {L} exceeds the model's context of "
+                         f"{ctx} tokens: shorten them.")
+    eval_len = cfg.eval.block_size or L
+    if eval_len > ctx:
+        raise ModelError(f"eval.block_size={eval_len} exceeds the model's context of {ctx} tokens.")
+    if cfg.train.method == "lora" and cfg.train.lora.target_modules:
+        avail = linear_module_names(model)
+        missing = [t for t in cfg.train.lora.target_modules if t not in avail]
+        if missing:
+            raise ModelError(f"train.lora.target_modules {missing} do not exist in {type(model).__name__}: "
+                             f"choose from {sorted(avail)}.")
+
+
 def load_model(cfg: ModelConfig, splits, seed: int, device: torch.device, show_progress: bool = True):
     """(model, tokenizer, folder) for ``model.name_or_path``; the scratch model is built or reused."""
     if cfg.name_or_path == "scratch":

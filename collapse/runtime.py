@@ -76,3 +76,21 @@ class StageClock:
 def fmt_s(s: float) -> str:
     s = int(round(s))
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def fmt_pct(v: float | None) -> str:
+    """A signed percentage for the console (``+6.5%``); a dash where there is none."""
+    return "—" if v is None else f"{v:+.1f}%"
+
+
+def fmt_num(v: float | None, digits: int = 3) -> str:
+    """A fixed-point number for the console; a dash where there is none."""
+    return "—" if v is None else f"{v:.{digits}f}"

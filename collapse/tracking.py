@@ -124,3 +124,39 @@ def make_logger(wcfg, run_dir: Path, config: dict[str, Any], is_main: bool, run_
     return WandbLogger(mode=wcfg.mode, project=wcfg.project, entity=wcfg.entity, group=wcfg.group, tags=wcfg.tags,
                        name=wcfg.name or Path(run_dir).name, run_dir=Path(run_dir), config=config, run_id=run_id,
                        resume=resume)
+
+
+def new_run_id() -> str:
+    """A W&B run id, chosen before ``wandb.init`` so a run killed at any moment resumes the same W&B run."""
+    import secrets
+    import string
+
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def close_quietly(logger, exit_code: int) -> None:
+    """Close ``logger`` on the way out of a failed run; never hide the error that stopped it."""
+    if logger is None:
+        return
+    try:
+        logger.close(exit_code=exit_code)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def log_generation(logger, row: dict, ppl: np.ndarray, samples_path: Path, g: int, bins: np.ndarray) -> None:
+    """One generation's row: scalars and bucket series, the gen0-perplexity histogram, a few sample texts."""
+    scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    logger.log({**scalars, "tail_loss": row["tail_loss"], "bucket_shift": row["bucket_shift"],
+                "gen0_ppl": {"q50": row["gen0_ppl_quantiles"]["q50"], "q95": row["gen0_ppl_quantiles"]["q95"]}},
+               step=g)
+    logger.log_histogram("gen0_ppl_hist", ppl, step=g, bins=bins)
+    try:
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(samples_path, columns=["sample_index", "text"]).slice(0, 8).to_pylist()
+        logger.log_table("samples", ["generation", "sample_index", "text"],
+                         [[g, r["sample_index"], r["text"]] for r in t], step=g)
+    except Exception:  # noqa: BLE001 - a missing table must not stop the run
+        pass

@@ -14,8 +14,9 @@ from safetensors.torch import load_file
 
 from collapse import metrics as M
 from collapse.config import load_config
-from collapse.data import flat_ids, load_splits, regime_training_set, tokenize
+from collapse.data import flat_ids, load_splits, tokenize
 from collapse.io import read_id_column
+from collapse.regimes import regime_training_set
 
 KEYS = {"generation", "test_ppl", "tail_loss", "bucket_shift", "kl_ref_gen", "js", "entropy", "coverage", "tail_mass",
         "gen0_ppl_mean", "distinct_1", "distinct_2", "gen0_ppl_hist"}
@@ -179,8 +180,8 @@ def _tiny_model():
 
 
 def test_init_base_vs_previous_start_weights():
+    from collapse.checkpoints import starting_model
     from collapse.config import LoraConfig
-    from collapse.loop import starting_model
     from collapse.modeling import attach_lora
 
     base = _tiny_model()

@@ -1,0 +1,490 @@
+"""`collapse run`: the recursion of "The Curse of Recursion" (Shumailov et al., Nature 2024).
+
+    for g = 0 .. G:
+        train     model g on corpus g-1 (the regime: corpus g-1 alone, or mixed with real text)   [g >= 1]
+        evaluate  model g on REAL test text: test perplexity, loss per frequency bucket (tail loss)
+        generate  corpus g: model g continues REAL training prompts (the same prompts every generation)
+        measure   corpus g against the REAL training counts; each sample scored by generation 0
+
+``run_loop`` below is that loop. Each stage goes through one runner (``Run.stage``) that owns the
+bookkeeping: a stage recorded in ``manifest.json`` is skipped, every process waits for the others,
+then the stage is recorded and timed. Crash safety (a kill at any moment loses at most the stage in
+flight):
+
+* Every file is written atomically (``collapse.io``), and a stage is recorded only after all its files
+  are complete. A rerun of the same command skips recorded stages and redoes the one in flight;
+  generation keeps its finished batch shards and continues after them; training restarts.
+* On resume every recorded stage's files are checked (``rundir.verify_stages``); a damaged stage is
+  redone, with one warning line. Temporary files of a killed run are deleted.
+* Randomness is drawn from (seed, generation, stage, shard) (``collapse.seeding``), never from RNG state
+  left over by earlier work of the process, so a resumed run equals an uninterrupted one bit for bit
+  (on the same device type and thread count).
+* ``out_dir/.lock`` keeps two processes out of one folder. A full disk is one error line (exit 2);
+  Ctrl-C stops with a note on how to resume (exit 130).
+* W&B: the run id is kept in manifest.json before the first ``wandb.init``; a resumed run logs to the
+  same id and first re-logs the finished generations, so no row a killed process had not flushed is lost.
+
+``COLLAPSE_SKIP_REPORT=1`` skips drawing the report at the end (tests; ``collapse report`` draws it).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from collapse import fault
+from collapse import metrics as M
+from collapse.checkpoints import Checkpoints, disk_estimate
+from collapse.config import Config
+from collapse.data import concat_blocks, flat_ids, load_splits, tokenize
+from collapse.errors import CollapseError, DataError
+from collapse.evaluate import evaluate_blocks, sequence_ppl
+from collapse.generate import generate_corpus
+from collapse.io import atomic_path, read_json, write_json, write_parquet, write_text
+from collapse.modeling import check_fits, load_model, set_threads, vocab_size
+from collapse.regimes import regime_training_set
+from collapse.rundir import (
+    Manifest,
+    clean_temp,
+    disk_full,
+    empty_out_dir,
+    finished_shards,
+    gen_dir,
+    load_samples,
+    lock_out_dir,
+    merge_shards,
+    prepare_out_dir,
+    rewrite_metrics_jsonl,
+    shard_path,
+    verify_stages,
+)
+from collapse.runtime import StageClock, fmt_bytes, fmt_num, fmt_pct, fmt_s, make_accelerator
+from collapse.scratch import build_scratch_model
+from collapse.seeding import numpy_rng
+from collapse.tracking import NullLogger, close_quietly, log_generation, make_logger, new_run_id
+from collapse.train import finetune
+
+log = logging.getLogger("collapse")
+
+PPL_BINS = np.logspace(0, 4, 81)  # gen0_ppl histogram edges, shared by all generations (1 .. 10^4)
+
+
+def run_loop(cfg: Config, show_progress: bool = True) -> int:
+    run = Run.prepare(cfg, show_progress)  # every check first: nothing is written (or deleted) before
+    with run.session():  # the folder locked and checked, W&B open; errors become one line
+        base = run.generation0()  # the base model, or it fine-tuned on real text (train.gen0_epochs)
+        prev = None
+        for g in range(cfg.generations + 1):
+            model = run.weights(g, base)  # model g: kept once trained here, else read from disk when needed
+            if g > 0:
+                run.stage("train", g, train_stage, base, prev, model, then=run.prune)
+            run.stage("evaluate", g, evaluate_stage, model)
+            run.stage("generate", g, generate_stage, model)
+            run.stage("measure", g, measure_stage, base, then=run.log_generation)
+            prev = model if run.ckpt.continues_previous else None
+        run.finish()
+    return 0
+
+
+class Weights:
+    """A model held in memory, or loaded (``load()``) the first time a stage needs it."""
+
+    def __init__(self, load, model=None):
+        self.load, self.model = load, model
+
+    def __call__(self):
+        if self.model is None:
+            self.model = self.load()
+        return self.model
+
+
+# ---------------------------------------------------------------------- the four stages
+
+
+def train_stage(run: Run, g: int, base, prev: Weights | None, model: Weights) -> str:
+    """Fine-tune model g on the regime's training set: corpus g-1 alone or with real text / older corpora."""
+    cfg = run.cfg
+    rows, src = regime_training_set(cfg.regime.kind, real_blocks=run.data.real_rows,
+                                    samples=[run.samples(k) for k in range(g)],
+                                    real_fraction=cfg.regime.real_fraction, size=cfg.regime.size,
+                                    rng=numpy_rng(cfg.seed, g, "regime"))
+    trainee = run.ckpt.start(g, base, prev)
+    if prev is not None:
+        prev.model = None  # model g-1 is not needed any more
+    stats = finetune(trainee, rows, run.data.val_blocks, cfg.train, run.accelerator, key=(cfg.seed, g, "train"),
+                     show_progress=run.show, desc=f"gen {g} train", on_step=lambda s: fault.point("train", g, s))
+    model.model = run.ckpt.save(trainee, g, run.is_main)
+    if run.is_main:
+        write_json(run.dir(g) / "train.json", {
+            **stats, "rows": int(len(rows)), "real_rows": int((src == -1).sum()),
+            "rows_by_source": {str(k): int((src == k).sum()) for k in np.unique(src)}})
+    return (f"{len(rows)} rows, val NLL {stats['val_nll']:.3f} (epoch {stats['epoch_selected']}), "
+            f"{stats['tokens_per_s'] / 1e3:.1f}k tok/s")
+
+
+def evaluate_stage(run: Run, g: int, model: Weights) -> str:
+    """Test perplexity and the loss per frequency bucket of model g on the REAL test blocks."""
+    m = model()
+    fault.point("evaluate", g, 0)
+    ev = evaluate_blocks(m, run.data.test_blocks, run.data.bucket_of, run.cfg.eval.batch_size, run.accelerator)
+    fault.point("evaluate", g, 1)
+    if run.is_main:
+        write_json(run.dir(g) / "eval.json", ev)
+    return f"test ppl {ev['test_ppl']:.2f}"
+
+
+def generate_stage(run: Run, g: int, model: Weights) -> str:
+    """Corpus g: model g continues the REAL prompts, batch by batch into shards, merged into samples.parquet."""
+    m, d, gc, tok = model(), run.dir(g), run.cfg.generation, run.tok
+    done = finished_shards(d) if run.is_main else set()
+    if run.accelerator.num_processes > 1:  # every process skips the same batches
+        from accelerate.utils import broadcast_object_list
+
+        box = [sorted(done)]
+        broadcast_object_list(box)
+        done = set(box[0])
+
+    def sink(b: int, prompt_rows: np.ndarray, gen_rows: np.ndarray) -> None:
+        idx = np.arange(b * gc.batch_size, b * gc.batch_size + len(gen_rows), dtype=np.int64)
+        write_parquet(shard_path(d, b), {"sample_index": idx, "prompt_ids": prompt_rows, "token_ids": gen_rows,
+                                         "text": tok.batch_decode(gen_rows.tolist())})
+        fault.point("generate", g, b)
+
+    generate_corpus(m, run.data.prompts, gc.new_tokens, gc, key=(run.cfg.seed, g, "generate"), sink=sink,
+                    accelerator=run.accelerator, suppress_ids=run.data.suppress, skip_batches=done,
+                    progress=run.show, desc=f"gen {g} generate")
+    if run.is_main:
+        merge_shards(d, run.data.n_batches)
+    return f"{run.data.n_seq} × {gc.new_tokens} tokens"
+
+
+def measure_stage(run: Run, g: int, base) -> str:
+    """Corpus g against the REAL training counts (buckets, KL, entropy, coverage...); gen0 perplexity per sample."""
+    d, gc = run.dir(g), run.cfg.generation
+    full = load_samples(run.out, g, keep_prompt=True)  # prompt + continuation, read once
+    gen_ids = full[:, gc.prompt_tokens:]
+    run.samples_cache[g] = full if gc.keep_prompt else gen_ids
+    fault.point("measure", g, 0)
+    ppl = sequence_ppl(base, full, gc.prompt_tokens, run.cfg.eval.batch_size, run.accelerator)
+    row = metrics_row(g, read_json(d / "eval.json"), run.data.ref_counts, gen_ids, ppl, d)
+    if run.is_main:
+        with atomic_path(d / "gen0_ppl.npy") as tmp, open(tmp, "wb") as fh:
+            np.save(fh, ppl.astype(np.float32), allow_pickle=False)
+        write_json(d / "metrics.json", row)
+        rewrite_metrics_jsonl(run.out, sorted({g, *run.manifest.measured(run.cfg.generations)}))
+    bs = row["bucket_shift"]
+    return f"shift 1-10 {fmt_pct(bs['1-10'])}, 1001-10000 {fmt_pct(bs['1001-10000'])}"
+
+
+def metrics_row(g: int, ev: dict, ref_counts: np.ndarray, gen_ids: np.ndarray, ppl: np.ndarray, d: Path) -> dict:
+    """One generation's row of metrics.jsonl: evaluation, distribution metrics, gen0 perplexity, training."""
+    dm = M.distribution_metrics(ref_counts, M.counts(gen_ids, len(ref_counts)), gen_seqs=gen_ids)
+    bs = dm.pop("bucket_shift")
+    train = read_json(d / "train.json") if (d / "train.json").is_file() else {}
+    q = np.quantile(ppl, [0.05, 0.25, 0.5, 0.75, 0.95]) if len(ppl) else [None] * 5
+    hist, _ = np.histogram(np.clip(ppl, PPL_BINS[0], PPL_BINS[-1]), bins=PPL_BINS)
+    return {
+        "generation": g,
+        "test_ppl": ev["test_ppl"],
+        "test_nll": ev["test_nll"],
+        "tail_loss": ev["tail_loss"],
+        "tail_tokens": ev["tail_tokens"],
+        "bucket_shift": {k: v["shift_pct"] for k, v in bs.items()},
+        "bucket_share": {k: {"ref_share": v["ref_share"], "gen_share": v["gen_share"]} for k, v in bs.items()},
+        **dm,
+        "gen0_ppl_mean": float(np.mean(ppl)) if len(ppl) else None,
+        "gen0_ppl_quantiles": {"q05": q[0], "q25": q[1], "q50": q[2], "q75": q[3], "q95": q[4]},
+        "gen0_ppl_hist": {"edges": PPL_BINS.tolist(), "counts": hist.tolist()},
+        "num_samples": int(len(gen_ids)),
+        "train_loss": train.get("train_loss"),
+        "val_nll": train.get("val_nll"),
+        "train_rows": train.get("rows"),
+        "train_real_rows": train.get("real_rows"),
+    }
+
+
+def gen0_stage(run: Run, g: int, model: Weights) -> str:
+    """The paper's generation 0: the base model fine-tuned on the REAL training split."""
+    tcfg = copy.deepcopy(run.cfg.train)
+    tcfg.epochs = run.cfg.train.gen0_epochs
+    trainee = run.ckpt.trainable(copy.deepcopy(run.model0), 0)
+    stats = finetune(trainee, run.data.real_rows, run.data.val_blocks, tcfg, run.accelerator,
+                     key=(run.cfg.seed, 0, "train"), show_progress=run.show, desc="gen 0 fine-tune on real")
+    model.model = run.ckpt.save_gen0(trainee, run.is_main)
+    if run.is_main:
+        write_json(run.dir(0) / "train.json", stats)
+    return f"val NLL {stats['val_nll']:.3f}"
+
+
+# ---------------------------------------------------------------------- what the stages share
+
+
+@dataclass
+class RealData:
+    """The real text as the run uses it: prompts, training rows, validation / test blocks, reference counts."""
+
+    prompts: np.ndarray  # [n_seq, prompt_tokens]: the same prompts every generation
+    real_rows: np.ndarray  # real training rows, shaped like the sample rows the regimes mix them with
+    val_blocks: np.ndarray
+    test_blocks: np.ndarray
+    ref_counts: np.ndarray  # token counts of the real training split
+    bucket_of: np.ndarray  # frequency bucket of every token id (by its rank in ref_counts)
+    suppress: tuple[int, ...]  # ids never sampled (EOS: every sample has the full length)
+    n_batches: int
+
+    @property
+    def n_seq(self) -> int:
+        return len(self.prompts)
+
+
+def real_data(cfg: Config, tok, splits, vocab: int) -> RealData:
+    gc = cfg.generation
+    L = gc.prompt_tokens + gc.new_tokens
+    eval_len = cfg.eval.block_size or L
+    eos = tok.eos_token_id
+    train_ids = tokenize(tok, splits.train)
+    prompt_blocks = concat_blocks(train_ids, L, eos)
+    real_rows = concat_blocks(train_ids, L if gc.keep_prompt else gc.new_tokens, eos)
+    val_blocks = concat_blocks(tokenize(tok, splits.validation), eval_len, eos)
+    test_blocks = concat_blocks(tokenize(tok, splits.test), eval_len, eos)
+    if cfg.eval.max_blocks:
+        test_blocks, val_blocks = test_blocks[: cfg.eval.max_blocks], val_blocks[: cfg.eval.max_blocks]
+    if len(prompt_blocks) == 0 or len(test_blocks) == 0 or len(val_blocks) == 0:
+        raise DataError(f"the corpus is too small for {L}-token blocks (train {len(prompt_blocks)}, validation "
+                        f"{len(val_blocks)}, test {len(test_blocks)} blocks): use more data or shorter blocks.")
+    ref_counts = M.counts(flat_ids(train_ids), vocab)
+    n_seq = gc.num_sequences or len(prompt_blocks)
+    order = numpy_rng(cfg.seed, "prompts").permutation(len(prompt_blocks))
+    if n_seq > len(order):
+        order = np.resize(order, n_seq)  # more samples than blocks: prompts repeat, in the same order
+    return RealData(prompts=prompt_blocks[order[:n_seq], : gc.prompt_tokens], real_rows=real_rows,
+                    val_blocks=val_blocks, test_blocks=test_blocks, ref_counts=ref_counts,
+                    bucket_of=M.bucket_of(ref_counts, vocab), suppress=(eos,) if eos is not None else (),
+                    n_batches=math.ceil(n_seq / gc.batch_size))
+
+
+@dataclass
+class Run:
+    """One `collapse run`: its config, data, models, folder and logger, and the stage runner."""
+
+    cfg: Config
+    out: Path
+    resuming: bool
+    wipe: bool
+    accelerator: object
+    show: bool
+    model0: object  # the base model as loaded (generation 0 unless train.gen0_epochs)
+    model_ref: str
+    tok: object
+    data: RealData
+    ckpt: Checkpoints
+    t_start: float = field(default_factory=time.perf_counter)
+    samples_cache: dict = field(default_factory=dict)
+    manifest: object = None
+    clock: object = None
+    logger: object = None
+    lock: object = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def dir(self, g: int) -> Path:
+        return gen_dir(self.out, g)
+
+    @classmethod
+    def prepare(cls, cfg: Config, show_progress: bool) -> Run:
+        """Validate everything a run needs (config, folder, data, model) before writing anything."""
+        t0 = time.perf_counter()
+        set_threads()
+        accelerator = make_accelerator(cfg.train.mixed_precision)
+        if not accelerator.is_main_process:
+            log.setLevel(logging.WARNING)
+        out, resuming, wipe = prepare_out_dir(cfg)
+        accelerator.wait_for_everyone()
+        splits = load_splits(cfg.data)
+        if cfg.model.name_or_path == "scratch":  # check on a weightless skeleton before the scratch model is built
+            with torch.device("meta"):
+                check_fits(cfg, build_scratch_model(cfg.model.scratch, cfg.model.scratch.vocab_size, 0))
+        model0, tok, model_ref = load_model(cfg.model, splits, cfg.seed, accelerator.device,
+                                            show_progress and accelerator.is_main_process)
+        check_fits(cfg, model0)
+        data = real_data(cfg, tok, splits, vocab_size(model0, tok))
+        return cls(cfg=cfg, out=out, resuming=resuming, wipe=wipe, accelerator=accelerator,
+                   show=show_progress and accelerator.is_main_process, model0=model0, model_ref=model_ref, tok=tok,
+                   data=data, ckpt=Checkpoints(cfg, out, accelerator.device), t_start=t0)
+
+    # ---- the stage runner
+
+    def stage(self, name: str, g: int, fn, *args, then=None) -> None:
+        """Run ``fn(self, g, *args)`` unless the manifest records it; then record it, time it, and call ``then(g)``."""
+        if self.manifest.done(g, name):
+            self.clock.done += 1
+            return
+        t0 = self.clock.start()
+        detail = fn(self, g, *args)
+        self.accelerator.wait_for_everyone()
+        self.manifest.mark(g, name, self.is_main)
+        if then is not None:
+            then(g)
+        label = "fine-tune on real" if (name, g) == ("train", 0) else name
+        self.clock.finish(f"gen {g}: {label}", t0, detail)
+
+    def samples(self, g: int) -> np.ndarray:
+        """Corpus g as training rows (continuations, or prompt + continuation), read from disk once."""
+        if g not in self.samples_cache:
+            self.samples_cache[g] = load_samples(self.out, g, self.cfg.generation.keep_prompt)
+        return self.samples_cache[g]
+
+    def weights(self, g: int, base) -> Weights:
+        return Weights(lambda: self.ckpt.load(g, base), base if g == 0 else None)
+
+    def generation0(self):
+        if not self.cfg.train.gen0_epochs:
+            return self.model0
+        model = Weights(lambda: self.ckpt.load_gen0(self.model0))
+        self.stage("train", 0, gen0_stage, model)
+        return model()
+
+    def prune(self, g: int) -> None:
+        self.ckpt.prune(g, self.is_main)
+
+    def log_generation(self, g: int) -> None:
+        d = self.dir(g)
+        log_generation(self.logger, read_json(d / "metrics.json"), np.load(d / "gen0_ppl.npy", allow_pickle=False),
+                       d / "samples.parquet", g, PPL_BINS)
+
+    # ---- the run folder and the logger
+
+    @contextmanager
+    def session(self):
+        """Lock and open the folder and the logger; any failure closes them and becomes one error line."""
+        try:
+            self._open_folder()
+            self._open_logger()
+            yield
+            self.logger.close(exit_code=0)
+            self.logger = None
+        except KeyboardInterrupt:
+            log.error(f"interrupted: finished stages are kept in {self.out}; rerun the same command to resume.")
+            close_quietly(self.logger, 1)
+            raise
+        except CollapseError:
+            close_quietly(self.logger, 1)
+            raise
+        except Exception as e:
+            close_quietly(self.logger, 1)
+            if disk_full(e):
+                where = getattr(e, "filename", None)
+                where = where if isinstance(where, str) and not where.startswith("<") else str(self.out)
+                raise DataError(f"no space left on device (writing {where}): free space and rerun the same "
+                                "command to resume; finished stages are kept.") from None
+            raise
+        finally:
+            if self.lock is not None:
+                self.lock.close()
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+
+    def _open_folder(self) -> None:
+        """Locked, emptied (resume=never overwrite=true) or cleaned and checked (resume); config and counts written."""
+        cfg, out, acc = self.cfg, self.out, self.accelerator
+        if self.is_main:
+            self.lock = lock_out_dir(out)
+            if self.wipe:
+                empty_out_dir(out)
+            elif out.is_dir():
+                clean_temp(out)
+        acc.wait_for_everyone()
+        self.manifest = m = Manifest.load_or_new(out / "manifest.json", cfg.fingerprint())
+        if self.resuming:  # every process checks (read-only) so all agree on what is redone; the main one says it
+            for note in verify_stages(m, out, cfg.generations, self.data.n_seq, self.ckpt.subdir,
+                                      self.ckpt.continues_previous):
+                if self.is_main:
+                    log.warning(note)
+        acc.wait_for_everyone()
+        if self.is_main:
+            write_text(out / "config.yaml", cfg.to_yaml())
+            if not (out / "reference_counts.npy").is_file():
+                with atomic_path(out / "reference_counts.npy") as tmp, open(tmp, "wb") as fh:
+                    np.save(fh, self.data.ref_counts, allow_pickle=False)
+            m.data.setdefault("base_model", self.model_ref)
+            m.data["world_size"] = acc.num_processes  # of the latest (re)start
+            if cfg.wandb.mode != "disabled" and not m.data.get("wandb_run_id"):
+                m.data["wandb_run_id"] = new_run_id()  # before wandb.init: a killed run resumes the same W&B run
+            m.save(self.is_main)
+            if self.resuming:  # idempotent; repairs a metrics.jsonl damaged after the fact
+                rewrite_metrics_jsonl(out, m.measured(cfg.generations))
+
+    def _open_logger(self) -> None:
+        cfg, out, m, G = self.cfg, self.out, self.manifest, self.cfg.generations
+        self.logger = make_logger(cfg.wandb, out, cfg.to_dict(), self.is_main, run_id=m.data.get("wandb_run_id"),
+                                  resume=self.resuming)
+        if self.is_main and getattr(self.logger, "id", None) and m.data.get("wandb_run_id") != self.logger.id:
+            m.data["wandb_run_id"] = self.logger.id
+            m.save(self.is_main)
+        per_gen, total = disk_estimate(cfg, self.ckpt, self.model0, self.data.n_seq)
+        gc = cfg.generation
+        log.info(f"collapse run → {out} ({'resuming' if self.resuming else 'new run'}); model {self.model_ref}; "
+                 f"{G} generations × {self.data.n_seq} samples of {gc.new_tokens} tokens; regime {cfg.regime.kind}; "
+                 f"train {cfg.train.method}/{cfg.train.init}; {self.accelerator.num_processes} process(es) on "
+                 f"{self.accelerator.device.type}; disk ≈ {fmt_bytes(per_gen)} per generation, {fmt_bytes(total)} "
+                 "for the run")
+        try:
+            free = shutil.disk_usage(out).free
+            if free < total:
+                log.warning(f"only {fmt_bytes(free)} free on the disk of {out}; the run may need about "
+                            f"{fmt_bytes(total)} (a full disk stops it cleanly: free space and rerun to resume).")
+        except OSError:  # pragma: no cover
+            pass
+        if self.resuming and not isinstance(self.logger, NullLogger):
+            # the killed process may not have flushed its last rows: log the finished generations again,
+            # from the first step the W&B server lacks (online: starting_step; offline it is 0)
+            first = getattr(getattr(self.logger, "run", None), "starting_step", 0)
+            for g in range(first if isinstance(first, int) else 0, G + 1):
+                if m.done(g, "measure"):
+                    self.log_generation(g)
+        self.clock = StageClock(total_stages=4 * (G + 1) - 1 + (1 if cfg.train.gen0_epochs else 0), log=log)
+
+    def finish(self) -> None:
+        """Record the run complete, prune old weights, print the table, draw the report."""
+        G = self.cfg.generations
+        self.manifest.data["complete"] = True
+        self.manifest.save(self.is_main)
+        self.prune(G)
+        if not self.is_main:
+            return
+        log.info("\n" + metrics_table([read_json(gen_dir(self.out, g) / "metrics.json") for g in range(G + 1)]))
+        if os.environ.get("COLLAPSE_SKIP_REPORT") != "1":
+            try:
+                from collapse.report import make_report
+
+                make_report([self.out], self.out / "report", quiet=True)
+                log.info(f"report: {self.out / 'report' / 'report.html'}")
+            except Exception as e:  # noqa: BLE001 - the run's data are safe; the report can be redrawn
+                log.warning(f"the report could not be drawn ({e}); run `collapse report {self.out}` to retry.")
+        log.info(f"done in {fmt_s(time.perf_counter() - self.t_start)}: {self.out}/metrics.jsonl")
+
+
+def metrics_table(rows: list[dict]) -> str:
+    """The console table printed at the end of a run (shifts in %, NLL in nats, KL and entropy in bits)."""
+    head = (f"{'gen':>3} {'test ppl':>9} {'NLL 1-10':>9} {'NLL 1001+':>10} {'shift 1-10':>11} {'shift 101-1k':>13} "
+            f"{'shift 1001+':>12} {'KL':>7} {'coverage':>9} {'entropy':>8} {'gen0 ppl':>9}")
+    lines = [head]
+    for r in rows:
+        tl, bs = r["tail_loss"], r["bucket_shift"]
+        lines.append(f"{r['generation']:>3} {r['test_ppl']:>9.2f} {fmt_num(tl.get('1-10')):>9} "
+                     f"{fmt_num(tl.get('1001-10000')):>10} {fmt_pct(bs['1-10']):>11} {fmt_pct(bs['101-1000']):>13} "
+                     f"{fmt_pct(bs['1001-10000']):>12} {r['kl_ref_gen']:>7.4f} {r['coverage']:>9.3f} "
+                     f"{r['entropy']:>8.3f} {fmt_num(r['gen0_ppl_mean'], 1):>9}")
+    return "\n".join(lines)
