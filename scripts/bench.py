@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmarks: `python scripts/bench.py --device cpu` (table + bench.json); `--device cuda --selftest` on a GPU.
 
-The logic lives in collapse/bench.py (CPU) and collapse/bench_cuda.py (GPU); see docs/benchmarks.md.
+The logic lives in collapse/bench/ (CPU: cpu.py, counting.py, e2e.py; GPU: cuda*.py); see docs/benchmarks.md.
 """
 
 import sys

@@ -56,7 +56,7 @@ def test_quick_end_to_end_part_builds_the_model_inside_the_timed_run(tmp_path):
 
 def test_bench_path_imports_neither_datasets_nor_wandb():
     """The GPU machine has neither: the generate / fastgen / train / bench path must import them lazily."""
-    code = ("import sys, collapse.generate, collapse.fastgen, collapse.train, collapse.bench, collapse.bench_cuda; "
+    code = ("import sys, collapse.generate, collapse.fastgen, collapse.train, collapse.bench, collapse.bench.cuda; "
             "bad = [m for m in ('datasets', 'wandb') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr

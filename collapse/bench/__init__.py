@@ -1,0 +1,117 @@
+"""`scripts/bench.py`: the project's speed claims, measured against the baseline a researcher writes first.
+
+CPU mode (default) measures, in one process on one machine, with the same inputs for every method:
+
+1. generation tokens/s: ``generate_corpus`` (default engine) vs one HF ``generate`` call per prompt, vs
+   one batched HF ``generate`` call, plus before/after rows for the sampler changes of this module's
+   commit (Gumbel-max over the whole batch -> float64 inverse CDF, decoded in chunks of 64 rows);
+2. token counting: ``metrics.counts`` + ``bucket_shift`` vs ``collections.Counter`` over 10^7 ids;
+3. training tokens/s: ``train.finetune`` (LoRA, fixed-length rows) vs a padded-batch HF loop;
+4. end-to-end wall time and peak RSS of the embedded default ``collapse run`` (subprocess);
+5. peak RSS against corpus size (1x, 4x, 16x samples; subprocess each).
+
+CUDA mode (``--device cuda``, see :func:`cuda_main`) measures a randomly initialised OPT-125m-shaped
+model: decode tokens/s (per-prompt, batched HF, the fast path eager and with CUDA graphs), training
+tokens/s (LoRA, full), the measured bandwidth / FLOP/s ceilings, and a projected paper-scale generation.
+
+Every figure is a median over repeats, methods interleaved round by round (a noisy neighbour slows all
+methods alike). Nothing here is a stored result: every number in the JSON was measured by this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from collapse.bench.counting import bench_counting
+from collapse.bench.cpu import Inputs, bench_beam, bench_generation, bench_training
+from collapse.bench.cuda import cuda_main
+from collapse.bench.e2e import bench_e2e, bench_memory
+from collapse.bench.harness import SCHEMA, load_average, machine_info, print_table, say, write_json
+
+# ---------------------------------------------------------------------- CPU main
+
+
+def cpu_main(args) -> dict:
+    import torch
+
+    from collapse.modeling import set_threads
+    from collapse.runtime import quiet_libraries
+
+    quiet_libraries()
+    set_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    res = {"schema": SCHEMA, "device": "cpu", "quick": args.quick, "machine": machine_info("cpu"),
+           "argv": sys.argv[1:], "parts": {}}
+    q = args.quick
+    reps = args.repeats or (2 if q else 5)
+    inp = None
+    if {"generation", "beam", "training"} & set(parts):
+        say("inputs (model, tokenizer, real blocks)")
+        inp = Inputs(q)
+        res["scratch_model"] = inp.scratch
+    if "generation" in parts:
+        say("part 1: generation")
+        res["parts"]["generation"] = bench_generation(
+            inp, reps, batch=32 if q else args.batch, n_prompts=64 if q else 2 * args.batch,
+            n_per_prompt=4 if q else args.per_prompt)
+    if "beam" in parts:
+        say("part 1b: beam search")
+        res["parts"]["beam"] = bench_beam(inp, reps if q else max(3, reps - 2), n_prompts=8 if q else 64)
+    if "counting" in parts:
+        say("part 2: counting")
+        res["parts"]["counting"] = bench_counting(10**5 if q else 10**7, reps if q else max(3, reps - 2))
+    if "training" in parts:
+        say("part 3: training")
+        res["parts"]["training"] = bench_training(inp, reps if q else max(3, reps - 2), n_rows=64 if q else 768,
+                                                  batch=16 if q else 32)
+    if "e2e" in parts:
+        say("part 4: end to end (subprocess)")
+        res["parts"]["e2e"] = bench_e2e(q, timeout=args.timeout)
+    if "memory" in parts:
+        say("part 5: memory vs corpus size (subprocesses)")
+        res["parts"]["memory"] = bench_memory(q, timeout=args.timeout, base=32 if q else 512)
+    say("done")
+    return res
+
+
+# ---------------------------------------------------------------------- entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (for tests): checks the plumbing, not speed")
+    p.add_argument("--parts", default=None,
+                   help="cpu: comma list of generation,beam,counting,training,e2e,memory (default: all; --quick: "
+                        "all but e2e and memory)")
+    p.add_argument("--out", default="bench.json", help="JSON output path")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--batch", type=int, default=256, help="cpu: generation batch size")
+    p.add_argument("--per-prompt", type=int, default=32, help="cpu: prompts for the per-prompt HF baseline")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: usable cores)")
+    p.add_argument("--timeout", type=float, default=1800, help="cpu: limit per subprocess run (s)")
+    p.add_argument("--selftest", action="store_true", help="cuda: correctness checks first (fast vs HF)")
+    p.add_argument("--selftest-only", action="store_true", help="cuda: only the correctness checks")
+    p.add_argument("--budget-s", type=float, default=300.0, help="cuda: time budget; later sizes are skipped")
+    p.add_argument("--dry-run-cpu", action="store_true",
+                   help="cuda mode's code on the CPU with a tiny OPT (tests the plumbing without a GPU)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.parts is None:
+        args.parts = ("generation,beam,counting,training" if args.quick
+                      else "generation,beam,counting,training,e2e,memory")
+    t0 = time.perf_counter()
+    res = cuda_main(args) if args.device == "cuda" or args.dry_run_cpu else cpu_main(args)
+    res["load_avg_after"] = load_average()
+    res["wall_s"] = time.perf_counter() - t0
+    out = write_json(res, args.out)
+    print_table(res)
+    print(f"\nJSON: {out}  ({res['wall_s']:.0f} s)")
+    return int(res.get("exit_code", 0))
