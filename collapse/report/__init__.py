@@ -1,0 +1,93 @@
+"""Plots and the HTML report from one or more run folders (matplotlib, headless).
+
+    collapse report RUN_DIR [RUN_DIR ...] [--out DIR]
+
+:func:`make_report` reads each run folder (``config.yaml``, ``manifest.json``, ``metrics.jsonl``,
+``reference_counts.npy``, ``gen_NNN/samples.parquet``, ``gen_NNN/gen0_ppl.npy``) and writes into ``out``
+(default ``RUN_DIR/report`` for one run, ``./report`` for several):
+
+* ``report.html``: the figures (PNG files beside it, referenced relatively; no network needed), the metrics of
+  every generation as a table, example samples from the same real prompt in every generation, each run's config;
+* every figure as PNG and SVG: ``test-ppl``, ``tail-loss``, ``bucket-heatmap``, ``bucket-shift``, ``gen0-ppl``,
+  ``diversity``, ``zipf``.
+
+Runs whose configs agree except for ``seed`` (and ``out_dir``, ``wandb.*``, ``resume``, ``overwrite``) form a
+group, drawn as the mean over seeds with a 95% t-interval band; groups are labelled by the config keys in which
+they differ (``regime.kind=accumulate``). A key that only some configs have (runs written by an older version)
+does not split a group; the page lists such keys.
+
+A figure that cannot be drawn (missing files, odd data) is named in the page with the reason; the rest is written.
+
+Exit codes
+----------
+0  the report was written. A run still in progress, or stopped early, gives a report marked
+   ``partial: generations 0..k of N finished`` (also a 0: what is there is drawn).
+2  bad input, raised as :class:`collapse.errors.DataError` (the CLI prints one line ``error: ...``): a folder
+   that is not a run (no ``config.yaml`` / ``metrics.jsonl``), a run with no finished generation, an unreadable
+   ``config.yaml`` or ``metrics.jsonl``, runs measured with different frequency buckets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from collapse.errors import DataError
+from collapse.io import write_text
+from collapse.report.figures import FIGURES, draw_figures, plot_bucket_shift
+from collapse.report.page import page_html, summary_markdown
+from collapse.report.runs import (
+    Group,
+    Run,
+    _check_buckets,
+    _present,
+    _schema_drift,  # noqa: F401 - tests/test_report.py calls R._schema_drift
+    _unique_names,
+    group_runs,
+    load_run,
+)
+from collapse.report.stats import series, summarize
+
+__all__ = ["FIGURES", "Group", "Run", "group_runs", "load_run", "make_report", "plot_bucket_shift", "series",
+           "summarize", "summary_markdown"]
+
+log = logging.getLogger("collapse")
+
+
+def make_report(run_dirs: list[Path], out: Path | None, quiet: bool = False) -> int:
+    """Write ``report.html`` and the figures (PNG + SVG) for the given run folders; returns the exit code (0).
+
+    ``out`` defaults to ``RUN_DIR/report`` for one run and ``./report`` for several. Bad input raises
+    :class:`DataError` (exit code 2 from the CLI); see the module docstring.
+    """
+    if not run_dirs:
+        raise DataError("no run folder given.")
+    seen: set[Path] = set()
+    runs = []
+    for d in run_dirs:
+        key = Path(d).resolve()
+        if key not in seen:
+            seen.add(key)
+            runs.append(load_run(d))
+    buckets = _check_buckets(runs)
+    _unique_names(runs)
+    out = Path(out) if out is not None else (runs[0].path / "report" if len(runs) == 1 else Path("report"))
+    out.mkdir(parents=True, exist_ok=True)
+    groups = group_runs(runs)
+    tail_buckets = _present(groups, "tail_loss", buckets)
+    shift_buckets = _present(groups, "bucket_shift", buckets)
+    note = log.debug if quiet else log.warning
+
+    figures, errors = draw_figures(groups, tail_buckets, shift_buckets, out, note)
+    summary = summarize(groups, tail_buckets, shift_buckets)
+    write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    write_text(out / "summary.md", summary_markdown(summary))
+    page = page_html(runs, groups, figures, errors, tail_buckets, shift_buckets, summary)
+    write_text(out / "report.html", page)
+    for r in runs:
+        if r.partial:
+            note(f"report: {r.partial_note()}")
+    if not quiet:
+        log.info(f"report: {out / 'report.html'}")
+    return 0

@@ -1,0 +1,101 @@
+"""Statistics over seeds: means with 95% Student-t intervals per generation and at the last generation.
+
+Pure numpy: no matplotlib, no file I/O. A group's runs are its seeds; a value missing or not finite in a
+metrics row is left out (:func:`as_float`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from collapse.report.runs import Group, metric_getter
+
+# Two-sided 97.5% quantiles of Student's t, df = 1..30 (above: 1.96 + 2.4/df is within 0.003).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def _t975(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (the two-sided 95% interval's factor)."""
+    return _T975[df - 1] if df <= len(_T975) else 1.96 + 2.4 / df
+
+
+def as_float(v: Any) -> float | None:
+    """``v`` as a float when it is a finite number (not a bool), else None (missing, null, NaN, text)."""
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return float(v) if ok else None
+
+
+def _ci(values: list[float]) -> dict:
+    """Mean, 95% t-interval half-width (None for n < 2), n, and the values themselves.
+
+    The keys (``mean``, ``ci95``, ``n``, ``values``) are those ``summary.json`` stores for each metric.
+    """
+    a = np.asarray(values, dtype=np.float64)
+    half = _t975(len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)) if len(a) >= 2 else None
+    return {"mean": float(a.mean()), "ci95": None if half is None else float(half), "n": int(len(a)),
+            "values": [float(v) for v in a]}
+
+
+def series(group: Group, value: Callable[[dict], Any], paired: bool = False) -> tuple[np.ndarray, ...]:
+    """Per generation: mean over the group's runs, 95% t-interval (lo, hi; NaN where n < 2) and n.
+
+    ``paired``: each run's value minus its own generation 0's, so differences between the seeds'
+    generation-0 models drop out of the interval.
+    """
+    by_gen: dict[int, list[float]] = defaultdict(list)
+    for run in group.runs:
+        base = as_float(value(run.row(0) or {})) if paired else 0.0
+        if base is None:
+            continue
+        for row in run.rows:
+            v = as_float(value(row))
+            if v is not None:
+                by_gen[row["generation"]].append(v - base)
+    gens = np.array(sorted(by_gen), dtype=np.int64)
+    mean, lo, hi, n = (np.full(len(gens), np.nan) for _ in range(4))
+    for i, g in enumerate(gens):
+        c = _ci(by_gen[g])
+        mean[i], n[i] = c["mean"], c["n"]
+        if c["ci95"] is not None:
+            lo[i], hi[i] = mean[i] - c["ci95"], mean[i] + c["ci95"]
+    return gens, mean, lo, hi, n
+
+
+def summary_metrics(tail_buckets: list[str], shift_buckets: list[str]) -> list[tuple[str, str, str]]:
+    """(key, label, number format) of the last-generation summary; keys are dotted metrics.jsonl keys."""
+    out = [("test_ppl", "test ppl", ".2f")]
+    out += [(f"bucket_shift.{b}", f"shift {b} (%)", ".1f") for b in shift_buckets]
+    out += [(f"tail_loss.{b}", f"NLL {b}", ".3f") for b in tail_buckets]
+    out += [("entropy", "entropy (bits)", ".3f"), ("coverage", "coverage", ".4f"), ("kl_ref_gen", "KL(real‖gen)", ".4f")]
+    return out
+
+
+def summarize(groups: list[Group], tail_buckets: list[str], shift_buckets: list[str]) -> list[dict]:
+    """Per seed group, at the last generation every run of the group finished: mean ± 95% t-interval over seeds
+    of each metric (``metrics``) and of its change from generation 0 (``changes``).
+
+    Changes are paired: each run's value minus its own generation 0's (seeds differ in their generation-0
+    model too, which the absolute values carry), then averaged over the group.
+    """
+    out = []
+    for grp in groups:
+        last = min(r.gens[-1] for r in grp.runs)
+        entry = {"group": grp.legend, "diff": {k: grp.diff[k] for k in grp.diff}, "generation": last,
+                 "seeds": grp.seeds, "runs": [str(r.path) for r in grp.runs], "metrics": {}, "changes": {}}
+        for key, label, fmt in summary_metrics(tail_buckets, shift_buckets):
+            get = metric_getter(key)
+            now = [(as_float(get(r.row(last) or {})), as_float(get(r.row(0) or {}))) for r in grp.runs]
+            vals = [v for v, _ in now if v is not None]
+            diffs = [v - v0 for v, v0 in now if v is not None and v0 is not None]
+            if vals:
+                entry["metrics"][key] = {"label": label, "format": fmt, **_ci(vals)}
+            if diffs and last > 0:
+                entry["changes"][key] = {"label": "Δ " + label, "format": fmt, **_ci(diffs)}
+        out.append(entry)
+    return out
