@@ -103,11 +103,7 @@ def check_fits(cfg, model) -> None:
     if eval_len > ctx:
         raise ModelError(f"eval.block_size={eval_len} exceeds the model's context of {ctx} tokens.")
     if cfg.train.method == "lora" and cfg.train.lora.target_modules:
-        avail = linear_module_names(model)
-        missing = [t for t in cfg.train.lora.target_modules if t not in avail]
-        if missing:
-            raise ModelError(f"train.lora.target_modules {missing} do not exist in {type(model).__name__}: "
-                             f"choose from {sorted(avail)}.")
+        check_lora_targets(model, cfg.train.lora.target_modules)
 
 
 def load_model(cfg: ModelConfig, splits, seed: int, device: torch.device, show_progress: bool = True):
@@ -142,17 +138,21 @@ def default_targets(model) -> list[str]:
     return sorted(linear_module_names(model))
 
 
+def check_lora_targets(model, targets: list[str]) -> None:
+    available = linear_module_names(model)
+    missing = [t for t in targets if t not in available]
+    if missing:
+        raise ModelError(f"train.lora.target_modules {missing} do not exist in {type(model).__name__}: "
+                         f"choose from {sorted(available)}.")
+
+
 def attach_lora(model, cfg: LoraConfig):
     """Wrap ``model`` with a fresh peft LoRA adapter (trainable), checking that the targets exist."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    available = linear_module_names(model)
     targets = cfg.target_modules or default_targets(model)
-    missing = [t for t in targets if t not in available]
-    if missing:
-        raise ModelError(f"train.lora.target_modules {missing} do not exist in {type(model).__name__}: "
-                         f"choose from {sorted(available)}.")
+    check_lora_targets(model, targets)
     all_modules = {n.rsplit('.', 1)[-1] for n, _ in model.named_modules()}
     bad_save = [m for m in (cfg.modules_to_save or []) if m not in all_modules]
     if bad_save:

@@ -80,6 +80,7 @@ PPL_BINS = np.logspace(0, 4, 81)  # gen0_ppl histogram edges, shared by all gene
 
 
 def run_loop(cfg: Config, show_progress: bool = True) -> int:
+    """Generation 0, then G generations of train -> evaluate -> generate -> measure; resumable at any stage."""
     run = Run.prepare(cfg, show_progress)  # every check first: nothing is written (or deleted) before
     with run.session():  # the folder locked and checked, W&B open; errors become one line
         base = run.generation0()  # the base model, or it fine-tuned on real text (train.gen0_epochs)
@@ -335,10 +336,10 @@ class Run:
         detail = fn(self, g, *args)
         self.accelerator.wait_for_everyone()
         self.manifest.mark(g, name, self.is_main)
-        if then is not None:
-            then(g)
         label = "fine-tune on real" if (name, g) == ("train", 0) else name
         self.clock.finish(f"gen {g}: {label}", t0, detail)
+        if then is not None:  # what must follow the record: pruning old weights, logging the recorded row
+            then(g)
 
     def samples(self, g: int) -> np.ndarray:
         """Corpus g as training rows (continuations, or prompt + continuation), read from disk once."""

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from collapse.config import Config, ConfigError, all_keys, load_config
+from collapse.io import write_text
 
 log = logging.getLogger("collapse")
 
@@ -111,7 +112,7 @@ def run_sweep(config: str | None, items: list[str], parent: str | None = None, l
         parent_dir = Path(parent or raw.get("out_dir", "runs/sweep"))
         parent_dir.mkdir(parents=True, exist_ok=True)
         cfg_path = str(parent_dir / "sweep-base.yaml")
-        Path(cfg_path).write_text(yaml.safe_dump(raw, sort_keys=False))
+        write_text(cfg_path, yaml.safe_dump(raw, sort_keys=False))
     base = load_config(cfg_path, base_items)
     parent_dir = Path(parent or base.out_dir)
     points = list(itertools.product(*[[(k, v) for v in vals] for k, vals in axes])) or [()]

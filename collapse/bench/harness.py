@@ -178,9 +178,7 @@ def say(msg: str, tag: str = "bench", file=None) -> None:
 
 def write_json(res: dict, path: str | Path) -> Path:
     """``res`` as indented JSON at ``path`` (folders made); numpy / torch values made plain first."""
-    from collapse.io import _jsonable
+    from collapse.io import write_json as write_json_atomic
 
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_jsonable(res), indent=2) + "\n")
-    return out
+    write_json_atomic(path, res)
+    return Path(path)
