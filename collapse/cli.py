@@ -1,7 +1,7 @@
 """Command line: parse, validate, hand over. Nothing else lives here.
 
-    collapse measure [CONFIG.yaml] [key=value ...]
-    collapse run     [CONFIG.yaml] [key=value ...]
+    collapse measure [CONFIG.yaml] [key=value ...] [--check]
+    collapse run     [CONFIG.yaml] [key=value ...] [--check]
     collapse report  RUN_DIR [RUN_DIR ...] [--out DIR]
     collapse sweep   [CONFIG.yaml] key=v1,v2 seed=0,1,2 [--out DIR]
     collapse keys    (every config key with its default and meaning)
@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value]")
     r = sub.add_parser("run", help="the recursive loop: generate, fine-tune, measure, for N generations")
     r.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value]")
+    for p_ in (m, r):
+        p_.add_argument("--check", action="store_true", help="check config, data, model, out_dir, disk and W&B in "
+                        "seconds, print the plan and exit (writes nothing)")
     rep = sub.add_parser("report", help="plots and report.html from one or more run folders")
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR")
     rep.add_argument("--out", default=None, help="output folder (default: RUN_DIR/report for one run, "
@@ -74,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("bench", add_help=False,
                    help="speed benchmarks: collapse bench [--device cpu|cuda] [--quick] [--out F]")
     return p
+
+
+def _show_plan(plan) -> int:
+    if plan.main:
+        print(plan.render())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,13 +107,12 @@ def main(argv: list[str] | None = None) -> int:
             cfg = _load("measure", args.args)  # config errors before the heavy imports
             from collapse.measure import run_measure
 
-            run_measure(cfg)
-            return 0
+            return _show_plan(run_measure(cfg, check_only=True)) if args.check else (run_measure(cfg) and 0)
         if args.command == "run":
             cfg = _load("run", args.args)
-            from collapse.run import run_loop
+            from collapse.run import Run, run_loop
 
-            return run_loop(cfg)
+            return _show_plan(Run.prepare(cfg, show_progress=False, check_only=True)) if args.check else run_loop(cfg)
         if args.command == "sweep":
             from collapse.sweep import run_sweep
 

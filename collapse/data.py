@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from collapse.config import DataConfig
+from collapse import metrics as M
+from collapse.config import Config, DataConfig
 from collapse.errors import DataError, first_line
+from collapse.seeding import numpy_rng
 
 SPLITS = ("train", "validation", "test")
 LOCAL_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -71,6 +74,34 @@ def _is_local(source: str) -> bool:
             or Path(source).expanduser().exists())
 
 
+def _check_json_lines(path: Path) -> None:
+    """A .json/.jsonl file is one JSON document or one JSON object per line; name the first line that is not.
+
+    (``datasets`` would log a stray error line and then fail with a message that names no line.)
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start}): save it as UTF-8 JSON lines.") from None
+    if path.suffix.lower() == ".json":
+        try:
+            json.loads(text)
+            return
+        except json.JSONDecodeError:
+            pass  # JSON lines under a .json name: checked line by line
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path} line {i} is not JSON ({e.msg}): fix or remove that line "
+                            "(one JSON object per line).") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path} line {i} is a JSON {type(obj).__name__}, not an object: one object per line, "
+                            'e.g. {"text": "..."}.')
+
+
 def _load_with_datasets(cfg: DataConfig) -> dict[str, list[str]]:
     import datasets
 
@@ -86,6 +117,8 @@ def _load_with_datasets(cfg: DataConfig) -> dict[str, list[str]]:
             raise DataError(f"data file {path} has an unsupported type: use .txt, .jsonl or .parquet.")
         if path.stat().st_size == 0:  # datasets fails on these with an empty or unhelpful message
             raise DataError(f"the dataset {source} is empty (the file has 0 bytes): check data.source.")
+        if builder == "json":
+            _check_json_lines(path)
         kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
         try:
             dd = datasets.load_dataset(builder, data_files={"train": str(path)}, **kwargs)
@@ -190,3 +223,50 @@ def measure_windows(doc_ids: list[np.ndarray], window: int, samples: int, split:
         raise DataError(f"every {split} example is shorter than measure.window={window} tokens (longest: {longest}): "
                         "lower measure.window or use longer documents.")
     return np.stack(long_enough[:samples]).astype(np.int32)
+
+
+# ---------------------------------------------------------------------- what `collapse run` uses
+
+
+@dataclass
+class RealData:
+    """The real text as the run uses it: prompts, training rows, validation / test blocks, reference counts."""
+
+    prompts: np.ndarray  # [n_seq, prompt_tokens]: the same prompts every generation
+    real_rows: np.ndarray  # real training rows, shaped like the sample rows the regimes mix them with
+    val_blocks: np.ndarray
+    test_blocks: np.ndarray
+    ref_counts: np.ndarray  # token counts of the real training split
+    bucket_of: np.ndarray  # frequency bucket of every token id (by its rank in ref_counts)
+    suppress: tuple[int, ...]  # ids never sampled (EOS: every sample has the full length)
+    n_batches: int
+
+    @property
+    def n_seq(self) -> int:
+        return len(self.prompts)
+
+
+def real_data(cfg: Config, tok, splits, vocab: int) -> RealData:
+    gc = cfg.generation
+    L = gc.prompt_tokens + gc.new_tokens
+    eval_len = cfg.eval.block_size or L
+    eos = tok.eos_token_id
+    train_ids = tokenize(tok, splits.train)
+    prompt_blocks = concat_blocks(train_ids, L, eos)
+    real_rows = concat_blocks(train_ids, L if gc.keep_prompt else gc.new_tokens, eos)
+    val_blocks = concat_blocks(tokenize(tok, splits.validation), eval_len, eos)
+    test_blocks = concat_blocks(tokenize(tok, splits.test), eval_len, eos)
+    if cfg.eval.max_blocks:
+        test_blocks, val_blocks = test_blocks[: cfg.eval.max_blocks], val_blocks[: cfg.eval.max_blocks]
+    if len(prompt_blocks) == 0 or len(test_blocks) == 0 or len(val_blocks) == 0:
+        raise DataError(f"the corpus is too small for {L}-token blocks (train {len(prompt_blocks)}, validation "
+                        f"{len(val_blocks)}, test {len(test_blocks)} blocks): use more data or shorter blocks.")
+    ref_counts = M.counts(flat_ids(train_ids), vocab)
+    n_seq = gc.num_sequences or len(prompt_blocks)
+    order = numpy_rng(cfg.seed, "prompts").permutation(len(prompt_blocks))
+    if n_seq > len(order):
+        order = np.resize(order, n_seq)  # more samples than blocks: prompts repeat, in the same order
+    return RealData(prompts=prompt_blocks[order[:n_seq], : gc.prompt_tokens], real_rows=real_rows,
+                    val_blocks=val_blocks, test_blocks=test_blocks, ref_counts=ref_counts,
+                    bucket_of=M.bucket_of(ref_counts, vocab), suppress=(eos,) if eos is not None else (),
+                    n_batches=math.ceil(n_seq / gc.batch_size))

@@ -16,7 +16,7 @@ import numpy as np
 
 from collapse import metrics as M
 from collapse.config import Config
-from collapse.errors import DataError, ModelError
+from collapse.errors import ModelError
 from collapse.io import write_json, write_parquet, write_text
 
 log = logging.getLogger("collapse")
@@ -38,44 +38,32 @@ def _model_label(cfg: Config) -> str:
     return cfg.model.name_or_path
 
 
-def _check_scratch_fits(cfg: Config, docs: list[str]) -> None:
-    """The checks that need no scratch model: its context comes from the config, and its byte-level BPE
-    gives a document at most as many tokens as it has UTF-8 bytes."""
-    w, ctx = cfg.measure.window, cfg.model.scratch.context
-    if w > ctx:
-        raise ModelError(f"measure.window={w} exceeds the model's context of {ctx} tokens: use measure.window<={ctx} "
-                         "(or raise model.scratch.context).")
-    longest = max((len(d.encode("utf-8")) for d in docs), default=0)
-    if longest < w:
-        raise DataError(f"every {cfg.measure.split} example is shorter than measure.window={w} tokens (longest: "
-                        f"{longest} bytes): lower measure.window or use longer documents.")
-
-
-def run_measure(cfg: Config, show_progress: bool = True) -> dict:
-
-    from collapse.data import load_splits, measure_windows, tokenize
-
-    t0 = time.perf_counter()
-    # data errors first: before torch is even imported (seconds) and the scratch model built (a minute)
-    splits = load_splits(cfg.data)
-    if cfg.model.name_or_path == "scratch":
-        _check_scratch_fits(cfg, splits[cfg.measure.split])
-
+def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = False):
+    """Measure one model; with ``check_only`` return the checks' plan instead (``collapse measure --check``)."""
+    from collapse.check import check_measure
+    from collapse.data import measure_windows, tokenize
     from collapse.generate import generate_corpus
     from collapse.modeling import context_length, load_model, set_threads
     from collapse.report import plot_bucket_shift
     from collapse.runtime import make_accelerator
     from collapse.tracking import make_logger
 
+    t0 = time.perf_counter()
     set_threads()
     accelerator = make_accelerator()
     is_main = accelerator.is_main_process
-    model, tok, model_ref = load_model(cfg.model, splits, cfg.seed, accelerator.device, show_progress)
+    plan = check_measure(cfg, accelerator)  # data and out_dir first: before a scratch model is built for nothing
+    if check_only:
+        accelerator.end_training()
+        return plan
+    for w in plan.warnings:
+        log.warning(f"warning: {w}")
+    model, tok, model_ref = load_model(cfg.model, plan.splits, cfg.seed, accelerator.device, show_progress)
     ctx = context_length(model)
     if cfg.measure.window > ctx:
         raise ModelError(f"measure.window={cfg.measure.window} exceeds the model's context of {ctx} tokens: "
                          f"use measure.window<={ctx}.")
-    doc_ids = tokenize(tok, splits[cfg.measure.split])
+    doc_ids = tokenize(tok, plan.splits[cfg.measure.split])
     windows = measure_windows(doc_ids, cfg.measure.window, cfg.measure.samples, cfg.measure.split)
     half = cfg.measure.window // 2
     prompts, refs = windows[:, :half], windows[:, half:]

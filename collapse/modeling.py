@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -44,38 +45,72 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or os.sep in name and name.count("/") != 1 or Path(name).expanduser().exists()
 
 
-def load_pretrained(name_or_path: str, cfg: ModelConfig, device: torch.device, dtype: torch.dtype | None = None):
-    """(model, tokenizer) from a local folder or a hub id; clear ModelError otherwise."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    dtype = dtype or resolve_dtype(cfg.dtype, device)
+def model_source(name_or_path: str) -> str:
+    """A local model folder (checked: it exists and holds a config.json) or a hub id, as transformers takes it."""
+    if not _looks_local(name_or_path):
+        return name_or_path
     path = Path(name_or_path).expanduser()
-    if _looks_local(name_or_path):
-        if not path.is_dir():
-            raise ModelError(f"model folder {path} does not exist: check model.name_or_path "
-                             "(a local folder, a hub id, or `scratch`).")
-        source = str(path)
-    else:
-        source = name_or_path
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    if not path.is_dir():
+        raise ModelError(f"model folder {path} does not exist: check model.name_or_path "
+                         "(a local folder, a hub id, or `scratch`).")
+    if not (path / "config.json").is_file():
+        raise ModelError(f"model folder {path} holds no model (no config.json): point model.name_or_path at a folder "
+                         "written by save_pretrained, a hub id, or `scratch`.")
+    return str(path)
+
+
+@contextmanager
+def _loading(name_or_path: str, source: str):
+    """Turn what transformers raises for a model that cannot be loaded into one ModelError line."""
     try:
-        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision, use_safetensors=True
-        )
-    except (OSError, ValueError) as e:
+        yield
+    except (OSError, ValueError, KeyError) as e:
         first = first_line(e)
-        if source == name_or_path and offline:
+        if source == name_or_path and os.environ.get("HF_HUB_OFFLINE") == "1":
             raise ModelError(f"cannot load `{name_or_path}`: offline (HF_HUB_OFFLINE=1) and not in the local cache. "
                              "Download it once with network access, or pass a local folder.") from None
         if "trust_remote_code" in first:
             raise ModelError(f"`{name_or_path}` ships its own code: set model.trust_remote_code=true "
                              "if you trust it.") from None
         raise ModelError(f"cannot load model `{name_or_path}`: {first}") from None
+
+
+def _tokenizer(source: str, cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_pretrained(name_or_path: str, cfg: ModelConfig, device: torch.device, dtype: torch.dtype | None = None):
+    """(model, tokenizer) from a local folder or a hub id; clear ModelError otherwise."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = dtype or resolve_dtype(cfg.dtype, device)
+    source = model_source(name_or_path)
+    with _loading(name_or_path, source):
+        tok = _tokenizer(source, cfg)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision, use_safetensors=True
+        )
     model.to(device)
     model.eval()
+    return model, tok
+
+
+def load_skeleton(name_or_path: str, cfg: ModelConfig, device: torch.device):
+    """(weightless model on the meta device, tokenizer): shapes, context and module names in seconds, for checks."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source = model_source(name_or_path)
+    with _loading(name_or_path, source):
+        tok = _tokenizer(source, cfg)
+        mc = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(mc, dtype=resolve_dtype(cfg.dtype, device),
+                                                     trust_remote_code=cfg.trust_remote_code)
     return model, tok
 
 

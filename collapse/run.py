@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
 import shutil
 import time
@@ -40,13 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from collapse import fault
 from collapse import metrics as M
+from collapse.check import Plan, check_run
 from collapse.checkpoints import Checkpoints, disk_estimate
 from collapse.config import Config
-from collapse.data import concat_blocks, flat_ids, load_splits, tokenize
+from collapse.data import RealData, real_data
 from collapse.errors import CollapseError, DataError
 from collapse.evaluate import evaluate_blocks, sequence_ppl
 from collapse.generate import generate_corpus
@@ -63,13 +62,11 @@ from collapse.rundir import (
     load_samples,
     lock_out_dir,
     merge_shards,
-    prepare_out_dir,
     rewrite_metrics_jsonl,
     shard_path,
     verify_stages,
 )
 from collapse.runtime import StageClock, fmt_bytes, fmt_num, fmt_pct, fmt_s, make_accelerator
-from collapse.scratch import build_scratch_model
 from collapse.seeding import numpy_rng
 from collapse.tracking import NullLogger, close_quietly, log_generation, make_logger, new_run_id
 from collapse.train import finetune
@@ -231,50 +228,6 @@ def gen0_stage(run: Run, g: int, model: Weights) -> str:
 
 
 @dataclass
-class RealData:
-    """The real text as the run uses it: prompts, training rows, validation / test blocks, reference counts."""
-
-    prompts: np.ndarray  # [n_seq, prompt_tokens]: the same prompts every generation
-    real_rows: np.ndarray  # real training rows, shaped like the sample rows the regimes mix them with
-    val_blocks: np.ndarray
-    test_blocks: np.ndarray
-    ref_counts: np.ndarray  # token counts of the real training split
-    bucket_of: np.ndarray  # frequency bucket of every token id (by its rank in ref_counts)
-    suppress: tuple[int, ...]  # ids never sampled (EOS: every sample has the full length)
-    n_batches: int
-
-    @property
-    def n_seq(self) -> int:
-        return len(self.prompts)
-
-
-def real_data(cfg: Config, tok, splits, vocab: int) -> RealData:
-    gc = cfg.generation
-    L = gc.prompt_tokens + gc.new_tokens
-    eval_len = cfg.eval.block_size or L
-    eos = tok.eos_token_id
-    train_ids = tokenize(tok, splits.train)
-    prompt_blocks = concat_blocks(train_ids, L, eos)
-    real_rows = concat_blocks(train_ids, L if gc.keep_prompt else gc.new_tokens, eos)
-    val_blocks = concat_blocks(tokenize(tok, splits.validation), eval_len, eos)
-    test_blocks = concat_blocks(tokenize(tok, splits.test), eval_len, eos)
-    if cfg.eval.max_blocks:
-        test_blocks, val_blocks = test_blocks[: cfg.eval.max_blocks], val_blocks[: cfg.eval.max_blocks]
-    if len(prompt_blocks) == 0 or len(test_blocks) == 0 or len(val_blocks) == 0:
-        raise DataError(f"the corpus is too small for {L}-token blocks (train {len(prompt_blocks)}, validation "
-                        f"{len(val_blocks)}, test {len(test_blocks)} blocks): use more data or shorter blocks.")
-    ref_counts = M.counts(flat_ids(train_ids), vocab)
-    n_seq = gc.num_sequences or len(prompt_blocks)
-    order = numpy_rng(cfg.seed, "prompts").permutation(len(prompt_blocks))
-    if n_seq > len(order):
-        order = np.resize(order, n_seq)  # more samples than blocks: prompts repeat, in the same order
-    return RealData(prompts=prompt_blocks[order[:n_seq], : gc.prompt_tokens], real_rows=real_rows,
-                    val_blocks=val_blocks, test_blocks=test_blocks, ref_counts=ref_counts,
-                    bucket_of=M.bucket_of(ref_counts, vocab), suppress=(eos,) if eos is not None else (),
-                    n_batches=math.ceil(n_seq / gc.batch_size))
-
-
-@dataclass
 class Run:
     """One `collapse run`: its config, data, models, folder and logger, and the stage runner."""
 
@@ -304,26 +257,32 @@ class Run:
         return gen_dir(self.out, g)
 
     @classmethod
-    def prepare(cls, cfg: Config, show_progress: bool) -> Run:
-        """Validate everything a run needs (config, folder, data, model) before writing anything."""
+    def prepare(cls, cfg: Config, show_progress: bool, check_only: bool = False) -> Run | Plan:
+        """Every check first (``collapse.check``: nothing is written), then the model with its weights.
+
+        With ``check_only`` the checks' plan is returned instead (``collapse run --check``).
+        """
         t0 = time.perf_counter()
         set_threads()
         accelerator = make_accelerator(cfg.train.mixed_precision)
         if not accelerator.is_main_process:
             log.setLevel(logging.WARNING)
-        out, resuming, wipe = prepare_out_dir(cfg)
+        plan = check_run(cfg, accelerator)
         accelerator.wait_for_everyone()
-        splits = load_splits(cfg.data)
-        if cfg.model.name_or_path == "scratch":  # check on a weightless skeleton before the scratch model is built
-            with torch.device("meta"):
-                check_fits(cfg, build_scratch_model(cfg.model.scratch, cfg.model.scratch.vocab_size, 0))
-        model0, tok, model_ref = load_model(cfg.model, splits, cfg.seed, accelerator.device,
-                                            show_progress and accelerator.is_main_process)
-        check_fits(cfg, model0)
-        data = real_data(cfg, tok, splits, vocab_size(model0, tok))
-        return cls(cfg=cfg, out=out, resuming=resuming, wipe=wipe, accelerator=accelerator,
-                   show=show_progress and accelerator.is_main_process, model0=model0, model_ref=model_ref, tok=tok,
-                   data=data, ckpt=Checkpoints(cfg, out, accelerator.device), t_start=t0)
+        if check_only:
+            accelerator.end_training()
+            return plan
+        for w in plan.warnings:
+            log.warning(f"warning: {w}")
+        show = show_progress and accelerator.is_main_process
+        model0, tok, model_ref = load_model(cfg.model, plan.splits, cfg.seed, accelerator.device, show)
+        data = plan.data
+        if data is None:  # the scratch model was built just now: the checks that needed it
+            check_fits(cfg, model0)
+            data = real_data(cfg, tok, plan.splits, vocab_size(model0, tok))
+        return cls(cfg=cfg, out=plan.out, resuming=plan.resuming, wipe=plan.wipe, accelerator=accelerator, show=show,
+                   model0=model0, model_ref=model_ref, tok=tok, data=data,
+                   ckpt=Checkpoints(cfg, plan.out, accelerator.device), t_start=t0)
 
     # ---- the stage runner
 

@@ -69,12 +69,17 @@ def build_scratch_model(cfg: ScratchConfig, vocab: int, eos_id: int):
     return AutoModelForCausalLM.from_config(mc)
 
 
+def scratch_folder(cfg: ScratchConfig, splits, seed: int) -> Path:
+    """Where the scratch model of these settings and data is cached (complete once it holds ``DONE``)."""
+    return cache_root() / "scratch" / scratch_key(cfg, splits.fingerprint(), seed)
+
+
 def get_scratch_model(cfg: ScratchConfig, splits, seed: int, show_progress: bool = True) -> Path:
     """Folder of the scratch tokenizer + model for these settings and data, built once and cached by hash."""
     from collapse.data import concat_blocks, tokenize
 
-    key = scratch_key(cfg, splits.fingerprint(), seed)
-    final = cache_root() / "scratch" / key
+    final = scratch_folder(cfg, splits, seed)
+    key = final.name
     if (final / "DONE").is_file():
         return final
     t0 = time.time()

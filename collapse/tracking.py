@@ -59,7 +59,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _have_api_key() -> bool:
+def have_api_key() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
     netrc = Path.home() / ".netrc"
@@ -77,7 +77,7 @@ class WandbLogger:
                  resume: bool = False):
         import wandb
 
-        if mode == "online" and not _have_api_key() and os.environ.get("WANDB_MODE") != "online":
+        if mode == "online" and not have_api_key() and os.environ.get("WANDB_MODE") != "online":
             log.warning("wandb.mode=online but no W&B API key is set: logging offline (wandb sync later).")
             mode = "offline"
         os.environ.setdefault("WANDB_SILENT", "true")

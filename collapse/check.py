@@ -1,0 +1,263 @@
+"""Everything a command checks before its first stage, and ``--check``: the same checks, printed as a plan.
+
+``collapse run --check`` (and ``collapse measure --check``) validates the config, the data source and text
+field, the split sizes, the model folder or hub id (without loading weights: a weightless skeleton on
+the meta device), the tokenizer, context against prompt + new tokens, the LoRA targets, the out_dir
+(writable; new, resumed or refused), the disk the run will take, the W&B mode and the world size; it
+prints a short plan and exits 0, or exits 2 with one ``error:`` line. It writes nothing. The real
+commands run the same checks first (``check_run`` / ``check_measure``) and go on from their results.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from collapse.config import Config
+from collapse.errors import ConfigError
+
+log = logging.getLogger("collapse")
+
+
+@dataclass
+class Plan:
+    """What a command is about to do: lines for ``--check``, warnings, and what the checks already loaded."""
+
+    command: str
+    main: bool = True  # the main process (prints the plan)
+    lines: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    out: Path | None = None
+    resuming: bool = False
+    wipe: bool = False
+    splits: object = None
+    skeleton: object = None  # the model's shapes on the meta device
+    tok: object = None  # None: the scratch model (and its tokenizer) is still to be built
+    data: object = None  # run.RealData where the tokenizer was at hand
+
+    def add(self, what: str, text: str) -> None:
+        self.lines.append((what, text))
+
+    def render(self) -> str:
+        width = max((len(w) for w, _ in self.lines), default=0)
+        head = f"collapse {self.command} --check: ready (nothing was written)"
+        body = [f"  {w:<{width}}  {t}" for w, t in self.lines]
+        return "\n".join([head, *body, *(f"  warning: {w}" for w in self.warnings)])
+
+
+# ---------------------------------------------------------------------- settings that cannot act
+
+
+def ineffective_settings(cfg: Config, command: str) -> list[str]:
+    """Settings that are valid but cannot act with the rest of the config (one warning line each)."""
+    gc, out = cfg.generation, []
+    if gc.num_beams > 1:
+        idle = [f"generation.{k}={getattr(gc, k)}" for k, off in (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0))
+                if getattr(gc, k) != off]
+        if idle:
+            out.append(f"{', '.join(idle)} has no effect with beam search (generation.num_beams={gc.num_beams}): "
+                       "beams keep the most likely continuations.")
+    elif gc.temperature == 0 and (gc.top_k or gc.top_p < 1.0):
+        out.append("generation.top_k / top_p have no effect with generation.temperature=0 (greedy decoding).")
+    if command != "run":
+        return out
+    if cfg.regime.kind != "mix" and cfg.regime.real_fraction != 0.1:
+        out.append(f"regime.real_fraction={cfg.regime.real_fraction} has no effect with regime.kind={cfg.regime.kind} "
+                   "(only `mix` draws a fraction of real rows).")
+    if cfg.regime.kind != "accumulate_subsample" and cfg.regime.size is not None:
+        out.append(f"regime.size has no effect with regime.kind={cfg.regime.kind} (only `accumulate_subsample`).")
+    lc = cfg.train.lora
+    if cfg.train.method == "full" and (lc.target_modules or lc.modules_to_save):
+        out.append("train.lora.* has no effect with train.method=full (every weight is trained).")
+    return out
+
+
+# ---------------------------------------------------------------------- out_dir
+
+
+def _creatable(out: Path) -> None:
+    """out_dir exists as a writable folder, or can be created (probed with an empty folder, removed at once)."""
+    anc = out
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise ConfigError(f"out_dir {out} cannot be created: {anc} is a file, not a folder. Choose another out_dir.")
+    if anc == out:
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise ConfigError(f"out_dir {out} is not writable: choose another out_dir.")
+        return
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".collapse-probe-", dir=anc))
+    except OSError as e:
+        raise ConfigError(f"out_dir {out} cannot be created in {anc} ({e.strerror or e}): choose another "
+                          "out_dir.") from None
+
+
+def check_out_dir(cfg: Config, plan: Plan) -> None:
+    from collapse.rundir import prepare_out_dir
+
+    out = Path(cfg.out_dir)
+    if plan.command == "measure":
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"out_dir {out} is a file, not a folder: choose another out_dir.")
+        _creatable(out)
+        plan.out = out
+        plan.add("out_dir", f"{out}: {'files replaced' if out.is_dir() and any(out.iterdir()) else 'new'}")
+        return
+    plan.out, plan.resuming, plan.wipe = prepare_out_dir(cfg)
+    _creatable(out)
+    state = "resumed (same config)" if plan.resuming else (
+        "emptied, then a new run (resume=never overwrite=true)" if plan.wipe else "new run")
+    plan.add("out_dir", f"{out}: {state}")
+
+
+# ---------------------------------------------------------------------- data and model
+
+
+def check_data(cfg: Config, plan: Plan) -> None:
+    from collapse.data import load_splits
+
+    plan.splits = s = load_splits(cfg.data)
+    field_note = "" if cfg.data.source == "kjv" else f", text field `{cfg.data.text_field}`"
+    plan.add("data", f"{cfg.data.source}{field_note}: {len(s.train):,} train / {len(s.validation):,} validation / "
+                     f"{len(s.test):,} test documents")
+
+
+def check_model(cfg: Config, plan: Plan, device) -> None:
+    """The model's skeleton and tokenizer: a cached scratch model or a local folder / hub id, weights not loaded."""
+    import torch
+
+    from collapse.modeling import check_fits, context_length, load_skeleton
+
+    m = cfg.model
+    if m.name_or_path == "scratch":
+        from collapse.scratch import build_scratch_model, scratch_folder
+
+        folder = scratch_folder(m.scratch, plan.splits, cfg.seed)
+        if (folder / "DONE").is_file():
+            plan.skeleton, plan.tok = load_skeleton(str(folder), m, device)
+            where = f"cached in {folder}"
+        else:
+            with torch.device("meta"):
+                plan.skeleton = build_scratch_model(m.scratch, m.scratch.vocab_size, 0)
+            where = f"not built yet: built first ({m.scratch.steps} pre-training steps), then cached"
+        s = m.scratch
+        label = f"scratch {s.arch} {s.n_layer}×{s.d_model}, {where}"
+    else:
+        plan.skeleton, plan.tok = load_skeleton(m.name_or_path, m, device)
+        label = m.name_or_path
+    if plan.command == "run":
+        check_fits(cfg, plan.skeleton)
+    n = sum(p.numel() for p in plan.skeleton.parameters())
+    tok = f"tokenizer {len(plan.tok):,} entries" if plan.tok is not None else "tokenizer built with it"
+    plan.add("model", f"{label}; {n / 1e6:.2f}M parameters, context {context_length(plan.skeleton):,}; {tok}")
+
+
+def check_scratch_fits(cfg: Config, docs: list[str]) -> None:
+    """`collapse measure`'s checks that need no scratch model: its context comes from the config, and its
+    byte-level BPE gives a document at most as many tokens as it has UTF-8 bytes."""
+    from collapse.errors import DataError, ModelError
+
+    w, ctx = cfg.measure.window, cfg.model.scratch.context
+    if w > ctx:
+        raise ModelError(f"measure.window={w} exceeds the model's context of {ctx} tokens: use measure.window<={ctx} "
+                         "(or raise model.scratch.context).")
+    longest = max((len(d.encode("utf-8")) for d in docs), default=0)
+    if longest < w:
+        raise DataError(f"every {cfg.measure.split} example is shorter than measure.window={w} tokens (longest: "
+                        f"{longest} bytes): lower measure.window or use longer documents.")
+
+
+def wandb_mode(cfg: Config) -> str:
+    from collapse.tracking import have_api_key
+
+    if cfg.wandb.mode == "disabled":
+        return "disabled"
+    if cfg.wandb.mode == "online" and not have_api_key() and os.environ.get("WANDB_MODE") != "online":
+        return "offline (wandb.mode=online but no API key: `wandb sync` later)"
+    return f"{cfg.wandb.mode}, project {cfg.wandb.project}"
+
+
+def _world(accelerator) -> str:
+    return f"{accelerator.num_processes} process(es) on {accelerator.device.type}"
+
+
+# ---------------------------------------------------------------------- the two commands
+
+
+def check_run(cfg: Config, accelerator) -> Plan:
+    """Every check `collapse run` makes before its first stage; raises CollapseError, writes nothing."""
+    from collapse.checkpoints import Checkpoints, disk_estimate
+    from collapse.data import real_data
+    from collapse.modeling import vocab_size
+    from collapse.runtime import fmt_bytes
+
+    plan = Plan("run", main=accelerator.is_main_process, warnings=ineffective_settings(cfg, "run"))
+    check_out_dir(cfg, plan)
+    check_data(cfg, plan)
+    check_model(cfg, plan, accelerator.device)
+    gc, tc = cfg.generation, cfg.train
+    if plan.tok is not None:
+        plan.data = d = real_data(cfg, plan.tok, plan.splits, vocab_size(plan.skeleton, plan.tok))
+        n_seq = d.n_seq
+        plan.add("blocks", f"{len(d.real_rows):,} real training rows, {len(d.val_blocks):,} validation and "
+                           f"{len(d.test_blocks):,} test blocks of {cfg.eval.block_size or gc.prompt_tokens + gc.new_tokens}"
+                           " tokens")
+    else:
+        n_seq = gc.num_sequences or 0
+        plan.add("blocks", "counted once the scratch tokenizer is built")
+    per = f"{n_seq:,}" if n_seq else "one per training block"
+    plan.add("samples", f"{per} × {gc.new_tokens} tokens from {gc.prompt_tokens}-token real prompts, "
+                        f"{cfg.generations} generations, regime {cfg.regime.kind}")
+    lora = ""
+    if tc.method == "lora":
+        from collapse.modeling import default_targets
+
+        lora = f" r={tc.lora.r} on {','.join(tc.lora.target_modules or default_targets(plan.skeleton))}"
+    plan.add("train", f"{tc.method}{lora} from {tc.init}, {tc.epochs} epochs, lr {tc.lr:g}, batch {tc.batch_size}")
+    if n_seq:
+        per_gen, total = disk_estimate(cfg, Checkpoints(cfg, plan.out, accelerator.device), plan.skeleton, n_seq)
+        free = _free_bytes(plan.out)
+        plan.add("disk", f"≈ {fmt_bytes(per_gen)} per generation, {fmt_bytes(total)} for the run"
+                         + (f"; {fmt_bytes(free)} free" if free is not None else ""))
+        if free is not None and free < total:
+            plan.warnings.append(f"only {fmt_bytes(free)} free where out_dir is; the run may need about "
+                                 f"{fmt_bytes(total)}.")
+    plan.add("W&B", wandb_mode(cfg))
+    plan.add("processes", _world(accelerator))
+    return plan
+
+
+def check_measure(cfg: Config, accelerator) -> Plan:
+    """Every check `collapse measure` makes before it generates; raises CollapseError, writes nothing."""
+    from collapse.errors import ModelError
+    from collapse.modeling import context_length
+
+    plan = Plan("measure", main=accelerator.is_main_process, warnings=ineffective_settings(cfg, "measure"))
+    check_out_dir(cfg, plan)
+    check_data(cfg, plan)
+    if cfg.model.name_or_path == "scratch":  # before a scratch model would be built for nothing
+        check_scratch_fits(cfg, plan.splits[cfg.measure.split])
+    check_model(cfg, plan, accelerator.device)
+    w, ctx = cfg.measure.window, context_length(plan.skeleton)
+    if w > ctx:
+        raise ModelError(f"measure.window={w} exceeds the model's context of {ctx} tokens: use measure.window<={ctx}.")
+    plan.add("measure", f"{cfg.measure.samples} {cfg.measure.split} examples of {w} tokens: the model continues the "
+                        f"first {w // 2} for {w // 2} tokens")
+    plan.add("W&B", wandb_mode(cfg))
+    plan.add("processes", _world(accelerator))
+    return plan
+
+
+def _free_bytes(out: Path) -> int | None:
+    anc = out
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    try:
+        return shutil.disk_usage(anc).free
+    except OSError:  # pragma: no cover
+        return None
