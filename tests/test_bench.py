@@ -6,9 +6,13 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 
+# slow (~30 s): the benchmark's plumbing and JSON schema, not the package's behaviour; the exactness the
+# bench reports (beam rows, counts) is tested directly by test_beam and test_metrics.
+@pytest.mark.slow
 def test_quick_bench_writes_the_documented_json(tmp_path):
     out = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--threads", "1",
@@ -40,6 +44,9 @@ def test_quick_bench_writes_the_documented_json(tmp_path):
     assert "ratio" in r.stdout and "JSON:" in r.stdout  # the printed table
 
 
+# slow (~80 s: a whole `collapse run` from an empty model cache, to check the benchmark's timing plumbing);
+# the same run's behaviour is covered by test_run, test_e2e_paths and test_resume.
+@pytest.mark.slow
 def test_quick_end_to_end_part_builds_the_model_inside_the_timed_run(tmp_path):
     """Part 4 times `collapse run` from an EMPTY model cache: the scratch build is inside the figure."""
     out = tmp_path / "bench.json"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_generate import _gpt2, _opt
+from test_generate import _gpt2, _llama, _opt
 
 from collapse.evaluate import sequence_ppl, token_nll
 
@@ -48,3 +48,45 @@ def test_token_nll_shape_and_positions():
         full, tail = token_nll(m, ids), token_nll(m, ids, start=6)
     assert full.shape == (2, 8) and tail.shape == (2, 3)
     torch.testing.assert_close(tail, full[:, 5:], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("build", [_gpt2, _llama])
+def test_evaluate_blocks_equals_a_direct_computation(build):
+    """test_ppl = exp(mean NLL of tokens 1..L-1 of every block: the first token of a block is never scored), and
+    tail_loss[b] = mean NLL of the scored tokens whose TARGET type is in bucket b; empty buckets are None."""
+    from collapse import metrics as M
+    from collapse.evaluate import evaluate_blocks
+    from collapse.runtime import make_accelerator
+
+    m = build()
+    V = m.config.vocab_size
+    rng = np.random.default_rng(0)
+    p = 1.0 / np.arange(1, V + 1)  # Zipf-like, so the frequent and the rare buckets both get tokens
+    p /= p.sum()
+    ref_counts = np.bincount(rng.choice(V, size=20_000, p=p), minlength=V)
+    bucket_of = M.bucket_of(ref_counts, V)
+    blocks = rng.choice(V, size=(11, 17), p=p)
+    m.train()  # evaluate_blocks switches to eval mode and back
+    got = evaluate_blocks(m, blocks, bucket_of, batch_size=4, accelerator=make_accelerator("no"))
+    assert m.training
+
+    m.eval()
+    with torch.no_grad():
+        ids = torch.as_tensor(blocks, dtype=torch.long)
+        logits = m(input_ids=ids).logits.double()
+        nll = F.cross_entropy(logits[:, :-1].reshape(-1, V), ids[:, 1:].reshape(-1), reduction="none").numpy()
+    target_bucket = bucket_of[blocks[:, 1:]].reshape(-1)
+    assert got["test_tokens"] == blocks.shape[0] * (blocks.shape[1] - 1) == len(nll)
+    assert got["test_nll"] == pytest.approx(nll.mean(), rel=1e-5)
+    assert got["test_ppl"] == pytest.approx(np.exp(nll.mean()), rel=1e-5)
+    assert list(got["tail_loss"]) == list(M.BUCKETS)
+    filled = 0
+    for k, name in enumerate(M.BUCKETS):
+        sel = target_bucket == k
+        assert got["tail_tokens"][name] == int(sel.sum()), name
+        if sel.any():
+            filled += 1
+            assert got["tail_loss"][name] == pytest.approx(nll[sel].mean(), abs=1e-5), name
+        else:
+            assert got["tail_loss"][name] is None, name
+    assert filled >= 3 and got["tail_loss"]["10001+"] is None  # a 300-type vocabulary has no rank 10001

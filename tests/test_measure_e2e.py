@@ -97,7 +97,7 @@ def test_wandb_offline_run(runs):
     _, out = runs
     files = wo.find_run_files(out)
     assert len(files) == 1, files
-    assert wo.wait_until_finished(files[0])
+    assert wo.wait_until_finished(files[0]), f"no exit record: {wo.describe(files[0])}"
     m = json.loads((out / "measure.json").read_text())
     rows = wo.read_history(files[0])
     logged = {k: v for row in rows for k, v in row.items()}

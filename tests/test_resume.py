@@ -283,27 +283,48 @@ def test_sigkill_then_rerun_equals_uninterrupted(cli, reference, tmp_path, point
     assert_same(out, reference[1])
 
 
+def _seen(p: Started, out: Path) -> str:
+    """What a background run has shown so far: its exit code, the end of its stderr, the files in its folder."""
+    files = sorted(str(f.relative_to(out)) for f in out.rglob("*")) if out.exists() else []
+    return (f"exit code {p.popen.poll()}; files {files}\n"
+            f"stderr:\n{p.stderr_path.read_text()[-2000:] if p.stderr_path.exists() else ''}")
+
+
+def _wait_for_file(p: Started, path: Path, out: Path, limit: float = 300) -> None:
+    """Wait until ``path`` exists; fail at once if the run exits first. ``limit`` only ends a wait that saw neither."""
+    deadline = time.monotonic() + limit
+    while not path.exists():
+        if p.popen.poll() is not None:
+            pytest.fail(f"the run ended before {path.name} was written: {_seen(p, out)}")
+        if time.monotonic() > deadline:
+            p.popen.kill()
+            p.popen.wait()
+            pytest.fail(f"gave up waiting for {path.relative_to(out)} after {limit:.0f} s: {_seen(p, out)}")
+        time.sleep(0.1)
+
+
 def test_sigint_stops_at_once_says_how_to_resume_and_rerun_equals(cli, reference, tmp_path):
     """Ctrl-C in the middle of generation 1's samples (a real `python -m collapse` subprocess)."""
     out = tmp_path / "out"
-    # the run pauses right after batch 0 of generation 1 is on disk, so the signal lands mid-stage every time
+    # the run sleeps (for an hour) right after batch 0 of generation 1 is on disk, so the signal lands
+    # mid-stage every time, and only the signal can end that sleep
     p = cli(out, env={"COLLAPSE_FAULT": "generate:1:0:pause"}, background=True, plain=True)
-    shard = out / "gen_001" / "shards" / "b000000.parquet"
-    deadline = time.monotonic() + 240
-    while not shard.exists():
-        assert p.popen.poll() is None, p.stderr_path.read_text()[-2000:]
-        assert time.monotonic() < deadline, "the run never reached generation 1"
-        time.sleep(0.1)
-    t0 = time.monotonic()
+    _wait_for_file(p, out / "gen_001" / "shards" / "b000000.parquet", out)
     os.kill(p.pid, signal.SIGINT)
-    r = p.wait(timeout=60)
-    stopped_in = time.monotonic() - t0
+    try:
+        r = p.wait(timeout=120)  # ends the wait only: a run that ignored the signal would sleep on
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the run did not stop after SIGINT: {_seen(p, out)}")
     assert r.returncode == 130, (r.returncode, r.stderr[-2000:])
-    assert stopped_in < 15, stopped_in
     assert "rerun the same command to resume" in r.stderr
     assert "Traceback" not in r.stderr
-    assert manifest(out)["generations"]["1"].get("evaluate") and not temp_leftovers(out)
-    r = cli(out)
+    # it stopped in the stage it was in: batch 1 never started, generation 1's samples were not recorded
+    gen1 = manifest(out)["generations"]["1"]
+    assert gen1.get("evaluate") and not gen1.get("generate"), gen1
+    assert not (out / "gen_001" / "shards" / "b000001.parquet").exists()
+    assert not (out / "gen_001" / "samples.parquet").exists()
+    assert not temp_leftovers(out)
+    r = cli(out)  # the lock was released and the files closed: the rerun resumes and finishes
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same(out, reference[1])
 
@@ -445,7 +466,7 @@ def test_keep_checkpoints_keeps_what_resume_needs_and_overwrite_starts_over(cli,
 
 
 def test_wandb_resumes_the_same_run_and_no_secret_is_written(cli, reference, tmp_path):
-    from wandb_offline import find_run_files, read_history, wait_until_finished
+    from wandb_offline import describe, find_run_files, read_history, wait_until_finished
 
     out = tmp_path / "out"
     env = {**SECRETS, "COLLAPSE_FAULT": "between:1:measure"}
@@ -460,7 +481,7 @@ def test_wandb_resumes_the_same_run_and_no_secret_is_written(cli, reference, tmp
     files = find_run_files(out)
     assert len(files) == 2 and all(f.name == f"run-{run_id}.wandb" for f in files), files
     assert all(f.parent.name.startswith("offline-run-") and run_id in f.parent.name for f in files)
-    assert wait_until_finished(files[-1])
+    assert wait_until_finished(files[-1]), f"no exit record: {describe(files[-1])}"
     steps = [sorted({h["_step"] for h in read_history(f, strict=False) if "test_ppl" in h}) for f in files]
     assert sorted(set(steps[0]) | set(steps[1])) == [0, 1, 2]
     assert steps[1] == [0, 1, 2]  # the resumed segment re-logged what the killed one may not have flushed

@@ -67,7 +67,7 @@ def offline_run(tmp_path_factory):
         run.finish()
     path = wo.find_run_file(tmp)
     # finish() may return before wandb-core has flushed the last block
-    assert wo.wait_until_finished(path), f"no exit record in {path}"
+    assert wo.wait_until_finished(path), f"no exit record: {wo.describe(path)}"
     return {"dir": tmp, "path": path, "run_id": run_id}
 
 
@@ -372,7 +372,7 @@ def test_resume_offline_layout(tmp_path):
             run.finish()
     files = wo.find_run_files(tmp_path)
     for f in files:
-        assert wo.wait_until_finished(f), f"no exit record in {f}"
+        assert wo.wait_until_finished(f), f"no exit record: {wo.describe(f)}"
     assert len(files) == 2  # two directories, one run-resumeme.wandb each
     assert {f.name for f in files} == {"run-resumeme.wandb"}
     assert len({f.parent for f in files}) == 2
@@ -396,3 +396,4 @@ def test_wait_until_finished_times_out_on_header_only(tmp_path):
     p.write_bytes(b":W&B" + struct.pack("<HB", 0xBEE1, 0))
     assert list(wo.iter_records(p)) == []
     assert wo.wait_until_finished(p, timeout=0.1) is False
+    assert "records: none (header only)" in wo.describe(p) and "exit record: no" in wo.describe(p)

@@ -116,6 +116,7 @@ from wandb.proto import wandb_internal_pb2
 
 __all__ = [
     "WandbLogError",
+    "describe",
     "find_run_file",
     "find_run_files",
     "iter_records",
@@ -264,14 +265,16 @@ def iter_records(
 
 
 def wait_until_finished(
-    path: str | Path, timeout: float = 10.0, poll: float = 0.02
+    path: str | Path, timeout: float = 60.0, poll: float = 0.02
 ) -> bool:
     """Wait until the .wandb file contains the run's ``exit`` record.
 
     Needed right after ``run.finish()`` in wandb 0.31 offline mode: finish()
     can return before wandb-core has written its last buffered block (the
-    file may still be just the 7-byte header for ~10 ms).  Returns False on
-    timeout (e.g. a crashed run that never wrote an exit record).
+    file may still be just the 7-byte header for ~10 ms).  Returns True as
+    soon as the exit record is there; ``timeout`` only ends a wait that never
+    saw it (e.g. a crashed run that never wrote an exit record): then False,
+    and :func:`describe` says what the file held.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -284,6 +287,24 @@ def wait_until_finished(
         if time.monotonic() >= deadline:
             return False
         time.sleep(poll)
+
+
+def describe(path: str | Path) -> str:
+    """What a .wandb file holds, for a failure message: its size and its records by type (exit or not)."""
+    p = Path(path)
+    if not p.exists():
+        return f"{p}: no such file"
+    size = p.stat().st_size
+    kinds: dict[str, int] = {}
+    note = ""
+    try:
+        for rec in iter_records(p, strict=True):
+            k = rec.WhichOneof("record_type") or "?"
+            kinds[k] = kinds.get(k, 0) + 1
+    except (OSError, WandbLogError) as e:
+        note = f"; unreadable after that: {e}"
+    recs = ", ".join(f"{k} x{n}" for k, n in kinds.items()) or "none (header only)"
+    return f"{p}: {size} bytes; records: {recs}; exit record: {'yes' if 'exit' in kinds else 'no'}{note}"
 
 
 # --------------------------------------------------------------------------
