@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted.")
         return 130
+    except MemoryError:
+        log.error("error: out of memory: lower generation.num_sequences, generation.batch_size or the model size.")
+        return 2
     return 0  # pragma: no cover
 
 

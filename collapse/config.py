@@ -49,6 +49,8 @@ class DataConfig:
                 raise ConfigError(f"data.{k}={v} is out of range: use a value in [0, 1).")
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ConfigError("data.val_fraction + data.test_fraction must be below 1: nothing is left to train on.")
+        if self.split_seed < 0:
+            raise ConfigError(f"data.split_seed={self.split_seed} is out of range: use 0 or more.")
         if self.max_documents is not None and self.max_documents < 1:
             raise ConfigError("data.max_documents must be at least 1 (or null for all).")
 

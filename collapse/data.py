@@ -5,10 +5,12 @@ Token ids stay token ids from here on: nothing downstream decodes and re-tokeniz
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,12 +63,17 @@ def kjv_path() -> Path:
 
 def load_kjv() -> list[str]:
     """The 1,189 chapters of the KJV, each one document (verses joined by spaces), in canonical order."""
+    return list(_kjv_chapters())
+
+
+@functools.lru_cache(maxsize=1)
+def _kjv_chapters() -> tuple[str, ...]:
     chapters: dict[tuple[str, int], list[str]] = {}
     with open(kjv_path(), encoding="utf-8") as fh:
         for line in fh:
             v = json.loads(line)
             chapters.setdefault((v["book"], int(v["chapter"])), []).append(v["text"].strip())
-    return [" ".join(verses) for verses in chapters.values()]
+    return tuple(" ".join(verses) for verses in chapters.values())
 
 
 def _is_local(source: str) -> bool:
@@ -120,10 +127,13 @@ def _load_with_datasets(cfg: DataConfig) -> dict[str, list[str]]:
         if builder == "json":
             _check_json_lines(path)
         kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
-        try:
-            dd = datasets.load_dataset(builder, data_files={"train": str(path)}, **kwargs)
-        except Exception as e:  # noqa: BLE001 - datasets raises many types for bad files
-            raise DataError(f"could not read {path} as {builder}: {first_line(e)}") from None
+        # a throw-away cache: nothing is left behind (`--check` writes nothing) and a changed file is never stale
+        with tempfile.TemporaryDirectory(prefix="collapse-data-") as cache:
+            try:
+                dd = datasets.load_dataset(builder, data_files={"train": str(path)}, cache_dir=cache, **kwargs)
+            except Exception as e:  # noqa: BLE001 - datasets raises many types for bad files
+                raise DataError(f"could not read {path} as {builder}: {first_line(e)}") from None
+            return _texts(dd, cfg)
     else:
         try:
             dd = datasets.load_dataset(source, cfg.config)
@@ -133,6 +143,12 @@ def _load_with_datasets(cfg: DataConfig) -> dict[str, list[str]]:
             raise DataError(f"could not load dataset `{source}`"
                             f"{f' ({cfg.config})' if cfg.config else ''}: {why}. "
                             "Use data.source=kjv or a local .txt/.jsonl/.parquet file offline.") from None
+    return _texts(dd, cfg)
+
+
+def _texts(dd, cfg: DataConfig) -> dict[str, list[str]]:
+    """The text field of every split of a loaded DatasetDict, as Python strings."""
+    source = cfg.source
     out: dict[str, list[str]] = {}
     for split_name, ds in dd.items():
         if cfg.text_field not in ds.column_names:
@@ -246,6 +262,16 @@ class RealData:
         return len(self.prompts)
 
 
+def _check_fits_memory(n_seq: int, length: int) -> None:
+    """One generation's samples (prompt + continuation ids, int64 while they are made) must fit in memory."""
+    import psutil
+
+    need, free = 8 * n_seq * length, psutil.virtual_memory().available
+    if need > free:
+        raise DataError(f"generation.num_sequences={n_seq:,} samples of {length} tokens need {need / 2**30:,.1f} GiB "
+                        f"of memory, and {free / 2**30:,.1f} GiB are free: lower generation.num_sequences.")
+
+
 def real_data(cfg: Config, tok, splits, vocab: int) -> RealData:
     gc = cfg.generation
     L = gc.prompt_tokens + gc.new_tokens
@@ -263,6 +289,7 @@ def real_data(cfg: Config, tok, splits, vocab: int) -> RealData:
                         f"{len(val_blocks)}, test {len(test_blocks)} blocks): use more data or shorter blocks.")
     ref_counts = M.counts(flat_ids(train_ids), vocab)
     n_seq = gc.num_sequences or len(prompt_blocks)
+    _check_fits_memory(n_seq, gc.prompt_tokens + gc.new_tokens)
     order = numpy_rng(cfg.seed, "prompts").permutation(len(prompt_blocks))
     if n_seq > len(order):
         order = np.resize(order, n_seq)  # more samples than blocks: prompts repeat, in the same order

@@ -79,8 +79,10 @@ def atomic_dir(path: str | Path, replace: bool = True):
     """
     path = Path(path)
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    made = [p for p in path.parents if not p.exists()]  # folders this call creates (removed again on failure)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    ok = False
     try:
         yield tmp
         if path.exists():
@@ -93,8 +95,14 @@ def atomic_dir(path: str | Path, replace: bool = True):
             if replace or not path.exists():
                 raise  # (keep: a build of the same key finished in the meantime)
         _fsync_dir(path.parent)
+        ok = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        for p in [] if ok else made:  # deepest first: nothing of a failed write stays, not even an empty folder
+            try:
+                p.rmdir()
+            except OSError:
+                break
 
 
 def write_text(path: str | Path, text: str) -> None:

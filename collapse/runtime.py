@@ -27,10 +27,23 @@ def quiet_libraries() -> None:
         pass
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a line is logged (not when the handler was made), so a caller
+    that redirects stderr (a notebook, a test, a forking helper) gets the lines."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(is_main: bool = True) -> logging.Logger:
     log = logging.getLogger("collapse")
     if not log.handlers:
-        h = logging.StreamHandler(sys.stderr)
+        h = _StderrHandler()
         h.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(h)
     log.setLevel(logging.INFO if is_main else logging.WARNING)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -31,89 +30,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, TINY_RUN
+from prefork import Prefork
 
 RUN_ENV = {"OMP_NUM_THREADS": "1", "COLLAPSE_SKIP_REPORT": "1"}
 TIMING_KEYS = {"seconds", "tokens_per_s"}
 SECRETS = {"WANDB_API_KEY": "fake-wandb-secret-123", "HF_TOKEN": "hf_fake_secret_456"}
 
 # ---------------------------------------------------------------------- running `collapse run`
-
-_SERVER = r"""
-import json, os, sys, traceback
-sys.path.insert(0, os.getcwd())
-import collapse.cli, collapse.loop, collapse.data, collapse.evaluate, collapse.train, collapse.generate
-import collapse.fastgen, collapse.tracking, collapse.metrics, collapse.modeling, collapse.runtime
-import accelerate, peft, pyarrow.parquet, safetensors.torch, transformers, wandb
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerFast
-from transformers.pytorch_utils import Conv1D
-from peft import PeftModel, get_peft_model
-print(json.dumps({"ready": os.getpid()}), flush=True)
-for line in sys.stdin:
-    req = json.loads(line)
-    pid = os.fork()
-    if pid == 0:
-        rc = 1
-        try:
-            os.environ.clear()
-            os.environ.update(req["env"])
-            for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
-                f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                os.dup2(f, fd)
-                os.close(f)
-            sys.argv = ["collapse", *req["args"]]
-            rc = collapse.cli.main(req["args"])
-        except SystemExit as e:
-            rc = e.code if isinstance(e.code, int) else 1
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            finally:
-                os._exit(rc)
-    print(json.dumps({"pid": pid}), flush=True)
-    _, status = os.waitpid(pid, 0)
-    print(json.dumps({"rc": os.waitstatus_to_exitcode(status)}), flush=True)
-"""
-
-
-class _Prefork:
-    """A process with the heavy imports done that forks one child per `collapse` command."""
-
-    def __init__(self):
-        env = {**os.environ, **RUN_ENV}
-        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, env=env, cwd=REPO)
-        assert "ready" in self._read(300), "the prefork helper did not start"
-
-    def _read(self, timeout: float) -> dict:
-        r, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not r:
-            raise TimeoutError
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the prefork helper died")
-        return json.loads(line)
-
-    def start(self, args, env, stdout, stderr) -> int:
-        self.proc.stdin.write(json.dumps({"args": args, "env": env, "stdout": str(stdout),
-                                          "stderr": str(stderr)}) + "\n")
-        self.proc.stdin.flush()
-        return self._read(60)["pid"]
-
-    def wait(self, pid: int, timeout: float) -> int:
-        try:
-            return self._read(timeout)["rc"]
-        except TimeoutError:
-            os.kill(pid, signal.SIGKILL)
-            self._read(60)
-            raise
-
-    def close(self):
-        self.proc.stdin.close()
-        self.proc.wait(30)
-
 
 class Started:
     """A `collapse` command running in the background (forked or a plain subprocess)."""
@@ -145,7 +68,7 @@ class Started:
 def cli(tmp_path_factory):
     """cli(out, *overrides, env=..., background=False, plain=False): `collapse run TINY_RUN out_dir=out ...`."""
     logdir = tmp_path_factory.mktemp("logs")
-    runner = _Prefork() if os.environ.get("COLLAPSE_TEST_PREFORK", "1") != "0" else None
+    runner = Prefork(env=RUN_ENV) if os.environ.get("COLLAPSE_TEST_PREFORK", "1") != "0" else None
 
     def run(out: Path, *extra: str, env: dict | None = None, background: bool = False, plain: bool = False):
         e = {k: v for k, v in os.environ.items() if k not in ("COLLAPSE_FAULT", *SECRETS)}
@@ -399,7 +322,7 @@ def _truncate_to_generation_0(out: Path) -> None:
 
 def test_full_disk_is_one_clear_error_keeps_finished_generations_and_resumes(cli, reference, tmp_path):
     from collapse.io import write_parquet
-    from collapse.loop import _disk_full
+    from collapse.rundir import disk_full as _disk_full
 
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -503,7 +426,7 @@ def test_wandb_resumes_the_same_run_and_no_secret_is_written(cli, reference, tmp
 
 def test_second_process_on_the_same_folder_is_refused(tmp_path):
     from collapse.errors import ConfigError
-    from collapse.loop import _lock_out_dir
+    from collapse.rundir import lock_out_dir as _lock_out_dir
 
     held = _lock_out_dir(tmp_path)
     try:
@@ -531,10 +454,10 @@ def test_atomic_write_leaves_old_file_or_new_file_and_normal_permissions(tmp_pat
 
 def test_weights_and_code_loading_are_safe():
     """No pickle-based loading of user files; remote code only where the config allows it."""
-    src = {p.name: p.read_text() for p in (REPO / "collapse").glob("*.py")}
+    src = {str(p.relative_to(REPO / "collapse")): p.read_text() for p in (REPO / "collapse").rglob("*.py")}
     for name, text in src.items():
         assert "torch.load(" not in text, name
         assert "pickle.load" not in text and "allow_pickle=True" not in text, name
         assert "trust_remote_code=True" not in text, name
-    assert "use_safetensors=True" in src["loop.py"] and "use_safetensors=True" in src["modeling.py"]
+    assert "use_safetensors=True" in src["checkpoints.py"] and "use_safetensors=True" in src["modeling.py"]
     assert "trust_remote_code=cfg.trust_remote_code" in src["modeling.py"]
