@@ -303,4 +303,4 @@ def test_keys_missing_from_older_configs_do_not_split_groups(tmp_path):
     groups = R.group_runs(runs)
     assert [[r.name for r in g.runs] for g in groups] == [["a0", "a1"], ["b0"]]
     assert [g.label for g in groups] == ["regime.kind=replace", "regime.kind=mix"]
-    assert R._schema_drift(runs) == ["data.split_seed"]
+    assert R.schema_drift(runs) == ["data.split_seed"]

@@ -40,12 +40,12 @@ from collapse.report.page import page_html, summary_markdown
 from collapse.report.runs import (
     Group,
     Run,
-    _check_buckets,
-    _present,
-    _schema_drift,  # noqa: F401 - tests/test_report.py calls R._schema_drift
-    _unique_names,
+    check_buckets,
     group_runs,
     load_run,
+    present_buckets,
+    schema_drift,  # noqa: F401 - tests/test_report.py calls R.schema_drift
+    unique_names,
 )
 from collapse.report.stats import series, summarize
 
@@ -70,13 +70,13 @@ def make_report(run_dirs: list[Path], out: Path | None, quiet: bool = False) -> 
         if key not in seen:
             seen.add(key)
             runs.append(load_run(d))
-    buckets = _check_buckets(runs)
-    _unique_names(runs)
+    buckets = check_buckets(runs)
+    unique_names(runs)
     out = Path(out) if out is not None else (runs[0].path / "report" if len(runs) == 1 else Path("report"))
     out.mkdir(parents=True, exist_ok=True)
     groups = group_runs(runs)
-    tail_buckets = _present(groups, "tail_loss", buckets)
-    shift_buckets = _present(groups, "bucket_shift", buckets)
+    tail_buckets = present_buckets(groups, "tail_loss", buckets)
+    shift_buckets = present_buckets(groups, "bucket_shift", buckets)
     note = log.debug if quiet else log.warning
 
     figures, errors = draw_figures(groups, tail_buckets, shift_buckets, out, note)

@@ -20,18 +20,18 @@ from collapse.report.plots import (
     PALETTE,
     RC,
     UNDER,
-    _band_note,
-    _compared,
-    _int_xaxis,
-    _legend_below,
-    _line,
-    _mpl,
-    _ncols,
-    _pick,
-    _save,
-    _signed,
-    _suptitle,
-    _wrap,
+    band_note,
+    compared_text,
+    draw_line,
+    int_xaxis,
+    legend_below,
+    mpl,
+    ncols,
+    pick_generations,
+    save_figure,
+    signed,
+    suptitle,
+    wrap_text,
 )
 from collapse.report.runs import Group, metric_getter
 from collapse.report.stats import series
@@ -46,7 +46,7 @@ def draw_figures(groups: list[Group], tail_buckets: list[str], shift_buckets: li
 
     A figure that fails is reported through ``note`` and left out; the others are still drawn.
     """
-    plt = _mpl()
+    plt = mpl()
     figures: dict[str, Path | None] = {}
     errors: dict[str, str] = {}
     makers = {
@@ -75,7 +75,7 @@ def draw_figures(groups: list[Group], tail_buckets: list[str], shift_buckets: li
 
 def plot_bucket_shift(bucket_shift: dict, path: str | Path, title: str = "") -> Path:
     """Bar chart of ``shift_pct`` per frequency bucket (the motivating figure); unseen is annotated, not drawn."""
-    plt = _mpl()
+    plt = mpl()
     names = [b for b, v in bucket_shift.items() if v["shift_pct"] is not None]
     vals = [bucket_shift[b]["shift_pct"] for b in names]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
@@ -110,25 +110,25 @@ def plot_bucket_shift(bucket_shift: dict, path: str | Path, title: str = "") -> 
 
 
 def fig_test_ppl(groups: list[Group], out: Path) -> Path:
-    plt = _mpl()
+    plt = mpl()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained")
     ax, dax = axes
     for i, g in enumerate(groups):
-        _line(ax, g, i, metric_getter("test_ppl"), of=len(groups))
-        _line(dax, g, i, metric_getter("test_ppl"), of=len(groups), paired=True)
+        draw_line(ax, g, i, metric_getter("test_ppl"), of=len(groups))
+        draw_line(dax, g, i, metric_getter("test_ppl"), of=len(groups), paired=True)
     for a in axes:
-        _int_xaxis(a)
+        int_xaxis(a)
     ax.set_ylabel("perplexity on real test text\n(exp of mean NLL in nats/token; lower is better)")
     ax.set_title("value")
     dax.axhline(0.0, color="0.5", linewidth=0.8)
     dax.set_ylabel("change from the run's own generation 0")
     dax.set_title("change from generation 0 (paired per run)")
-    _suptitle(fig, f"Test perplexity by generation: {_compared(groups)}", fontsize=10)
-    note = _band_note(groups)
+    suptitle(fig, f"Test perplexity by generation: {compared_text(groups)}", fontsize=10)
+    note = band_note(groups)
     if note:
         dax.text(0.99, 0.02, note, transform=dax.transAxes, ha="right", va="bottom", fontsize=7, color="0.3")
-    _legend_below(fig, list(axes))
-    return _save(fig, out, "test-ppl")
+    legend_below(fig, list(axes))
+    return save_figure(fig, out, "test-ppl")
 
 
 _BUCKET_TITLES = {"1-10": "ranks 1-10 (most frequent types)", "11-100": "ranks 11-100", "101-1000": "ranks 101-1000",
@@ -138,8 +138,8 @@ _RARE = {"1001-10000", "10001+", "unseen"}
 
 
 def fig_tail_loss(groups: list[Group], buckets: list[str], out: Path) -> Path:
-    plt = _mpl()
-    ncol = _ncols(len(buckets), 3)
+    plt = mpl()
+    ncol = ncols(len(buckets), 3)
     nrow = math.ceil(len(buckets) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.8 * nrow + 0.6), layout="constrained", squeeze=False)
     tokens = groups[0].runs[0].rows[0].get("tail_tokens") or {}
@@ -149,10 +149,10 @@ def fig_tail_loss(groups: list[Group], buckets: list[str], out: Path) -> Path:
     for k, b in enumerate(buckets):
         ax = axes[k // ncol][k % ncol]
         for i, g in enumerate(groups):
-            _line(ax, g, i, metric_getter(f"tail_loss.{b}"), of=len(groups), paired=paired)
+            draw_line(ax, g, i, metric_getter(f"tail_loss.{b}"), of=len(groups), paired=paired)
         if paired:
             ax.axhline(0.0, color="0.5", linewidth=0.8)
-        _int_xaxis(ax)
+        int_xaxis(ax)
         n = tokens.get(b)
         title = _BUCKET_TITLES.get(b, b) + (f"\n{n:,} test tokens" if isinstance(n, int) else "")
         ax.set_title(title, fontsize=9, fontweight="bold" if b in _RARE else "normal")
@@ -166,10 +166,10 @@ def fig_tail_loss(groups: list[Group], buckets: list[str], out: Path) -> Path:
     for k in range(len(buckets), nrow * ncol):
         axes[k // ncol][k % ncol].set_visible(False)
     what = "Change of the loss" if paired else "Loss"
-    _suptitle(fig, f"{what} on real test tokens by frequency bucket (grey panels: rare): {_compared(groups)}",
+    suptitle(fig, f"{what} on real test tokens by frequency bucket (grey panels: rare): {compared_text(groups)}",
               fontsize=10)
-    _legend_below(fig, axes)
-    return _save(fig, out, "tail-loss")
+    legend_below(fig, axes)
+    return save_figure(fig, out, "tail-loss")
 
 
 def _shift_matrix(group: Group, buckets: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -183,13 +183,13 @@ def _shift_matrix(group: Group, buckets: list[str]) -> tuple[np.ndarray, np.ndar
 
 
 def fig_bucket_heatmap(groups: list[Group], buckets: list[str], out: Path) -> Path:
-    plt = _mpl()
+    plt = mpl()
     from matplotlib.colors import TwoSlopeNorm
 
     mats = [_shift_matrix(g, buckets) for g in groups]
     vmax = max([np.nanmax(np.abs(m)) for _, m in mats if np.isfinite(m).any()] + [1.0])
     norm = TwoSlopeNorm(vcenter=0.0, vmin=-vmax, vmax=vmax)
-    ncol = _ncols(len(groups), 3)
+    ncol = ncols(len(groups), 3)
     nrow = math.ceil(len(groups) / ncol)
     ngen = max(len(gs) for gs, _ in mats)
     h = max(2.6, 0.32 * ngen + 1.6)
@@ -204,9 +204,9 @@ def fig_bucket_heatmap(groups: list[Group], buckets: list[str], out: Path) -> Pa
         ax.set_yticks(range(len(gens)), [str(x) for x in gens], fontsize=8)
         ax.set_xlabel("frequency rank in the real text (bucket)", fontsize=8)
         ax.set_ylabel("generation", fontsize=8)
-        ax.set_title(_wrap(g.legend, max(2.5, 0.9 * len(buckets)), 9), fontsize=9)
+        ax.set_title(wrap_text(g.legend, max(2.5, 0.9 * len(buckets)), 9), fontsize=9)
         for (r, c), v in np.ndenumerate(m):
-            txt = "n/a" if not np.isfinite(v) else _signed(v)
+            txt = "n/a" if not np.isfinite(v) else signed(v)
             dark = np.isfinite(v) and abs(v) > 0.55 * vmax
             ax.text(c, r, txt, ha="center", va="center", fontsize=7 if len(buckets) > 4 else 8,
                     color="white" if dark else "black")
@@ -214,16 +214,16 @@ def fig_bucket_heatmap(groups: list[Group], buckets: list[str], out: Path) -> Pa
         axes[k // ncol][k % ncol].set_visible(False)
     cb = fig.colorbar(im, ax=axes, shrink=0.9)
     cb.set_label("generated vs real share of the bucket (%)\nblue: over-represented, red: under", fontsize=8)
-    _suptitle(fig, "Token-frequency shift of each generation's samples vs the real text, % per bucket"
+    suptitle(fig, "Token-frequency shift of each generation's samples vs the real text, % per bucket"
                  + (" (mean over seeds)" if any(len(g.runs) > 1 for g in groups) else ""), fontsize=10)
-    return _save(fig, out, "bucket-heatmap")
+    return save_figure(fig, out, "bucket-heatmap")
 
 
 def fig_bucket_shift(groups: list[Group], buckets: list[str], out: Path) -> Path:
     """Bar charts like `collapse measure`'s, one panel per (selected) generation, one bar colour per group."""
-    plt = _mpl()
-    gens = _pick([g for grp in groups for r in grp.runs for g in r.gens])
-    ncol = _ncols(len(gens), 3)
+    plt = mpl()
+    gens = pick_generations([g for grp in groups for r in grp.runs for g in r.gens])
+    ncol = ncols(len(gens), 3)
     nrow = math.ceil(len(gens) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 2.9 * nrow + 0.7), layout="constrained",
                              squeeze=False, sharey=True)
@@ -267,7 +267,7 @@ def fig_bucket_shift(groups: list[Group], buckets: list[str], out: Path) -> Path
             if label_bars:
                 for xv, v in zip(xs, mu):
                     if np.isfinite(v):
-                        ax.annotate(_signed(v), (xv, v), ha="center", va="bottom" if v >= 0 else "top",
+                        ax.annotate(signed(v), (xv, v), ha="center", va="bottom" if v >= 0 else "top",
                                     fontsize=6.5, xytext=(0, 2 if v >= 0 else -2), textcoords="offset points")
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(x, buckets, rotation=30, ha="right", fontsize=8)
@@ -280,31 +280,31 @@ def fig_bucket_shift(groups: list[Group], buckets: list[str], out: Path) -> Path
             ax.set_xlabel("frequency rank in the real text (bucket)", fontsize=8)
     for k in range(len(gens), nrow * ncol):
         axes[k // ncol][k % ncol].set_visible(False)
-    _suptitle(fig, f"Generated vs real token frequencies by rank bucket: {_compared(groups)}"
+    suptitle(fig, f"Generated vs real token frequencies by rank bucket: {compared_text(groups)}"
               + (" (whiskers: 95% t-interval over seeds)" if not label_bars and not single else ""), fontsize=10)
     if not single:
-        _legend_below(fig, axes)
-    return _save(fig, out, "bucket-shift")
+        legend_below(fig, axes)
+    return save_figure(fig, out, "bucket-shift")
 
 
 def fig_diversity(groups: list[Group], out: Path) -> Path:
-    plt = _mpl()
+    plt = mpl()
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), layout="constrained")
     panels = [("coverage", 100.0, "coverage of real token types (%)", "Share of the real text's types generated"),
               ("entropy", 1.0, "unigram entropy (bits)", "Entropy of generated tokens"),
               ("kl_ref_gen", 1.0, "KL(real ‖ generated) (bits)", "Divergence from the real unigram distribution")]
     for ax, (key, scale, ylabel, title) in zip(axes, panels):
         for i, g in enumerate(groups):
-            _line(ax, g, i, metric_getter(key), scale, of=len(groups))
+            draw_line(ax, g, i, metric_getter(key), scale, of=len(groups))
         if key == "entropy":
             refs = [r.get("entropy_ref") for g in groups for run in g.runs for r in run.rows]
             refs = [v for v in refs if isinstance(v, (int, float))]
             if refs:
                 ax.axhline(float(np.mean(refs)), color="0.4", linestyle=(0, (1, 1)), linewidth=1.2,
                            label="real text (reference)")
-        _int_xaxis(ax)
+        int_xaxis(ax)
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=9)
-    _suptitle(fig, f"Diversity of generated text by generation: {_compared(groups)}", fontsize=10)
-    _legend_below(fig, axes, ncol=min(4, len(groups) + 1))
-    return _save(fig, out, "diversity")
+    suptitle(fig, f"Diversity of generated text by generation: {compared_text(groups)}", fontsize=10)
+    legend_below(fig, axes, ncol=min(4, len(groups) + 1))
+    return save_figure(fig, out, "diversity")

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from collapse.report.plots import _gen_style, _mpl, _ncols, _pick, _save, _suptitle, _wrap
+from collapse.report.plots import gen_style, mpl, ncols, pick_generations, save_figure, suptitle, wrap_text
 from collapse.report.runs import Group, Run
 from collapse.rundir import gen_dir
 
@@ -31,10 +31,10 @@ def _gen0_ppl(run: Run, g: int) -> np.ndarray | None:
 
 def fig_gen0_ppl(groups: list[Group], out: Path) -> Path | None:
     """Histograms of each sample's perplexity under the generation-0 model, overlaid per generation."""
-    plt = _mpl()
+    plt = mpl()
     panels = []  # per group: {gen: (edges, share%)}
     for grp in groups:
-        gens = _pick([g for r in grp.runs for g in r.gens])
+        gens = pick_generations([g for r in grp.runs for g in r.gens])
         data: dict[int, Any] = {}
         for g in gens:
             arrays = [a for r in grp.runs if (a := _gen0_ppl(r, g)) is not None and a.size]
@@ -58,7 +58,7 @@ def fig_gen0_ppl(groups: list[Group], out: Path) -> Path | None:
         lo, hi = max(lo * 0.9, 1.0), max(hi * 1.1, lo * 1.5 + 1)
         n = min(len(a) for a in samples)
         bins = np.logspace(np.log10(lo), np.log10(hi), int(np.clip(np.sqrt(n), 12, 40)) + 1)
-    ncol = _ncols(len(groups), 2)
+    ncol = ncols(len(groups), 2)
     nrow = math.ceil(len(groups) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.3 * nrow + 0.6), layout="constrained",
                              squeeze=False, sharex=True)
@@ -66,7 +66,7 @@ def fig_gen0_ppl(groups: list[Group], out: Path) -> Path | None:
     for k, (grp, data) in enumerate(zip(groups, panels)):
         ax = axes[k // ncol][k % ncol]
         for i, (g, v) in enumerate(sorted(data.items())):
-            st = _gen_style(i, len(data))
+            st = gen_style(i, len(data))
             if isinstance(v, np.ndarray):
                 counts, edges = np.histogram(np.clip(v, bins[0], bins[-1]), bins=bins)
                 med = float(np.median(v))
@@ -90,16 +90,16 @@ def fig_gen0_ppl(groups: list[Group], out: Path) -> Path | None:
         ax.set_xlabel("perplexity of a sample under the generation-0 model (log scale)", fontsize=8)
         if k % ncol == 0:
             ax.set_ylabel("share of samples (%)")
-        ax.set_title(_wrap(grp.legend + (" — seeds pooled" if len(grp.runs) > 1 else ""), 4.6, 9), fontsize=9)
+        ax.set_title(wrap_text(grp.legend + (" — seeds pooled" if len(grp.runs) > 1 else ""), 4.6, 9), fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, frameon=False, loc="best")
     if span[1] > span[0]:
         axes[0][0].set_xlim(span[0] / 1.15, span[1] * 1.15)
     for k in range(len(groups), nrow * ncol):
         axes[k // ncol][k % ncol].set_visible(False)
-    _suptitle(fig, "How plausible each generation's samples look to the original model "
+    suptitle(fig, "How plausible each generation's samples look to the original model "
                  "(left = more typical; vertical lines: medians)", fontsize=10)
-    return _save(fig, out, "gen0-ppl")
+    return save_figure(fig, out, "gen0-ppl")
 
 
 
@@ -130,8 +130,8 @@ def _rank_freq(c: np.ndarray) -> np.ndarray:
 
 def fig_zipf(groups: list[Group], out: Path) -> Path | None:
     """Rank-frequency of the real text and selected generations, and below it their ratio at equal rank."""
-    plt = _mpl()
-    ncol = _ncols(len(groups), 2)
+    plt = mpl()
+    ncol = ncols(len(groups), 2)
     nrow = math.ceil(len(groups) / ncol)
     fig, axes = plt.subplots(2 * nrow, ncol, figsize=(5.2 * ncol, 4.8 * nrow + 0.5), layout="constrained",
                              squeeze=False, sharex=True, gridspec_kw={"height_ratios": [2.4, 1] * nrow})
@@ -151,13 +151,13 @@ def fig_zipf(groups: list[Group], out: Path) -> Path | None:
                 drawn = True
             except (ValueError, OSError):
                 ref_f = None
-        gens = _pick(run.gens, 4)
+        gens = pick_generations(run.gens, 4)
         for i, g in enumerate(gens):
             c = _sample_counts(run, g)
             if c is None:
                 continue
             f = _rank_freq(c)
-            st = _gen_style(i, len(gens))
+            st = gen_style(i, len(gens))
             ranks = np.arange(1, len(f) + 1)
             ax.loglog(ranks, f, linewidth=1.3, markersize=4, markevery=0.1,
                       label=f"generation {g} ({int(c.sum()):,} tokens)", **st)
@@ -176,7 +176,7 @@ def fig_zipf(groups: list[Group], out: Path) -> Path | None:
         for a in (ax, rax):
             a.minorticks_off()  # log-scale minor ticks cost seconds per figure and add no reading
         rax.grid(alpha=0.3, which="major")
-        ax.set_title(_wrap(f"{grp.legend} — run {run.name}" if len(groups) > 1 else f"run {run.name}", 4.6, 9),
+        ax.set_title(wrap_text(f"{grp.legend} — run {run.name}" if len(groups) > 1 else f"run {run.name}", 4.6, 9),
                      fontsize=9)
         ax.grid(alpha=0.3, which="major")
         ax.legend(fontsize=7, frameon=False, loc="lower left")
@@ -186,6 +186,6 @@ def fig_zipf(groups: list[Group], out: Path) -> Path | None:
     if not drawn:
         plt.close(fig)
         return None
-    _suptitle(fig, "Rank–frequency (Zipf) of the real text and of generated samples (generated curves end "
+    suptitle(fig, "Rank–frequency (Zipf) of the real text and of generated samples (generated curves end "
                    "earlier: far fewer tokens)", fontsize=9)
-    return _save(fig, out, "zipf")
+    return save_figure(fig, out, "zipf")

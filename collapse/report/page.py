@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from collapse.report.figures import FIGURES
-from collapse.report.plots import _band_note
-from collapse.report.runs import IGNORED_KEYS, Group, Run, _schema_drift, _short, metric_getter
+from collapse.report.plots import band_note
+from collapse.report.runs import IGNORED_KEYS, Group, Run, metric_getter, schema_drift, short_value
 from collapse.rundir import gen_dir
 
 EXAMPLES = 3  # example prompts per run
@@ -114,18 +114,18 @@ def page_html(runs: list[Run], groups: list[Group], figures: dict[str, Path | No
         keys = list(groups[0].diff)
         head = "".join(f"<th>{esc(k)}</th>" for k in keys)
         body = "".join("<tr><td>" + esc(g.legend) + "</td>"
-                       + "".join(f"<td>{esc(_short(g.diff[k]))}</td>" for k in keys) + "</tr>" for g in groups)
+                       + "".join(f"<td>{esc(short_value(g.diff[k]))}</td>" for k in keys) + "</tr>" for g in groups)
         parts.append("<p>Runs are grouped by config (ignoring " + esc(", ".join(IGNORED_KEYS))
                      + "); the groups differ in:</p>"
                      f"<table class=\"groups\"><thead><tr><th>group</th>{head}</tr></thead><tbody>{body}</tbody>"
                      "</table>")
-    drift = _schema_drift(runs)
+    drift = schema_drift(runs)
     if drift:
         parts.append('<p class="note">Config keys only some runs have (written by different versions of collapse; '
                      "not used for grouping): " + esc(", ".join(drift)) + ".</p>")
     if summary:
         parts.append(_summary_html(summary))
-    band = _band_note(groups)
+    band = band_note(groups)
     parts.append("<h2>Figures</h2>")
     if band:
         parts.append(f'<p class="note">Lines: mean over seeds. {esc(band)}</p>')

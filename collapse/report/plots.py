@@ -1,6 +1,6 @@
 """What the figures share: matplotlib (imported on first use, headless), styles, palette, legends, saving.
 
-matplotlib is imported inside the functions (:func:`_mpl`), so that importing the report package stays light.
+matplotlib is imported inside the functions (:func:`mpl`), so that importing the report package stays light.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 
 from collapse.io import atomic_path
 from collapse.report.runs import Group
-from collapse.report.stats import _t975, series
+from collapse.report.stats import series, t975
 
 # Okabe-Ito, reordered so the first colours are the most distinct on white; yellow last (weak on white).
 PALETTE = ("#000000", "#E69F00", "#0072B2", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#F0E442")
@@ -30,7 +30,7 @@ RC = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize
       "xtick.labelsize": 8, "ytick.labelsize": 8, "svg.hashsalt": "collapse-report"}
 
 
-def _mpl():
+def mpl():
     """matplotlib.pyplot on the headless Agg backend, imported on first use."""
     import matplotlib
 
@@ -46,7 +46,7 @@ def _style(i: int) -> dict:
             "marker": MARKERS[i % len(MARKERS)]}
 
 
-def _gen_style(i: int, n: int) -> dict:
+def gen_style(i: int, n: int) -> dict:
     """Ordered generations: viridis (monotone in lightness, colour-blind safe), cut before its pale yellow end."""
     import matplotlib
 
@@ -54,7 +54,7 @@ def _gen_style(i: int, n: int) -> dict:
     return {"color": c, "linestyle": LINESTYLES[i % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)]}
 
 
-def _line(ax, group: Group, i: int, value: Callable[[dict], Any], scale: float = 1.0, of: int = 1,
+def draw_line(ax, group: Group, i: int, value: Callable[[dict], Any], scale: float = 1.0, of: int = 1,
           paired: bool = False) -> bool:
     """Mean line of group ``i`` of ``of``, nudged sideways a little so equal values do not hide each other."""
     gens, mean, lo, hi, _ = series(group, value, paired)
@@ -69,7 +69,7 @@ def _line(ax, group: Group, i: int, value: Callable[[dict], Any], scale: float =
     return True
 
 
-def _int_xaxis(ax, label: str = "generation") -> None:
+def int_xaxis(ax, label: str = "generation") -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -77,7 +77,7 @@ def _int_xaxis(ax, label: str = "generation") -> None:
     ax.grid(alpha=0.3)
 
 
-def _compared(groups: list[Group]) -> str:
+def compared_text(groups: list[Group]) -> str:
     if len(groups) == 1:
         g = groups[0]
         return g.label if len(g.runs) == 1 else f"mean of {len(g.runs)} seeds"
@@ -88,12 +88,12 @@ def _compared(groups: list[Group]) -> str:
     return f"{len(groups)} configurations of {keys[0]}" if len(keys) == 1 else f"{len(groups)} configurations"
 
 
-def _wrap(text: str, width_in: float, fontsize: float = 8) -> str:
+def wrap_text(text: str, width_in: float, fontsize: float = 8) -> str:
     """Wrap text to a width in inches (about 0.55 em per character)."""
     return textwrap.fill(text, max(12, int(width_in * 72 / (0.55 * fontsize))))
 
 
-def _legend_below(fig, axes, ncol: int | None = None) -> None:
+def legend_below(fig, axes, ncol: int | None = None) -> None:
     handles, labels = [], []
     for ax in np.ravel(axes):
         for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -106,28 +106,28 @@ def _legend_below(fig, axes, ncol: int | None = None) -> None:
         fit = max(1, int(fig.get_figwidth() / (0.06 * min(longest, 70) + 0.6)))
         ncol = max(1, min(ncol or 3, len(labels), fit))
         col_in = fig.get_figwidth() / ncol - 0.6
-        fig.legend(handles, [_wrap(lab, col_in) for lab in labels], loc="outside lower center", ncol=ncol,
+        fig.legend(handles, [wrap_text(lab, col_in) for lab in labels], loc="outside lower center", ncol=ncol,
                    frameon=False, fontsize=8)
 
 
-def _ncols(n: int, most: int) -> int:
+def ncols(n: int, most: int) -> int:
     """Columns for n panels, at most ``most``, rows filled evenly (4 panels: 2 × 2, not 3 + 1)."""
     return max(1, math.ceil(n / math.ceil(n / most))) if n else 1
 
 
-def _signed(v: float) -> str:
+def signed(v: float) -> str:
     return "0.0" if round(v, 1) == 0 else f"{v:+.1f}"
 
 
-def _suptitle(fig, text: str, fontsize: float = 10) -> None:
+def suptitle(fig, text: str, fontsize: float = 10) -> None:
     """A figure title wrapped to the figure's width (long titles must not run off a narrow figure)."""
     width = int(fig.get_figwidth() * 72 / (0.55 * fontsize))  # ~0.55 em per character
     fig.suptitle(textwrap.fill(text, width), fontsize=fontsize)
 
 
-def _save(fig, out: Path, stem: str) -> Path:
+def save_figure(fig, out: Path, stem: str) -> Path:
     """Write ``stem.png`` and ``stem.svg`` (no date in the SVG: the same figure gives the same file)."""
-    plt = _mpl()
+    plt = mpl()
     for ext in ("png", "svg"):
         with atomic_path(out / f"{stem}.{ext}") as tmp:
             fig.savefig(tmp, format=ext, dpi=DPI, metadata={"Date": None} if ext == "svg" else None)
@@ -135,16 +135,16 @@ def _save(fig, out: Path, stem: str) -> Path:
     return out / f"{stem}.png"
 
 
-def _band_note(groups: list[Group]) -> str:
+def band_note(groups: list[Group]) -> str:
     """What the shaded bands are (the seed counts and the t factor), or "" when no group has several seeds."""
     ns = sorted({len(g.runs) for g in groups if len(g.runs) > 1})
     if not ns:
         return ""
     return (f"Shaded: 95% t-interval over seeds (n={'/'.join(map(str, ns))}; "
-            f"t={_t975(ns[0] - 1):.1f}{' — wide with so few seeds' if ns[0] <= 3 else ''}).")
+            f"t={t975(ns[0] - 1):.1f}{' — wide with so few seeds' if ns[0] <= 3 else ''}).")
 
 
-def _pick(gens: list[int], k: int = MAX_CURVES) -> list[int]:
+def pick_generations(gens: list[int], k: int = MAX_CURVES) -> list[int]:
     """Up to k generations, always the first and the last, the rest evenly spaced."""
     gens = sorted(set(gens))
     if len(gens) <= k:

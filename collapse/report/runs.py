@@ -133,7 +133,7 @@ def _bucket_keys(row: dict) -> tuple[str, ...]:
     return tuple(keys)
 
 
-def _check_buckets(runs: list[Run]) -> tuple[str, ...]:
+def check_buckets(runs: list[Run]) -> tuple[str, ...]:
     first = runs[0]
     for r in runs[1:]:
         if set(r.buckets) != set(first.buckets):
@@ -142,7 +142,7 @@ def _check_buckets(runs: list[Run]) -> tuple[str, ...]:
     return first.buckets
 
 
-def _unique_names(runs: list[Run]) -> None:
+def unique_names(runs: list[Run]) -> None:
     """Two runs named alike (a/seed0, b/seed0) are told apart by their parent folder."""
     counts = defaultdict(int)
     for r in runs:
@@ -218,18 +218,18 @@ def group_runs(runs: list[Run]) -> list[Group]:
         if len(groups) == 1:
             grp.label = grp.runs[0].name if len(grp.runs) == 1 else ", ".join(r.name for r in grp.runs)
         else:
-            parts = [f"{k}={_short(x)}" for k, x in grp.diff.items()]
+            parts = [f"{k}={short_value(x)}" for k, x in grp.diff.items()]
             grp.label = ", ".join(parts[:3]) + (f" (+{len(parts) - 3} more)" if len(parts) > 3 else "")
     return groups
 
 
-def _schema_drift(runs: list[Run]) -> list[str]:
+def schema_drift(runs: list[Run]) -> list[str]:
     """Config keys some runs have and others lack (runs made by different versions of the package)."""
     flat = [set(_flatten(_strip(r.config))) for r in runs]
     return sorted(set().union(*flat) - set(flat[0]).intersection(*flat[1:]))
 
 
-def _short(v: Any) -> str:
+def short_value(v: Any) -> str:
     """A config value for a label: ``null`` for None, a long one cut to its last 40 characters."""
     s = "null" if v is None else str(v)
     return s if len(s) <= 40 else "…" + s[-39:]
@@ -245,7 +245,7 @@ def metric_getter(key: str) -> Callable[[dict], Any]:
     return lambda r: r.get(key)
 
 
-def _present(groups: list[Group], fld: str, buckets: tuple[str, ...]) -> list[str]:
+def present_buckets(groups: list[Group], fld: str, buckets: tuple[str, ...]) -> list[str]:
     """Buckets with at least one value in ``fld`` (``10001+`` with a 4k vocabulary, ``unseen`` shift: dropped)."""
     return [b for b in buckets
             if any(isinstance((r.get(fld) or {}).get(b), (int, float)) for g in groups for run in g.runs

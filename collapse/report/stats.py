@@ -20,7 +20,7 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
-def _t975(df: int) -> float:
+def t975(df: int) -> float:
     """The 97.5% quantile of Student's t with ``df`` degrees of freedom (the two-sided 95% interval's factor)."""
     return _T975[df - 1] if df <= len(_T975) else 1.96 + 2.4 / df
 
@@ -37,7 +37,7 @@ def _ci(values: list[float]) -> dict:
     The keys (``mean``, ``ci95``, ``n``, ``values``) are those ``summary.json`` stores for each metric.
     """
     a = np.asarray(values, dtype=np.float64)
-    half = _t975(len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)) if len(a) >= 2 else None
+    half = t975(len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)) if len(a) >= 2 else None
     return {"mean": float(a.mean()), "ci95": None if half is None else float(half), "n": int(len(a)),
             "values": [float(v) for v in a]}
 
