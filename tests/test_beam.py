@@ -11,8 +11,8 @@ import pytest
 import torch
 from test_generate import _gpt2, _llama, _opt
 
-from collapse.config import ConfigError, GenerationConfig
 from collapse import generate as G
+from collapse.config import ConfigError, GenerationConfig
 from collapse.fastgen import FastDecoder
 from collapse.generate import sample_batch
 
