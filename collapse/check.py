@@ -37,7 +37,7 @@ class Plan:
     splits: object = None
     skeleton: object = None  # the model's shapes on the meta device
     tok: object = None  # None: the scratch model (and its tokenizer) is still to be built
-    data: object = None  # run.RealData where the tokenizer was at hand
+    data: object = None  # collapse.data.RealData, where the tokenizer was at hand
 
     def add(self, what: str, text: str) -> None:
         self.lines.append((what, text))
@@ -91,14 +91,22 @@ def _creatable(out: Path) -> None:
             raise ConfigError(f"out_dir {out} is not writable: choose another out_dir.")
         return
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=".collapse-probe-", dir=anc))
+        os.rmdir(tempfile.mkdtemp(prefix=".collapse-probe-", suffix=".tmp", dir=anc))  # .tmp: cleaned if killed
     except OSError as e:
         raise ConfigError(f"out_dir {out} cannot be created in {anc} ({e.strerror or e}): choose another "
                           "out_dir.") from None
 
 
 def check_out_dir(cfg: Config, plan: Plan) -> None:
-    from collapse.rundir import prepare_out_dir
+    try:
+        _check_out_dir(cfg, plan)
+    except PermissionError as e:
+        raise ConfigError(f"out_dir {cfg.out_dir} cannot be used: permission denied on {e.filename or cfg.out_dir}. "
+                          "Choose another out_dir.") from None
+
+
+def _check_out_dir(cfg: Config, plan: Plan) -> None:
+    from collapse.rundir import Manifest, check_unlocked, prepare_out_dir
 
     out = Path(cfg.out_dir)
     if plan.command == "measure":
@@ -110,6 +118,10 @@ def check_out_dir(cfg: Config, plan: Plan) -> None:
         return
     plan.out, plan.resuming, plan.wipe = prepare_out_dir(cfg)
     _creatable(out)
+    if out.is_dir():
+        check_unlocked(out)
+    if plan.resuming:
+        Manifest.load_or_new(out / "manifest.json", cfg.fingerprint())  # a corrupt manifest is refused now
     state = "resumed (same config)" if plan.resuming else (
         "emptied, then a new run (resume=never overwrite=true)" if plan.wipe else "new run")
     plan.add("out_dir", f"{out}: {state}")
@@ -158,14 +170,11 @@ def check_model(cfg: Config, plan: Plan, device) -> None:
 
 
 def check_scratch_fits(cfg: Config, docs: list[str]) -> None:
-    """`collapse measure`'s checks that need no scratch model: its context comes from the config, and its
-    byte-level BPE gives a document at most as many tokens as it has UTF-8 bytes."""
-    from collapse.errors import DataError, ModelError
+    """A check of `collapse measure` that needs no scratch model: its byte-level BPE gives a document at most as
+    many tokens as it has UTF-8 bytes."""
+    from collapse.errors import DataError
 
-    w, ctx = cfg.measure.window, cfg.model.scratch.context
-    if w > ctx:
-        raise ModelError(f"measure.window={w} exceeds the model's context of {ctx} tokens: use measure.window<={ctx} "
-                         "(or raise model.scratch.context).")
+    w = cfg.measure.window
     longest = max((len(d.encode("utf-8")) for d in docs), default=0)
     if longest < w:
         raise DataError(f"every {cfg.measure.split} example is shorter than measure.window={w} tokens (longest: "
@@ -204,9 +213,9 @@ def check_run(cfg: Config, accelerator) -> Plan:
     if plan.tok is not None:
         plan.data = d = real_data(cfg, plan.tok, plan.splits, vocab_size(plan.skeleton, plan.tok))
         n_seq = d.n_seq
-        plan.add("blocks", f"{len(d.real_rows):,} real training rows, {len(d.val_blocks):,} validation and "
-                           f"{len(d.test_blocks):,} test blocks of {cfg.eval.block_size or gc.prompt_tokens + gc.new_tokens}"
-                           " tokens")
+        plan.add("blocks", f"{len(d.real_rows):,} real training rows of {d.real_rows.shape[1]} tokens; "
+                           f"{len(d.val_blocks):,} validation and {len(d.test_blocks):,} test blocks of "
+                           f"{d.test_blocks.shape[1]}")
     else:
         n_seq = gc.num_sequences or 0
         plan.add("blocks", "counted once the scratch tokenizer is built")
@@ -245,9 +254,17 @@ def check_measure(cfg: Config, accelerator) -> Plan:
     check_model(cfg, plan, accelerator.device)
     w, ctx = cfg.measure.window, context_length(plan.skeleton)
     if w > ctx:
-        raise ModelError(f"measure.window={w} exceeds the model's context of {ctx} tokens: use measure.window<={ctx}.")
-    plan.add("measure", f"{cfg.measure.samples} {cfg.measure.split} examples of {w} tokens: the model continues the "
-                        f"first {w // 2} for {w // 2} tokens")
+        hint = " (or raise model.scratch.context)" if cfg.model.name_or_path == "scratch" else ""
+        raise ModelError(f"measure.window={w} exceeds the model's context of {ctx} tokens: use measure.window<={ctx}"
+                         f"{hint}.")
+    if plan.tok is not None:  # the examples long enough for the window, counted with the model's tokenizer
+        from collapse.data import measure_windows, tokenize
+
+        plan.data = measure_windows(tokenize(plan.tok, plan.splits[cfg.measure.split]), w, cfg.measure.samples,
+                                    cfg.measure.split)
+    n = f"{len(plan.data)}" if plan.data is not None else f"up to {cfg.measure.samples}"
+    plan.add("measure", f"{n} {cfg.measure.split} examples of {w} tokens: the model continues the first {w // 2} "
+                        f"for {w // 2} tokens")
     plan.add("W&B", wandb_mode(cfg))
     plan.add("processes", _world(accelerator))
     return plan

@@ -25,12 +25,12 @@ from collapse.rundir import gen_dir
 from collapse.seeding import seed_torch
 
 
-def load_model_dir(folder: Path, like, device):
-    """A saved (merged or fully fine-tuned) model, in the dtype of ``like``."""
+def load_model_dir(folder: Path, device):
+    """A saved (merged or fully fine-tuned) model, in the dtype it was saved in: the weights a run used in memory
+    (a full fine-tune keeps float32 master weights even over a bf16 base; a merged LoRA model has the base's)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=next(like.parameters()).dtype,
-                                                use_safetensors=True).to(device).eval()
+    return AutoModelForCausalLM.from_pretrained(folder, dtype="auto", use_safetensors=True).to(device).eval()
 
 
 def merged(model):
@@ -106,10 +106,10 @@ class Checkpoints:
                 model.save_pretrained(tmp, safe_serialization=True)
         return model.eval()
 
-    def load_gen0(self, like):
+    def load_gen0(self):
         folder = gen_dir(self.out, 0) / "model"
         try:
-            return load_model_dir(folder, like, self.device)
+            return load_model_dir(folder, self.device)
         except Exception as e:  # noqa: BLE001 - checked on resume already; this is a race with a deletion
             raise DataError(f"the fine-tuned generation 0 in {folder} cannot be read ({first_line(e, 120)}): "
                             "rerun the same command to redo it.") from None
@@ -131,7 +131,7 @@ class Checkpoints:
                 from peft import PeftModel
 
                 return PeftModel.from_pretrained(copy.deepcopy(base), folder).to(self.device).eval()
-            return load_model_dir(folder, base, self.device)
+            return load_model_dir(folder, self.device)
         except Exception as e:  # noqa: BLE001 - safetensors / peft / transformers raise several types
             raise DataError(f"the weights of generation {g} in {folder} cannot be read ({first_line(e, 120)}): "
                             f"delete {folder} and rerun the same command to retrain it.") from None
@@ -153,15 +153,20 @@ class Checkpoints:
     # ---- sizes
 
     def bytes_per_generation(self, model0) -> int:
-        """Bytes of the weights one generation keeps: the adapter (+ the merged model), or the whole model."""
-        full = weights_bytes(model0)
+        """Bytes of the weights one generation keeps: the adapter (+ the merged model), or the whole model
+        (a full fine-tune in float32, its master weights)."""
         if not self.lora:
-            return full
-        return adapter_bytes(model0, self.cfg) + (full if self.continues_previous else 0)
+            return master_bytes(model0)
+        return adapter_bytes(model0, self.cfg) + (weights_bytes(model0) if self.continues_previous else 0)
 
 
-def weights_bytes(model, trainable_only: bool = False) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad or not trainable_only)
+def weights_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def master_bytes(model) -> int:
+    """A fully trained copy of ``model`` as saved: float32 (or wider) weights."""
+    return sum(p.numel() * max(4, p.element_size()) for p in model.parameters())
 
 
 def adapter_bytes(model, cfg: Config) -> int:
@@ -195,7 +200,7 @@ def disk_estimate(cfg: Config, ckpt: Checkpoints, model0, n_seq: int) -> tuple[i
     small = 64 * 1024  # json files, metrics row, adapter config
     weights = ckpt.bytes_per_generation(model0)
     kept = G if cfg.keep_checkpoints is None else min(G, cfg.keep_checkpoints)
-    gen0 = weights_bytes(model0) if cfg.train.gen0_epochs else 0
+    gen0 = (master_bytes(model0) if cfg.train.method == "full" else weights_bytes(model0)) if cfg.train.gen0_epochs else 0
     report = 1 << 20
     total = (G + 1) * (samples + small) + kept * weights + samples + gen0 + report
     return samples + small + weights, total

@@ -107,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = _load("measure", args.args)  # config errors before the heavy imports
             from collapse.measure import run_measure
 
-            return _show_plan(run_measure(cfg, check_only=True)) if args.check else (run_measure(cfg) and 0)
+            if args.check:
+                return _show_plan(run_measure(cfg, check_only=True))
+            run_measure(cfg)
+            return 0
         if args.command == "run":
             cfg = _load("run", args.args)
             from collapse.run import Run, run_loop

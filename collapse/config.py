@@ -22,6 +22,9 @@ import yaml
 
 from collapse.errors import ConfigError
 
+# top-level config sections that change no result (a run resumes with them changed; the fingerprint skips them)
+RESULT_NEUTRAL_KEYS = ("resume", "overwrite", "wandb", "out_dir", "keep_checkpoints")
+
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
     if isinstance(default, (list, dict)):
@@ -249,7 +252,7 @@ class Config:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def fingerprint(self, exclude: tuple[str, ...] = ("resume", "overwrite", "wandb", "out_dir", "keep_checkpoints")) -> str:
+    def fingerprint(self, exclude: tuple[str, ...] = RESULT_NEUTRAL_KEYS) -> str:
         """Hash of everything that changes results (not bookkeeping such as resume or W&B)."""
         d = {k: v for k, v in self.to_dict().items() if k not in exclude}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -16,7 +16,6 @@ import numpy as np
 
 from collapse import metrics as M
 from collapse.config import Config
-from collapse.errors import ModelError
 from collapse.io import write_json, write_parquet, write_text
 
 log = logging.getLogger("collapse")
@@ -43,7 +42,7 @@ def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = Fals
     from collapse.check import check_measure
     from collapse.data import measure_windows, tokenize
     from collapse.generate import generate_corpus
-    from collapse.modeling import context_length, load_model, set_threads
+    from collapse.modeling import load_model, set_threads
     from collapse.report import plot_bucket_shift
     from collapse.runtime import make_accelerator
     from collapse.tracking import make_logger
@@ -56,15 +55,13 @@ def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = Fals
     if check_only:
         accelerator.end_training()
         return plan
-    for w in plan.warnings:
+    for w in plan.warnings if is_main else ():
         log.warning(f"warning: {w}")
     model, tok, model_ref = load_model(cfg.model, plan.splits, cfg.seed, accelerator.device, show_progress)
-    ctx = context_length(model)
-    if cfg.measure.window > ctx:
-        raise ModelError(f"measure.window={cfg.measure.window} exceeds the model's context of {ctx} tokens: "
-                         f"use measure.window<={ctx}.")
-    doc_ids = tokenize(tok, plan.splits[cfg.measure.split])
-    windows = measure_windows(doc_ids, cfg.measure.window, cfg.measure.samples, cfg.measure.split)
+    windows = plan.data  # made by the check where the tokenizer was at hand; else with the scratch one, just built
+    if windows is None:
+        windows = measure_windows(tokenize(tok, plan.splits[cfg.measure.split]), cfg.measure.window,
+                                  cfg.measure.samples, cfg.measure.split)
     half = cfg.measure.window // 2
     prompts, refs = windows[:, :half], windows[:, half:]
     if len(windows) < cfg.measure.samples:

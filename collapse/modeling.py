@@ -64,6 +64,8 @@ def _loading(name_or_path: str, source: str):
     """Turn what transformers raises for a model that cannot be loaded into one ModelError line."""
     try:
         yield
+    except ImportError as e:  # a model's own code (trust_remote_code) needs a package that is not installed
+        raise ModelError(f"cannot load model `{name_or_path}`: {first_line(e)} (install the package it names).") from None
     except (OSError, ValueError, KeyError) as e:
         first = first_line(e)
         if source == name_or_path and os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -137,8 +139,9 @@ def check_fits(cfg, model) -> None:
     eval_len = cfg.eval.block_size or L
     if eval_len > ctx:
         raise ModelError(f"eval.block_size={eval_len} exceeds the model's context of {ctx} tokens.")
-    if cfg.train.method == "lora" and cfg.train.lora.target_modules:
-        check_lora_targets(model, cfg.train.lora.target_modules)
+    if cfg.train.method == "lora":
+        lc = cfg.train.lora
+        check_lora_targets(model, lc.target_modules or default_targets(model), lc.modules_to_save)
 
 
 def load_model(cfg: ModelConfig, splits, seed: int, device: torch.device, show_progress: bool = True):
@@ -173,12 +176,16 @@ def default_targets(model) -> list[str]:
     return sorted(linear_module_names(model))
 
 
-def check_lora_targets(model, targets: list[str]) -> None:
+def check_lora_targets(model, targets: list[str], modules_to_save: list[str] | None = None) -> None:
     available = linear_module_names(model)
     missing = [t for t in targets if t not in available]
     if missing:
         raise ModelError(f"train.lora.target_modules {missing} do not exist in {type(model).__name__}: "
                          f"choose from {sorted(available)}.")
+    all_modules = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    bad_save = [m for m in (modules_to_save or []) if m not in all_modules]
+    if bad_save:
+        raise ModelError(f"train.lora.modules_to_save {bad_save} do not exist in {type(model).__name__}.")
 
 
 def attach_lora(model, cfg: LoraConfig):
@@ -187,11 +194,7 @@ def attach_lora(model, cfg: LoraConfig):
     from peft import get_peft_model
 
     targets = cfg.target_modules or default_targets(model)
-    check_lora_targets(model, targets)
-    all_modules = {n.rsplit('.', 1)[-1] for n, _ in model.named_modules()}
-    bad_save = [m for m in (cfg.modules_to_save or []) if m not in all_modules]
-    if bad_save:
-        raise ModelError(f"train.lora.modules_to_save {bad_save} do not exist in {type(model).__name__}.")
+    check_lora_targets(model, targets, cfg.modules_to_save)
     pc = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
                         modules_to_save=cfg.modules_to_save, task_type="CAUSAL_LM",
                         fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2")

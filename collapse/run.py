@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -86,10 +85,12 @@ def run_loop(cfg: Config, show_progress: bool = True) -> int:
             model = run.weights(g, base)  # model g: kept once trained here, else read from disk when needed
             if g > 0:
                 run.stage("train", g, train_stage, base, prev, model, then=run.prune)
+            prev = None  # model g-1 is not needed after training g
             run.stage("evaluate", g, evaluate_stage, model)
             run.stage("generate", g, generate_stage, model)
             run.stage("measure", g, measure_stage, base, then=run.log_generation)
             prev = model if run.ckpt.continues_previous else None
+        model = prev = None  # the report needs no model
         run.finish()
     return 0
 
@@ -272,7 +273,7 @@ class Run:
         if check_only:
             accelerator.end_training()
             return plan
-        for w in plan.warnings:
+        for w in plan.warnings if accelerator.is_main_process else ():
             log.warning(f"warning: {w}")
         show = show_progress and accelerator.is_main_process
         model0, tok, model_ref = load_model(cfg.model, plan.splits, cfg.seed, accelerator.device, show)
@@ -312,7 +313,7 @@ class Run:
     def generation0(self):
         if not self.cfg.train.gen0_epochs:
             return self.model0
-        model = Weights(lambda: self.ckpt.load_gen0(self.model0))
+        model = Weights(self.ckpt.load_gen0)
         self.stage("train", 0, gen0_stage, model)
         return model()
 
@@ -320,6 +321,8 @@ class Run:
         self.ckpt.prune(g, self.is_main)
 
     def log_generation(self, g: int) -> None:
+        if isinstance(self.logger, NullLogger):  # other processes, or W&B disabled: nothing to read back
+            return
         d = self.dir(g)
         log_generation(self.logger, read_json(d / "metrics.json"), np.load(d / "gen0_ppl.npy", allow_pickle=False),
                        d / "samples.parquet", g, PPL_BINS)
@@ -328,7 +331,8 @@ class Run:
 
     @contextmanager
     def session(self):
-        """Lock and open the folder and the logger; any failure closes them and becomes one error line."""
+        """Lock and open the folder and the logger; on any failure close them (a user error or a full disk
+        becomes one error line; Ctrl-C says how to resume)."""
         try:
             self._open_folder()
             self._open_logger()
@@ -400,13 +404,6 @@ class Run:
                  f"train {cfg.train.method}/{cfg.train.init}; {self.accelerator.num_processes} process(es) on "
                  f"{self.accelerator.device.type}; disk ≈ {fmt_bytes(per_gen)} per generation, {fmt_bytes(total)} "
                  "for the run")
-        try:
-            free = shutil.disk_usage(out).free
-            if free < total:
-                log.warning(f"only {fmt_bytes(free)} free on the disk of {out}; the run may need about "
-                            f"{fmt_bytes(total)} (a full disk stops it cleanly: free space and rerun to resume).")
-        except OSError:  # pragma: no cover
-            pass
         if self.resuming and not isinstance(self.logger, NullLogger):
             # the killed process may not have flushed its last rows: log the finished generations again,
             # from the first step the W&B server lacks (online: starting_step; offline it is 0)

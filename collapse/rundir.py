@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from collapse import fault
-from collapse.config import Config, config_diff
+from collapse.config import RESULT_NEUTRAL_KEYS, Config, config_diff
 from collapse.errors import ConfigError, DataError, first_line
 from collapse.io import atomic_path, dumps_line, is_temp_name, read_id_column, read_json, write_text
 
@@ -29,8 +29,6 @@ STAGES = ("train", "evaluate", "generate", "measure")
 REDO_WITH = {"train": ("train",), "evaluate": ("evaluate", "measure"), "generate": ("generate", "measure"),
              "measure": ("measure",)}
 LOCK_NAME = ".lock"
-# config sections a resumed run may change (they do not change any result)
-RESUMABLE_KEYS = ("resume", "overwrite", "wandb", "out_dir", "keep_checkpoints")
 
 
 def gen_dir(out: str | Path, g: int) -> Path:
@@ -121,7 +119,7 @@ def prepare_out_dir(cfg: Config) -> tuple[Path, bool, bool]:
             except ConfigError as e:
                 raise ConfigError(f"{cfg_path} cannot be read ({e}); rerun with resume=never overwrite=true.") from None
             if old.fingerprint() != cfg.fingerprint():
-                keys = [k for k in config_diff(old.to_dict(), cfg.to_dict()) if k.split(".")[0] not in RESUMABLE_KEYS]
+                keys = [k for k in config_diff(old.to_dict(), cfg.to_dict()) if k.split(".")[0] not in RESULT_NEUTRAL_KEYS]
                 raise ConfigError(f"{out} holds a run with a different config ({', '.join(keys)}): use another "
                                   "out_dir, or resume=never overwrite=true to start over.")
             return out, True, False
@@ -155,6 +153,25 @@ def lock_out_dir(out: Path):
     fh.write(f"{os.getpid()}\n")
     fh.flush()
     return fh
+
+
+def check_unlocked(out: Path) -> None:
+    """Refuse a folder another `collapse run` holds, without taking its lock (nothing is written)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        return
+    lock = out / LOCK_NAME
+    if not lock.is_file():
+        return
+    with open(lock) as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = fh.read().strip()
+            raise ConfigError(f"another `collapse run`{f' (pid {pid})' if pid else ''} is using {out} right now: wait "
+                              "for it to end, or choose another out_dir.") from None
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def empty_out_dir(out: Path) -> None:

@@ -1,0 +1,95 @@
+"""What `--check` (and so every run, which makes the same checks first) refuses, tested on the check functions
+themselves; the command-line property over every key is in test_fuzz_check.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_RUN
+
+from collapse.check import Plan, check_out_dir, ineffective_settings
+from collapse.config import load_config
+from collapse.errors import ConfigError, DataError, ModelError
+
+
+def _cfg(tmp_path: Path, *extra: str):
+    return load_config(None, [*TINY_RUN, f"out_dir={tmp_path / 'run'}", *extra])
+
+
+def test_a_folder_in_use_is_refused_without_taking_its_lock(tmp_path):
+    from collapse.rundir import lock_out_dir
+
+    cfg = _cfg(tmp_path)
+    held = lock_out_dir(Path(cfg.out_dir))
+    try:
+        with pytest.raises(ConfigError, match="another `collapse run`"):
+            check_out_dir(cfg, Plan("run"))
+    finally:
+        held.close()
+    check_out_dir(cfg, Plan("run"))  # free again: accepted, and the check took nothing
+
+
+def test_a_corrupt_manifest_is_refused_before_the_run(tmp_path):
+    cfg = _cfg(tmp_path)
+    out = Path(cfg.out_dir)
+    out.mkdir()
+    (out / "config.yaml").write_text(cfg.to_yaml())
+    (out / "manifest.json").write_text("{not json")
+    with pytest.raises(DataError, match="manifest.json is corrupt"):
+        check_out_dir(cfg, Plan("run"))
+
+
+def test_permission_denied_is_one_error(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path)
+
+    def denied(self, *a, **k):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "exists", denied)
+    with pytest.raises(ConfigError, match="permission denied"):
+        check_out_dir(cfg, Plan("run"))
+
+
+def test_modules_to_save_typo_is_refused_before_generation_0():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from collapse.modeling import check_fits
+
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, bos_token_id=0,
+                                           eos_token_id=0))
+    check_fits(load_config(None, [*TINY_RUN, "train.lora.modules_to_save=[lm_head]"]), model)
+    with pytest.raises(ModelError, match="modules_to_save"):
+        check_fits(load_config(None, [*TINY_RUN, "train.lora.modules_to_save=[lm_haed]"]), model)
+
+
+def test_settings_that_cannot_act_are_named():
+    cfg = load_config(None, ["generation.num_beams=3", "generation.temperature=0.5", "regime.size=10"])
+    notes = ineffective_settings(cfg, "run")
+    assert any("temperature=0.5" in n and "beam search" in n for n in notes)
+    assert any("regime.size" in n for n in notes)
+    assert ineffective_settings(load_config(None, []), "run") == []
+
+
+def test_a_full_fine_tune_reloads_in_the_dtype_it_was_used_in(tmp_path):
+    """Resume reloads model g as it was in memory: float32 master weights over a bf16 base stay float32."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from collapse.checkpoints import load_model_dir
+
+    m = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, bos_token_id=0, eos_token_id=0))
+    m.save_pretrained(tmp_path / "f32")
+    m.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    assert next(load_model_dir(tmp_path / "f32", torch.device("cpu")).parameters()).dtype == torch.float32
+    assert next(load_model_dir(tmp_path / "bf16", torch.device("cpu")).parameters()).dtype == torch.bfloat16
+
+
+def test_measure_exits_0_on_every_process(monkeypatch):
+    """Processes other than the main one get an empty result from run_measure: still a success."""
+    import collapse.measure
+    from collapse.cli import main
+
+    monkeypatch.setattr(collapse.measure, "run_measure", lambda cfg, **k: {})
+    assert main(["measure", *TINY_RUN[:7]]) == 0
