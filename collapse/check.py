@@ -3,9 +3,11 @@
 ``collapse run --check`` (and ``collapse measure --check``) validates the config, the data source and text
 field, the split sizes, the model folder or hub id (without loading weights: a weightless skeleton on
 the meta device), the tokenizer, context against prompt + new tokens, the LoRA targets, the out_dir
-(writable; new, resumed or refused), the disk the run will take, the W&B mode and the world size; it
-prints a short plan and exits 0, or exits 2 with one ``error:`` line. It writes nothing. The real
-commands run the same checks first (``check_run`` / ``check_measure``) and go on from their results.
+(writable; new, resumed or refused: in use, corrupt manifest, another config), the disk the run will
+take, the W&B mode and the world size; it prints a short plan and exits 0, or exits 2 with one
+``error:`` line. It writes nothing of its own (a hub id is looked up as the run would, and Hugging Face
+may cache what it fetches). The real commands run the same checks first (``check_run`` /
+``check_measure``) and go on from their results.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class Plan:
     splits: object = None
     skeleton: object = None  # the model's shapes on the meta device
     tok: object = None  # None: the scratch model (and its tokenizer) is still to be built
+    token_cache: Path | None = None  # a cached scratch model's tokens.npz (it may be missing: older caches)
+    ids: dict | None = None  # every split's token ids, where the tokenizer was at hand
     data: object = None  # collapse.data.RealData, where the tokenizer was at hand
 
     def add(self, what: str, text: str) -> None:
@@ -147,11 +151,12 @@ def check_model(cfg: Config, plan: Plan, device) -> None:
 
     m = cfg.model
     if m.name_or_path == "scratch":
-        from collapse.scratch import build_scratch_model, scratch_folder
+        from collapse.scratch import TOKENS_FILE, build_scratch_model, scratch_folder
 
         folder = scratch_folder(m.scratch, plan.splits, cfg.seed)
         if (folder / "DONE").is_file():
             plan.skeleton, plan.tok = load_skeleton(str(folder), m, device)
+            plan.token_cache = folder / TOKENS_FILE
             where = f"cached in {folder}"
         else:
             with torch.device("meta"):
@@ -201,7 +206,7 @@ def _world(accelerator) -> str:
 def check_run(cfg: Config, accelerator) -> Plan:
     """Every check `collapse run` makes before its first stage; raises CollapseError, writes nothing."""
     from collapse.checkpoints import Checkpoints, disk_estimate
-    from collapse.data import real_data
+    from collapse.data import real_data, split_ids
     from collapse.modeling import vocab_size
     from collapse.runtime import fmt_bytes
 
@@ -211,7 +216,8 @@ def check_run(cfg: Config, accelerator) -> Plan:
     check_model(cfg, plan, accelerator.device)
     gc, tc = cfg.generation, cfg.train
     if plan.tok is not None:
-        plan.data = d = real_data(cfg, plan.tok, plan.splits, vocab_size(plan.skeleton, plan.tok))
+        plan.ids = split_ids(plan.tok, plan.splits, plan.token_cache)
+        plan.data = d = real_data(cfg, plan.ids, plan.tok.eos_token_id, vocab_size(plan.skeleton, plan.tok))
         n_seq = d.n_seq
         plan.add("blocks", f"{len(d.real_rows):,} real training rows of {d.real_rows.shape[1]} tokens; "
                            f"{len(d.val_blocks):,} validation and {len(d.test_blocks):,} test blocks of "
@@ -258,10 +264,10 @@ def check_measure(cfg: Config, accelerator) -> Plan:
         raise ModelError(f"measure.window={w} exceeds the model's context of {ctx} tokens: use measure.window<={ctx}"
                          f"{hint}.")
     if plan.tok is not None:  # the examples long enough for the window, counted with the model's tokenizer
-        from collapse.data import measure_windows, tokenize
+        from collapse.data import measure_windows, split_ids
 
-        plan.data = measure_windows(tokenize(plan.tok, plan.splits[cfg.measure.split]), w, cfg.measure.samples,
-                                    cfg.measure.split)
+        ids = split_ids(plan.tok, plan.splits, plan.token_cache)[cfg.measure.split]
+        plan.data = measure_windows(ids, w, cfg.measure.samples, cfg.measure.split)
     n = f"{len(plan.data)}" if plan.data is not None else f"up to {cfg.measure.samples}"
     plan.add("measure", f"{n} {cfg.measure.split} examples of {w} tokens: the model continues the first {w // 2} "
                         f"for {w // 2} tokens")

@@ -215,6 +215,31 @@ def tokenize(tokenizer, docs: list[str], batch: int = 1000) -> list[np.ndarray]:
     return out
 
 
+def split_ids(tokenizer, splits: Splits, cache: Path | None = None) -> dict[str, list[np.ndarray]]:
+    """Token ids of every document of every split: read from ``cache`` (a scratch model's ``tokens.npz``, made
+    with its tokenizer when it was built) where it holds these splits, else tokenized here."""
+    if cache is not None and cache.is_file():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                if str(z["fingerprint"]) == splits.fingerprint():
+                    return {s: np.split(z[s], np.cumsum(z[f"{s}_lengths"])[:-1]) for s in SPLITS}
+        except (OSError, KeyError, ValueError):  # unreadable or another layout: tokenize (same ids)
+            pass
+    return {s: tokenize(tokenizer, splits[s]) for s in SPLITS}
+
+
+def save_split_ids(path: Path, splits: Splits, ids: dict[str, list[np.ndarray]]) -> None:
+    """``split_ids``' cache: each split's ids end to end with the document lengths, and the splits' fingerprint."""
+    from collapse.io import atomic_path
+
+    arrays = {"fingerprint": np.array(splits.fingerprint())}
+    for s in SPLITS:
+        arrays[s] = np.concatenate(ids[s]).astype(np.int32) if ids[s] else np.zeros(0, np.int32)
+        arrays[f"{s}_lengths"] = np.array([len(d) for d in ids[s]], dtype=np.int64)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
 def concat_blocks(doc_ids: list[np.ndarray], block: int, eos_id: int | None) -> np.ndarray:
     """Documents joined end to end (EOS between them), cut into full ``block``-token rows; the ragged end is dropped."""
     parts = []
@@ -272,16 +297,17 @@ def _check_fits_memory(n_seq: int, length: int) -> None:
                         f"of memory, and {free / 2**30:,.1f} GiB are free: lower generation.num_sequences.")
 
 
-def real_data(cfg: Config, tok, splits, vocab: int) -> RealData:
+def real_data(cfg: Config, ids: dict[str, list[np.ndarray]], eos: int | None, vocab: int) -> RealData:
+    """The splits' token ids (``split_ids``) cut into what `collapse run` uses; the prompts are the same every
+    generation."""
     gc = cfg.generation
     L = gc.prompt_tokens + gc.new_tokens
     eval_len = cfg.eval.block_size or L
-    eos = tok.eos_token_id
-    train_ids = tokenize(tok, splits.train)
+    train_ids = ids["train"]
     prompt_blocks = concat_blocks(train_ids, L, eos)
     real_rows = concat_blocks(train_ids, L if gc.keep_prompt else gc.new_tokens, eos)
-    val_blocks = concat_blocks(tokenize(tok, splits.validation), eval_len, eos)
-    test_blocks = concat_blocks(tokenize(tok, splits.test), eval_len, eos)
+    val_blocks = concat_blocks(ids["validation"], eval_len, eos)
+    test_blocks = concat_blocks(ids["test"], eval_len, eos)
     if cfg.eval.max_blocks:
         test_blocks, val_blocks = test_blocks[: cfg.eval.max_blocks], val_blocks[: cfg.eval.max_blocks]
     if len(prompt_blocks) == 0 or len(test_blocks) == 0 or len(val_blocks) == 0:

@@ -40,11 +40,12 @@ def _model_label(cfg: Config) -> str:
 def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = False):
     """Measure one model; with ``check_only`` return the checks' plan instead (``collapse measure --check``)."""
     from collapse.check import check_measure
-    from collapse.data import measure_windows, tokenize
+    from collapse.data import measure_windows, split_ids
     from collapse.generate import generate_corpus
     from collapse.modeling import load_model, set_threads
     from collapse.report import plot_bucket_shift
     from collapse.runtime import make_accelerator
+    from collapse.scratch import TOKENS_FILE
     from collapse.tracking import make_logger
 
     t0 = time.perf_counter()
@@ -59,9 +60,9 @@ def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = Fals
         log.warning(f"warning: {w}")
     model, tok, model_ref = load_model(cfg.model, plan.splits, cfg.seed, accelerator.device, show_progress)
     windows = plan.data  # made by the check where the tokenizer was at hand; else with the scratch one, just built
-    if windows is None:
-        windows = measure_windows(tokenize(tok, plan.splits[cfg.measure.split]), cfg.measure.window,
-                                  cfg.measure.samples, cfg.measure.split)
+    if windows is None:  # the scratch model was built just now, with its splits' token ids
+        ids = split_ids(tok, plan.splits, Path(model_ref) / TOKENS_FILE)[cfg.measure.split]
+        windows = measure_windows(ids, cfg.measure.window, cfg.measure.samples, cfg.measure.split)
     half = cfg.measure.window // 2
     prompts, refs = windows[:, :half], windows[:, half:]
     if len(windows) < cfg.measure.samples:

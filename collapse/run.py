@@ -29,6 +29,7 @@ flight):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -44,7 +45,7 @@ from collapse import metrics as M
 from collapse.check import Plan, check_run
 from collapse.checkpoints import Checkpoints, disk_estimate
 from collapse.config import Config
-from collapse.data import RealData, real_data
+from collapse.data import RealData, real_data, save_split_ids, split_ids
 from collapse.errors import CollapseError, DataError
 from collapse.evaluate import evaluate_blocks, sequence_ppl
 from collapse.generate import generate_corpus
@@ -66,6 +67,7 @@ from collapse.rundir import (
     verify_stages,
 )
 from collapse.runtime import StageClock, fmt_bytes, fmt_num, fmt_pct, fmt_s, make_accelerator
+from collapse.scratch import TOKENS_FILE
 from collapse.seeding import numpy_rng
 from collapse.tracking import NullLogger, close_quietly, log_generation, make_logger, new_run_id
 from collapse.train import finetune
@@ -280,7 +282,11 @@ class Run:
         data = plan.data
         if data is None:  # the scratch model was built just now: the checks that needed it
             check_fits(cfg, model0)
-            data = real_data(cfg, tok, plan.splits, vocab_size(model0, tok))
+            ids = split_ids(tok, plan.splits, Path(model_ref) / TOKENS_FILE)
+            data = real_data(cfg, ids, tok.eos_token_id, vocab_size(model0, tok))
+        elif plan.token_cache is not None and not plan.token_cache.is_file() and accelerator.is_main_process:
+            with contextlib.suppress(OSError):  # a cache from before tokens.npz: add it (a read-only cache stays)
+                save_split_ids(plan.token_cache, plan.splits, plan.ids)
         return cls(cfg=cfg, out=plan.out, resuming=plan.resuming, wipe=plan.wipe, accelerator=accelerator, show=show,
                    model0=model0, model_ref=model_ref, tok=tok, data=data,
                    ckpt=Checkpoints(cfg, plan.out, accelerator.device), t_start=t0)

@@ -28,6 +28,7 @@ log = logging.getLogger("collapse")
 
 SCRATCH_VERSION = 1  # bump when the scratch recipe changes, so old caches are not reused
 EOT = "<|endoftext|>"
+TOKENS_FILE = "tokens.npz"  # the real splits' token ids, made with the folder's tokenizer (data.split_ids)
 
 
 def cache_root() -> Path:
@@ -76,7 +77,7 @@ def scratch_folder(cfg: ScratchConfig, splits, seed: int) -> Path:
 
 def get_scratch_model(cfg: ScratchConfig, splits, seed: int, show_progress: bool = True) -> Path:
     """Folder of the scratch tokenizer + model for these settings and data, built once and cached by hash."""
-    from collapse.data import concat_blocks, tokenize
+    from collapse.data import SPLITS, concat_blocks, save_split_ids, tokenize
 
     final = scratch_folder(cfg, splits, seed)
     key = final.name
@@ -87,19 +88,21 @@ def get_scratch_model(cfg: ScratchConfig, splits, seed: int, show_progress: bool
     eos = tok.eos_token_id
     torch.manual_seed(seed)
     model = build_scratch_model(cfg, len(tok), eos)
-    train_ids = tokenize(tok, splits.train)
+    ids = {s: tokenize(tok, splits[s]) for s in SPLITS}  # kept beside the model: later runs need not tokenize
+    train_ids = ids["train"]
     train_blocks = concat_blocks(train_ids, cfg.block_size, eos)
     if len(train_blocks) == 0:
         n = sum(len(i) + 1 for i in train_ids)
         raise DataError(f"the training split has {n} tokens, fewer than one model.scratch.block_size="
                         f"{cfg.block_size} block: use more data or lower model.scratch.block_size.")
-    val_blocks = concat_blocks(tokenize(tok, splits.validation), cfg.block_size, eos)
+    val_blocks = concat_blocks(ids["validation"], cfg.block_size, eos)
     log.info("building the scratch model %s (tokenizer + %d pre-training steps); cached for later runs", key, cfg.steps)
     stats = pretrain(model, train_blocks, val_blocks, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                      seed=seed, show_progress=show_progress)
     with atomic_dir(final, replace=False) as tmp:  # a concurrent build of the same key may finish first
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        save_split_ids(tmp / TOKENS_FILE, splits, ids)
         info = {"key": key, "scratch": asdict(cfg), "seed": seed, "seconds": round(time.time() - t0, 1), **stats}
         (tmp / "scratch.json").write_text(json.dumps(info, indent=2))
         (tmp / "DONE").write_text("ok\n")

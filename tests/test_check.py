@@ -93,3 +93,26 @@ def test_measure_exits_0_on_every_process(monkeypatch):
 
     monkeypatch.setattr(collapse.measure, "run_measure", lambda cfg, **k: {})
     assert main(["measure", *TINY_RUN[:7]]) == 0
+
+
+def test_a_scratch_models_cached_token_ids_equal_tokenizing_again():
+    """tokens.npz (written when the scratch model is built) holds exactly what the tokenizer gives; an unrelated
+    or damaged file is ignored."""
+    import numpy as np
+    from conftest import TINY
+    from transformers import AutoTokenizer
+
+    from collapse.data import SPLITS, load_splits, split_ids, tokenize
+    from collapse.scratch import TOKENS_FILE, get_scratch_model
+
+    cfg = load_config(None, TINY)
+    splits = load_splits(cfg.data)
+    folder = get_scratch_model(cfg.model.scratch, splits, cfg.seed, show_progress=False)
+    tok = AutoTokenizer.from_pretrained(folder)
+    cached = split_ids(tok, splits, folder / TOKENS_FILE)
+    for s in SPLITS:
+        fresh = tokenize(tok, splits[s])
+        assert len(cached[s]) == len(fresh) and all(np.array_equal(a, b) for a, b in zip(cached[s], fresh))
+    other = load_splits(load_config(None, [*TINY, "data.max_documents=5"]).data)  # another fingerprint
+    assert [len(d) for d in split_ids(tok, other, folder / TOKENS_FILE)["test"]] == \
+        [len(d) for d in tokenize(tok, other.test)]
