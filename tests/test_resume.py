@@ -46,8 +46,11 @@ class Started:
         self.stdout_path, self.stderr_path = logdir / f"{n}.stdout", logdir / f"{n}.stderr"
         self.runner, self.plain = runner, plain
         if plain:
+            # Ctrl-C reaches a run started from a terminal; a shell's background job ignores SIGINT (and so would
+            # the run, inheriting that): start it with the default disposition, as a terminal would
             self.popen = subprocess.Popen([sys.executable, "-m", "collapse", *args], env=env, cwd=REPO,
-                                          stdout=open(self.stdout_path, "w"), stderr=open(self.stderr_path, "w"))
+                                          stdout=open(self.stdout_path, "w"), stderr=open(self.stderr_path, "w"),
+                                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
             self.pid = self.popen.pid
         else:
             self.pid = runner.start(args, env, self.stdout_path, self.stderr_path)
