@@ -83,11 +83,15 @@ def ineffective_settings(cfg: Config, command: str) -> list[str]:
 # ---------------------------------------------------------------------- out_dir
 
 
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def _creatable(out: Path) -> None:
     """out_dir exists as a writable folder, or can be created (probed with an empty folder, removed at once)."""
-    anc = out
-    while not anc.exists() and anc != anc.parent:
-        anc = anc.parent
+    anc = _nearest_existing(out)
     if not anc.is_dir():
         raise ConfigError(f"out_dir {out} cannot be created: {anc} is a file, not a folder. Choose another out_dir.")
     if anc == out:
@@ -277,10 +281,7 @@ def check_measure(cfg: Config, accelerator) -> Plan:
 
 
 def _free_bytes(out: Path) -> int | None:
-    anc = out
-    while not anc.exists() and anc != anc.parent:
-        anc = anc.parent
     try:
-        return shutil.disk_usage(anc).free
+        return shutil.disk_usage(_nearest_existing(out)).free
     except OSError:  # pragma: no cover
         return None

@@ -135,19 +135,16 @@ def prepare_out_dir(cfg: Config) -> tuple[Path, bool, bool]:
 def lock_out_dir(out: Path):
     """Hold ``out/.lock`` (flock) for the process's lifetime; a second run in the same folder is refused."""
     try:
-        import fcntl
+        import fcntl  # noqa: F401 - only to know whether this platform has flock
     except ImportError:  # pragma: no cover - not POSIX: no lock
         return None
     out.mkdir(parents=True, exist_ok=True)
     fh = open(out / LOCK_NAME, "a+")  # noqa: SIM115 - held open until the run ends
     try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.seek(0)
-        pid = fh.read().strip()
+        _take_lock(fh, out)
+    except ConfigError:
         fh.close()
-        raise ConfigError(f"another `collapse run`{f' (pid {pid})' if pid else ''} is using {out} right now: wait "
-                          "for it to end, or choose another out_dir.") from None
+        raise
     fh.seek(0)
     fh.truncate()
     fh.write(f"{os.getpid()}\n")
@@ -165,13 +162,21 @@ def check_unlocked(out: Path) -> None:
     if not lock.is_file():
         return
     with open(lock) as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            pid = fh.read().strip()
-            raise ConfigError(f"another `collapse run`{f' (pid {pid})' if pid else ''} is using {out} right now: wait "
-                              "for it to end, or choose another out_dir.") from None
+        _take_lock(fh, out)
         fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _take_lock(fh, out: Path) -> None:
+    """flock ``fh`` (``out/.lock``) without waiting; refuse with the holder's pid when another run has it."""
+    import fcntl
+
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        pid = fh.read().strip()
+        raise ConfigError(f"another `collapse run`{f' (pid {pid})' if pid else ''} is using {out} right now: wait "
+                          "for it to end, or choose another out_dir.") from None
 
 
 def empty_out_dir(out: Path) -> None:
