@@ -115,8 +115,9 @@ class GenerationConfig:
     top_p: float = _f(1.0, "Nucleus sampling mass (1.0 = off).")
     num_beams: int = _f(1, "Beam search width (1 = sampling / greedy); exactly HF `generate`'s beam search, fixed length.")
     repetition_penalty: float = _f(1.0, "CTRL-style penalty on tokens already in the sequence (1.0 = off).")
-    engine: str = _f("auto", "`auto`: the fast GPT-2/OPT decoder where supported, else HF's forward; `hf`: always HF's "
-                     "forward; `hf-generate` (beam search only): HF `generate` itself, the slow reference.",
+    engine: str = _f("auto", "`auto`: the fast GPT-2/OPT/Llama-family decoder where supported, else HF's forward; "
+                     "`hf`: always HF's forward; `hf-generate` (beam search only): HF `generate` itself, the slow "
+                     "reference.",
                      choices=("auto", "hf", "hf-generate"))
     keep_prompt: bool = _f(False, "Train the next generation on prompt + continuation instead of the continuation only.")
 

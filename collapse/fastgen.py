@@ -1,14 +1,18 @@
-"""Decode engines: a hand-written GPT-2 / OPT forward with a preallocated KV cache, and the HF fallback.
+"""Decode engines: hand-written forwards with a preallocated KV cache (GPT-2 / OPT here, the Llama family
+in collapse/fastgen_llama.py, their shared cache / CUDA-graph / beam machinery in collapse/fastgen_base.py)
+and the HF fallback.
 
 Why: at the sizes this tool runs (tiny models on CPU, 125M-class models at batch 512 on a GPU) the
 time of a decode step goes to per-step overhead, not arithmetic. HF's forward builds masks, cache
 objects and output dataclasses every step; this engine does the same maths in a few fused calls on
-tensors it owns: LayerNorm, one QKV matmul, SDPA over a slice of a preallocated cache, MLP.
+tensors it owns: LayerNorm, one QKV matmul, SDPA over a slice of a preallocated cache, MLP (Llama:
+RMSNorm, RoPE, grouped-query SDPA over the KV heads, SwiGLU).
 
 Every engine exposes ``prefill(prompts [B, P]) -> logits [B, V]``, ``step(tokens [B]) -> logits`` and
 ``prefill_beams`` / ``reorder(rows [B])`` (beam search: row i of the cache becomes row ``rows[i]``);
 ``make_engine`` picks the fast one when the architecture is supported and the HF one otherwise.
-The fast engine's logits match HF's to float tolerance (tests/test_generate.py, tests/test_fastgen.py).
+The GPT-2 / OPT engine's logits match HF's to float tolerance (tests/test_generate.py, tests/test_fastgen.py);
+the Llama engine's are bit-identical to HF's (SDPA attention), bfloat16 included (tests/test_fastgen_llama.py).
 
 A decode step attends over a growing slice of the cache (``cache[:, :, :pos+1]``): what is fastest on a
 CPU, and on a GPU its attention runs FlashAttention's decoding kernel. On CUDA the steps are also
@@ -29,12 +33,11 @@ and the masked kernel over 128 slots loses to the flash decoding kernel over the
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn.functional as F
 
-log = logging.getLogger("collapse")
+from collapse.fastgen_base import KVDecoder
+from collapse.fastgen_llama import LlamaDecoder
 
 
 class HFEngine:
@@ -87,10 +90,8 @@ def _act(name: str):
     raise NotImplementedError(name)
 
 
-class FastDecoder:
+class FastDecoder(KVDecoder):
     """GPT-2 and (pre-LayerNorm) OPT: weights pulled out once, KV cache preallocated for ``max_len``."""
-
-    name = "fast"
 
     @staticmethod
     def supports(model) -> bool:
@@ -106,13 +107,9 @@ class FastDecoder:
                     and not getattr(c, "_remove_final_layer_norm", False) and c.activation_function in ("relu", "gelu"))
         return False
 
-    def __init__(self, model, batch: int, max_len: int, graphs: bool = False, static: bool | None = None):
-        """``graphs``: capture the steps in CUDA graphs (CUDA only). ``static``: run steps through the
-        capturable per-position step (fixed input / output buffers) even without graphs (tests, on CPU)."""
+    def _load(self, model) -> None:
         c = model.config
         self.mt = c.model_type
-        p = next(model.parameters())
-        self.device, self.dtype = p.device, p.dtype
         self.layers = []
         if self.mt == "gpt2":
             t = model.transformer
@@ -147,36 +144,10 @@ class FastDecoder:
         self.head = model.get_output_embeddings().weight  # [V, d], tied or not
         self.d = self.wte.shape[1]
         self.Dh = self.d // self.H
-        shape = (len(self.layers), batch, self.H, max_len, self.Dh)
-        self.k = torch.empty(shape, dtype=self.dtype, device=self.device)
-        self.v = torch.empty(shape, dtype=self.dtype, device=self.device)
-        self.pos = 0
-        self.batch = batch
-        self.max_len = max_len
-        self.use_graphs = bool(graphs) and self.device.type == "cuda"
-        self.static = self.use_graphs if static is None else bool(static or self.use_graphs)
-        self.graphs: dict[int, object] = {}  # position -> CUDAGraph
-        self.batches = 0  # prefills so far: graphs are captured from the second batch on
-        self.capture_seconds = 0.0  # host time spent capturing (warm-up runs included)
-        if self.static:
-            self._tok = torch.zeros(batch, dtype=torch.long, device=self.device)
-            self._logits = torch.empty(batch, self.head.shape[0], dtype=torch.float32, device=self.device)
-        if self.use_graphs:
-            self._pool = torch.cuda.graph_pool_handle()
-            self._stream = torch.cuda.Stream(self.device)
-
-    @property
-    def graph(self):
-        """A captured CUDA graph of this engine, if any (None: eager steps)."""
-        return next(iter(self.graphs.values()), None)
+        self.kv_heads = self.H
 
     def _ln(self, x, wb):
         return F.layer_norm(x, (self.d,), wb[0], wb[1], self.eps)
-
-    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
-        logits = self._run(ids, self.pos)
-        self.pos += ids.shape[1]
-        return logits
 
     def _run(self, ids: torch.Tensor, p0: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, V] (float32) after ``ids`` [B, T] placed at positions ``p0..p0+T-1``; K/V written there."""
@@ -200,97 +171,6 @@ class FastDecoder:
             return out.copy_(last @ self.head.t())  # the float32 conversion, into the caller's buffer
         return (last @ self.head.t()).float()
 
-    # ------------------------------------------------------------------ per-position steps (CUDA graphs)
-
-    def _fixed_step(self, p: int) -> torch.Tensor:
-        """The step at position ``p`` on ``self._tok``, into ``self._logits``: fixed shapes and addresses.
-        Running it twice at the same ``p`` with the same tokens writes the same K/V (idempotent)."""
-        return self._run(self._tok[:, None], p, out=self._logits)
-
-    def _capture(self, p: int):
-        """One eager warm-up run of position ``p``'s step (loads its kernels; writes what the replay will
-        write), then its capture into the shared pool. None (and eager steps from now on) on failure."""
-        import time
-
-        t0 = time.perf_counter()
-        cur = torch.cuda.current_stream(self.device)
-        try:
-            self._stream.wait_stream(cur)
-            with torch.cuda.stream(self._stream):
-                self._fixed_step(p)
-                g = torch.cuda.CUDAGraph()
-                g.capture_begin(self._pool)
-                try:
-                    self._fixed_step(p)
-                finally:
-                    g.capture_end()
-            cur.wait_stream(self._stream)
-        except Exception as e:  # noqa: BLE001 - any capture failure: eager steps still work
-            log.warning("CUDA graph capture failed (%s: %s); decoding with eager steps", type(e).__name__,
-                        str(e).splitlines()[0][:160] if str(e) else "")
-            self.use_graphs = False
-            self.graphs.clear()
-            torch.cuda.synchronize(self.device)
-            return None
-        finally:
-            self.capture_seconds += time.perf_counter() - t0
-        self.graphs[p] = g
-        return g
-
-    # ------------------------------------------------------------------ public
-
-    def prefill(self, prompts: torch.Tensor) -> torch.Tensor:
-        if self.static and prompts.shape[0] != self.batch:
-            raise ValueError(f"this engine decodes batches of {self.batch} rows, got {prompts.shape[0]}")
-        self.pos = 0
-        self.batches += 1
-        return self._forward(prompts)
-
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits after appending ``tokens`` [B]. On the static path (CUDA graphs) the returned tensor is a
-        fixed buffer, overwritten by the next step: read or copy it before calling again."""
-        if not self.static:
-            return self._forward(tokens[:, None])
-        p = self.pos
-        if p >= self.max_len:
-            raise IndexError(f"the KV cache holds {self.max_len} positions; all are used")
-        self._tok.copy_(tokens)
-        g = self.graphs.get(p) if self.use_graphs else None
-        if g is None and self.use_graphs and self.batches >= 2:
-            g = self._capture(p)  # its warm-up run did this step's work already; the replay redoes it
-        if g is not None:
-            g.replay()
-        else:
-            self._fixed_step(p)
-        self.pos = p + 1
-        return self._logits
-
-
-    def prefill_beams(self, prompts: torch.Tensor, beams: int) -> torch.Tensor:
-        """Prefill for beam search: each of the B prompts runs through the model once, then its cache and
-        logits are copied to its ``beams`` rows (row ``b*beams + k``): 1/beams of the prefill work. The
-        beams of a prompt then share its prompt cache bit for bit, which ``reorder(rows, start=P)`` relies on."""
-        B, P = prompts.shape
-        if self.static:  # the fixed-shape engine prefills whole batches: K copies, then made identical
-            logits = self.prefill(prompts.repeat_interleave(beams, 0))[::beams]
-        else:
-            self.pos = 0
-            self.batches += 1
-            logits = self._forward(prompts)
-        first = torch.arange(B, device=prompts.device) * (beams if self.static else 1)
-        self.k[:, :B * beams, :, :P] = self.k[:, first, :, :P].repeat_interleave(beams, 1)
-        self.v[:, :B * beams, :, :P] = self.v[:, first, :, :P].repeat_interleave(beams, 1)
-        return logits.repeat_interleave(beams, 0)
-
-    def reorder(self, rows: torch.Tensor, start: int = 0) -> None:
-        """Row ``i`` of the KV cache becomes row ``rows[i]`` (beam search: each beam takes its parent's
-        cache). Positions before ``start`` are the same in every row that ``rows`` mixes (a prompt
-        shared by the beams of one item) and are not copied."""
-        B, p = rows.shape[0], self.pos
-        if p > start:
-            self.k[:, :B, :, start:p] = self.k[:, rows, :, start:p]
-            self.v[:, :B, :, start:p] = self.v[:, rows, :, start:p]
-
 
 def graphs_available(device: torch.device) -> bool:
     """CUDA graphs for the decode step: a CUDA device, not disabled by ``COLLAPSE_CUDA_GRAPHS=0``."""
@@ -300,14 +180,21 @@ def graphs_available(device: torch.device) -> bool:
 
 
 def make_engine(model, batch: int, max_len: int, prefer: str = "auto", graphs: bool | None = None):
-    """The fast engine where supported (``prefer='auto'``/``'fast'``), else HF's own forward.
+    """The fast engine where supported (``prefer='auto'``/``'fast'``), else HF's own forward: GPT-2 / OPT
+    on :class:`FastDecoder`, the Llama family on :class:`~collapse.fastgen_llama.LlamaDecoder`.
 
     ``graphs``: None = CUDA graphs wherever the device is CUDA (see :func:`graphs_available`).
     """
-    if prefer != "hf" and FastDecoder.supports(model):
+    cls = None
+    if prefer != "hf":
+        if FastDecoder.supports(model):
+            cls = FastDecoder
+        elif LlamaDecoder.supports(model, max_len):
+            cls = LlamaDecoder
+    if cls is not None:
         if graphs is None:
             graphs = graphs_available(next(model.parameters()).device)
-        return FastDecoder(model, batch, max_len, graphs=graphs)
+        return cls(model, batch, max_len, graphs=graphs)
     if prefer == "fast":
         raise NotImplementedError(f"no fast decode path for {model.config.model_type}")
     return HFEngine(model, batch, max_len)
