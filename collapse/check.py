@@ -157,7 +157,7 @@ def check_model(cfg: Config, plan: Plan, device) -> None:
     if m.name_or_path == "scratch":
         from collapse.scratch import TOKENS_FILE, build_scratch_model, scratch_folder
 
-        folder = scratch_folder(m.scratch, plan.splits, cfg.seed)
+        folder = scratch_folder(m.scratch, plan.splits)
         if (folder / "DONE").is_file():
             plan.skeleton, plan.tok = load_skeleton(str(folder), m, device)
             plan.token_cache = folder / TOKENS_FILE
@@ -165,7 +165,9 @@ def check_model(cfg: Config, plan: Plan, device) -> None:
         else:
             with torch.device("meta"):
                 plan.skeleton = build_scratch_model(m.scratch, m.scratch.vocab_size, 0)
-            where = f"not built yet: built first ({m.scratch.steps} pre-training steps), then cached"
+            steps = (f"until converged, at most {m.scratch.steps} steps" if m.scratch.until == "converged"
+                     else f"{m.scratch.steps} steps")
+            where = f"not built yet: built first (pre-training {steps}), then cached"
         s = m.scratch
         label = f"scratch {s.arch} {s.n_layer}×{s.d_model}, {where}"
     else:

@@ -67,14 +67,31 @@ class ScratchConfig:
     n_head: int = _f(4, "Attention heads.")
     context: int = _f(512, "Maximum positions (must cover measure.window and prompt + new tokens).")
     block_size: int = _f(128, "Training block length in tokens.")
-    steps: int = _f(300, "Optimizer steps of pre-training on the real training split (about a minute on 2 cores).")
-    batch_size: int = _f(32, "Pre-training batch size in blocks.")
-    lr: float = _f(3e-3, "Peak learning rate (AdamW, warmup then cosine); small models like it high.")
+    seed: int = _f(0, "Seed of the build (weight init, batch order). Not the run's seed: every run seed starts from the "
+                      "same generation 0, as in the paper.")
+    until: str = _f("converged", "`converged`: stop when the validation loss stops improving (see patience, min_delta), "
+                    "at most `steps`; `steps`: exactly `steps` steps.", choices=("converged", "steps"))
+    steps: int = _f(8000, "Optimizer steps: the number (until=steps) or the cap (until=converged); the cosine schedule "
+                          "spans them.")
+    eval_every: int = _f(100, "until=converged: steps between validation losses (the curve in scratch.json).")
+    patience: int = _f(1000, "until=converged: stop once the best validation loss improved by less than min_delta over "
+                             "the last max(patience, 10% of the steps so far) steps. Longer than the early loss "
+                             "plateau (docs/results.md).")
+    min_delta: float = _f(0.01, "until=converged: relative improvement of the validation loss that counts (0.01 = 1%).")
+    batch_size: int = _f(32, "Pre-training batch size in blocks (over all processes).")
+    lr: float = _f(3e-3, "Peak learning rate (AdamW, warmup then cosine to 10%); small models like it high.")
 
     def __post_init__(self) -> None:
-        for k in ("vocab_size", "n_layer", "d_model", "n_head", "context", "block_size", "steps", "batch_size"):
+        for k in ("vocab_size", "n_layer", "d_model", "n_head", "context", "block_size", "steps", "batch_size",
+                  "eval_every", "patience"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"model.scratch.{k} must be at least 1.")
+        if self.seed < 0:
+            raise ConfigError(f"model.scratch.seed={self.seed} is out of range: use 0 or more.")
+        if not 0.0 <= self.min_delta < 1.0 or math.isnan(self.min_delta):
+            raise ConfigError(f"model.scratch.min_delta={self.min_delta} is out of range: use a value in [0, 1).")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ConfigError(f"model.scratch.lr={self.lr} is out of range: use a positive learning rate.")
         if self.vocab_size < 300:
             raise ConfigError("model.scratch.vocab_size must be at least 300 (256 bytes + merges + specials).")
         if self.d_model % self.n_head:
@@ -83,7 +100,7 @@ class ScratchConfig:
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = _f("scratch", "`scratch` (tiny model trained here), a hub id, or a local model folder.")
+    name_or_path: str = _f("scratch", "`scratch` (a small model trained here; the embedded default ships it), a hub id, or a local model folder.")
     trust_remote_code: bool = _f(False, "Allow a hub model's own Python code to run. Off unless you trust it.")
     revision: str | None = _f(None, "Hub revision (branch, tag or commit) of the model.")
     dtype: str = _f("auto", "`auto` (bf16 on CUDA with bf16 support, else fp32), `float32`, `bfloat16`, `float16`.",

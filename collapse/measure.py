@@ -58,7 +58,8 @@ def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = Fals
         return plan
     for w in plan.warnings if is_main else ():
         log.warning(f"warning: {w}")
-    model, tok, model_ref = load_model(cfg.model, plan.splits, cfg.seed, accelerator.device, show_progress)
+    model, tok, model_ref = load_model(cfg.model, plan.splits, accelerator.device, show_progress,
+                                             accelerator=accelerator)
     windows = plan.data  # made by the check where the tokenizer was at hand; else with the scratch one, just built
     if windows is None:  # the scratch model was built just now, with its splits' token ids
         ids = split_ids(tok, plan.splits, Path(model_ref) / TOKENS_FILE)[cfg.measure.split]

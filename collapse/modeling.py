@@ -144,12 +144,13 @@ def check_fits(cfg, model) -> None:
         check_lora_targets(model, lc.target_modules or default_targets(model), lc.modules_to_save)
 
 
-def load_model(cfg: ModelConfig, splits, seed: int, device: torch.device, show_progress: bool = True):
-    """(model, tokenizer, folder) for ``model.name_or_path``; the scratch model is built or reused."""
+def load_model(cfg: ModelConfig, splits, device: torch.device, show_progress: bool = True, accelerator=None):
+    """(model, tokenizer, folder) for ``model.name_or_path``; the scratch model is shipped, cached or built now
+    (on ``accelerator``'s device and processes when given)."""
     if cfg.name_or_path == "scratch":
         from collapse.scratch import get_scratch_model
 
-        folder = get_scratch_model(cfg.scratch, splits, seed, show_progress)
+        folder = get_scratch_model(cfg.scratch, splits, show_progress, accelerator=accelerator)
         model, tok = load_pretrained(str(folder), cfg, device)
         return model, tok, str(folder)
     model, tok = load_pretrained(cfg.name_or_path, cfg, device)

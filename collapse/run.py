@@ -278,7 +278,8 @@ class Run:
         for w in plan.warnings if accelerator.is_main_process else ():
             log.warning(f"warning: {w}")
         show = show_progress and accelerator.is_main_process
-        model0, tok, model_ref = load_model(cfg.model, plan.splits, cfg.seed, accelerator.device, show)
+        model0, tok, model_ref = load_model(cfg.model, plan.splits, accelerator.device, show,
+                                                 accelerator=accelerator)
         data = plan.data
         if data is None:  # the scratch model was built just now: the checks that needed it
             check_fits(cfg, model0)

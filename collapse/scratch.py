@@ -6,6 +6,7 @@ Built once per (recipe, data, seed) and cached under ``$COLLAPSE_CACHE/scratch/<
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -19,26 +20,56 @@ import numpy as np
 import torch
 
 from collapse.config import ScratchConfig
-from collapse.errors import DataError, TrainingError
+from collapse.errors import ConfigError, DataError, TrainingError
 from collapse.evaluate import mean_nll
 from collapse.io import atomic_dir
 from collapse.train import epoch_order, lm_loss, lr_at
 
 log = logging.getLogger("collapse")
 
-SCRATCH_VERSION = 1  # bump when the scratch recipe changes, so old caches are not reused
+SCRATCH_VERSION = 2  # bump when the scratch recipe changes, so old caches are not reused
 EOT = "<|endoftext|>"
 TOKENS_FILE = "tokens.npz"  # the real splits' token ids, made with the folder's tokenizer (data.split_ids)
+SHIPPED = Path(__file__).parent / "gen0"  # the embedded default's generation 0, built by scripts/build_gen0.py
+SHIPPED_INFO = "gen0.json"
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("COLLAPSE_CACHE", Path.home() / ".cache" / "collapse")).expanduser()
 
 
-def scratch_key(cfg: ScratchConfig, data_fingerprint: str, seed: int) -> str:
-    blob = json.dumps({"v": SCRATCH_VERSION, "scratch": asdict(cfg), "data": data_fingerprint, "seed": seed},
-                      sort_keys=True)
+def scratch_key(cfg: ScratchConfig, data_fingerprint: str) -> str:
+    blob = json.dumps({"v": SCRATCH_VERSION, "scratch": asdict(cfg), "data": data_fingerprint}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def shipped_info() -> dict | None:
+    """What ``collapse/gen0/gen0.json`` records of the shipped generation 0 (None: not installed)."""
+    try:
+        return json.loads((SHIPPED / SHIPPED_INFO).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def shipped_folder(key: str) -> Path | None:
+    """The shipped generation 0 if it is the model of this key and its weights are the recorded ones."""
+    info = shipped_info()
+    if info is None or info.get("key") != key:
+        return None
+    weights = SHIPPED / "model.safetensors"
+    if not weights.is_file() or file_sha256(weights) != info.get("weights_sha256"):
+        log.warning("note: the shipped generation 0 (%s) is damaged or incomplete (its weights are not the ones "
+                    "gen0.json records): building it instead; reinstall collapse to get it back.", SHIPPED)
+        return None
+    return SHIPPED
 
 
 def train_tokenizer(docs: list[str], vocab: int):
@@ -70,80 +101,206 @@ def build_scratch_model(cfg: ScratchConfig, vocab: int, eos_id: int):
     return AutoModelForCausalLM.from_config(mc)
 
 
-def scratch_folder(cfg: ScratchConfig, splits, seed: int) -> Path:
-    """Where the scratch model of these settings and data is cached (complete once it holds ``DONE``)."""
-    return cache_root() / "scratch" / scratch_key(cfg, splits.fingerprint(), seed)
+def scratch_folder(cfg: ScratchConfig, splits) -> Path:
+    """Where the scratch model of these settings and data is: the shipped generation 0 when it is that model,
+    else the cache (complete once it holds ``DONE``)."""
+    key = scratch_key(cfg, splits.fingerprint())
+    shipped = shipped_folder(key)
+    if shipped is not None:
+        return shipped
+    if cfg == ScratchConfig() and shipped_info() is None:
+        log.warning("note: the shipped generation 0 of the embedded default is not installed (%s is missing): "
+                    "building it once (about half an hour on 2 cores), cached for later runs.", SHIPPED)
+    return cache_root() / "scratch" / key
 
 
-def get_scratch_model(cfg: ScratchConfig, splits, seed: int, show_progress: bool = True) -> Path:
-    """Folder of the scratch tokenizer + model for these settings and data, built once and cached by hash."""
-    from collapse.data import SPLITS, concat_blocks, save_split_ids, tokenize
+def get_scratch_model(cfg: ScratchConfig, splits, show_progress: bool = True, accelerator=None) -> Path:
+    """Folder of the scratch tokenizer + model for these settings and data: shipped, cached, or built now.
 
-    final = scratch_folder(cfg, splits, seed)
-    key = final.name
+    With an ``accelerator`` the pre-training runs on its device and processes (every process calls this;
+    the main one writes the folder, the others wait for it); without one, on the CPU in this process.
+    """
+    final = scratch_folder(cfg, splits)
     if (final / "DONE").is_file():
         return final
+    is_main = accelerator is None or accelerator.is_main_process
+    folder = build(cfg, splits, final if is_main else None, show_progress=show_progress and is_main,
+                   accelerator=accelerator)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return folder if is_main else final
+
+
+def build(cfg: ScratchConfig, splits, dest: Path | None, show_progress: bool = True, accelerator=None) -> Path | None:
+    """Train the tokenizer and pre-train the model on ``splits``; write them to ``dest`` (atomically) with
+    ``scratch.json`` (recipe, curve, timings) and the splits' token ids. Returns ``dest``."""
+    from collapse.data import SPLITS, concat_blocks, save_split_ids, tokenize
+
     t0 = time.time()
+    key = scratch_key(cfg, splits.fingerprint())
     tok = train_tokenizer(splits.train, cfg.vocab_size)
     eos = tok.eos_token_id
-    torch.manual_seed(seed)
+    torch.manual_seed(cfg.seed)
     model = build_scratch_model(cfg, len(tok), eos)
     ids = {s: tokenize(tok, splits[s]) for s in SPLITS}  # kept beside the model: later runs need not tokenize
-    train_ids = ids["train"]
-    train_blocks = concat_blocks(train_ids, cfg.block_size, eos)
+    train_blocks = concat_blocks(ids["train"], cfg.block_size, eos)
     if len(train_blocks) == 0:
-        n = sum(len(i) + 1 for i in train_ids)
+        n = sum(len(i) + 1 for i in ids["train"])
         raise DataError(f"the training split has {n} tokens, fewer than one model.scratch.block_size="
                         f"{cfg.block_size} block: use more data or lower model.scratch.block_size.")
     val_blocks = concat_blocks(ids["validation"], cfg.block_size, eos)
-    log.info("building the scratch model %s (tokenizer + %d pre-training steps); cached for later runs", key, cfg.steps)
-    stats = pretrain(model, train_blocks, val_blocks, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                     seed=seed, show_progress=show_progress)
-    with atomic_dir(final, replace=False) as tmp:  # a concurrent build of the same key may finish first
+    what = (f"until converged, at most {cfg.steps} steps" if cfg.until == "converged" else f"{cfg.steps} steps")
+    log.info("building the scratch model %s (tokenizer + pre-training %s); cached for later runs", key, what)
+    stats = pretrain(model, train_blocks, val_blocks, cfg, show_progress=show_progress, accelerator=accelerator)
+    if dest is None:
+        return None
+    model = model.to("cpu", dtype=torch.float32)
+    with atomic_dir(dest, replace=False) as tmp:  # a concurrent build of the same key may finish first
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         save_split_ids(tmp / TOKENS_FILE, splits, ids)
-        info = {"key": key, "scratch": asdict(cfg), "seed": seed, "seconds": round(time.time() - t0, 1), **stats}
-        (tmp / "scratch.json").write_text(json.dumps(info, indent=2))
+        info = {"key": key, "scratch": asdict(cfg), "data": splits.fingerprint(),
+                "seconds": round(time.time() - t0, 1), **stats}
+        (tmp / "scratch.json").write_text(json.dumps(info, indent=1))
         (tmp / "DONE").write_text("ok\n")
-    log.info("scratch model ready in %.0f s (validation perplexity %.1f)", time.time() - t0, stats["val_ppl"])
-    return final
+    conv = {True: "converged", False: "not converged: raise model.scratch.steps"}.get(stats.get("converged"), "")
+    log.info("scratch model ready in %.0f s: %d steps, validation perplexity %.1f%s", time.time() - t0,
+             stats["steps"], stats["val_ppl"], f" ({conv})" if conv else "")
+    return dest
 
 
-def pretrain(model, train_blocks: np.ndarray, val_blocks: np.ndarray, *, steps: int, batch_size: int, lr: float,
-             seed: int, show_progress: bool = True) -> dict:
-    """Pre-train the scratch model on real blocks for ``steps`` steps (single process, CPU-sized)."""
+class Convergence:
+    """The stopping rule of ``until: converged``, fed one validation loss every ``eval_every`` steps.
+
+    Stop at step s once the best loss so far improved by less than ``min_delta`` (relative) on the best
+    loss up to step s - w, where the window w = max(patience, 10% of s): a plateau shorter than ``patience``
+    cannot stop it, and at the stop the last 10% of training improved the loss by under ``min_delta``.
+    """
+
+    def __init__(self, patience: int, min_delta: float):
+        self.patience, self.min_delta = patience, min_delta
+        self.curve: list[tuple[int, float]] = []  # (step, validation loss)
+        self.best = (math.inf, -1)  # (loss, step)
+
+    def window(self, step: int) -> int:
+        return max(self.patience, math.ceil(0.1 * step))
+
+    def update(self, step: int, loss: float) -> bool:
+        """Record the loss at ``step``; True when training should stop."""
+        self.curve.append((step, loss))
+        if loss < self.best[0]:
+            self.best = (loss, step)
+        w = self.window(step)
+        if step < w:
+            return False
+        before = min((v for s, v in self.curve if s <= step - w), default=math.inf)
+        return math.isfinite(before) and before - self.best[0] < self.min_delta * before
+
+
+def pretrain(model, train_blocks: np.ndarray, val_blocks: np.ndarray, cfg: ScratchConfig, *,
+             show_progress: bool = True, accelerator=None) -> dict:
+    """Pre-train the scratch model on real blocks (AdamW, warmup then cosine over ``cfg.steps``).
+
+    ``until: steps`` runs ``cfg.steps`` steps; ``until: converged`` evaluates the validation loss every
+    ``cfg.eval_every`` steps, stops by :class:`Convergence` (or at the cap) and keeps the best evaluated
+    weights. With an ``accelerator``: its device, its processes (each takes its share of the global batch)
+    and its autocast; the result is the same computation as one process's, up to float sums.
+    """
     from tqdm.auto import tqdm
 
+    world, rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
+    device = accelerator.device if accelerator else torch.device("cpu")
+    if cfg.batch_size % world:
+        raise ConfigError(f"model.scratch.batch_size={cfg.batch_size} must be divisible by the {world} processes.")
+    micro = cfg.batch_size // world
+    model.to(device)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    fused = device.type == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.1, fused=fused or None)
+    pmodel = model
+    if accelerator is not None:
+        pmodel, opt = accelerator.prepare(model, opt)
+    autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
+    steps = cfg.steps
     warmup = max(1, steps // 20)
+    rule = Convergence(cfg.patience, cfg.min_delta) if cfg.until == "converged" else None
+    best_state = None
     order = np.zeros(0, dtype=np.int64)
     epoch = 0
+    # no step waits for the device (as in train.finetune): blocks on the device once, losses kept there
+    dev_blocks = torch.as_tensor(train_blocks, device=device).long()
+    losses: list[torch.Tensor] = []
+    curve: list[dict] = []
+
+    def check_losses(step: int) -> list[float]:
+        vals = torch.stack(losses).cpu().tolist() if losses else []
+        bad = [i for i, v in enumerate(vals) if not math.isfinite(v)]
+        if bad:
+            raise TrainingError(f"scratch pre-training diverged (loss {vals[bad[0]]}) at step "
+                                f"{step - len(vals) + bad[0]}: lower model.scratch.lr.")
+        return vals
+
+    def evaluate(step: int) -> bool:
+        nonlocal best_state
+        vals = check_losses(step)
+        losses.clear()
+        val = mean_nll(pmodel, val_blocks, accelerator=accelerator)
+        pmodel.train()
+        curve.append({"step": step, "val_nll": round(val, 6), "train_loss": round(float(np.mean(vals)), 6)
+                      if vals else None, "lr": lr_at(step - 1, steps, cfg.lr, warmup) if step else None})
+        log.debug("scratch step %d: validation loss %.4f (perplexity %.2f), lr %s", step, val, math.exp(val),
+                  f"{curve[-1]['lr']:.2e}" if step else "-")
+        stop = rule.update(step, val)
+        if rule.best[1] == step:
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        bar.set_postfix(loss=f"{curve[-1]['train_loss'] or float('nan'):.3f}", val=f"{val:.3f}", refresh=False)
+        return stop
+
+    step = 0
+    last_loss = float("nan")
     with tqdm(total=steps, desc="pre-train scratch model", leave=False, disable=not show_progress,
               dynamic_ncols=True) as bar:
         t0 = time.perf_counter()
-        loss_v = float("nan")
-        for step in range(steps):
-            if len(order) < batch_size:
-                order = np.concatenate([order, epoch_order(len(train_blocks), 1, seed, "pretrain", epoch)])
+        stopped = rule is not None and evaluate(0)
+        while step < steps and not stopped:
+            if len(order) < cfg.batch_size:
+                order = np.concatenate([order, epoch_order(len(train_blocks), 1, cfg.seed, "pretrain", epoch)])
                 epoch += 1
-            rows, order = order[:batch_size], order[batch_size:]
+            rows, order = order[:cfg.batch_size], order[cfg.batch_size:]
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, steps, lr, warmup)
-            loss = lm_loss(model, torch.as_tensor(train_blocks[rows], dtype=torch.long))
-            if not torch.isfinite(loss):
-                raise TrainingError(f"scratch pre-training diverged (loss {loss.item()}) at step {step}: "
-                                    "lower model.scratch.lr.")
+                g["lr"] = lr_at(step, steps, cfg.lr, warmup)
+            batch = dev_blocks[torch.as_tensor(rows[rank * micro:(rank + 1) * micro]).to(device, non_blocking=True)]
+            with autocast():
+                loss = lm_loss(pmodel, batch)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            if accelerator is not None:
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(model.parameters(), 1.0)
+            else:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            loss_v = loss.item()
-            bar.set_postfix(loss=f"{loss_v:.3f}", refresh=False)
+            losses.append(loss.detach().float())
+            step += 1
             bar.update(1)
-    dt = time.perf_counter() - t0
+            if rule is not None and (step % cfg.eval_every == 0 or step == steps):
+                stopped = evaluate(step)
+            elif rule is None and (step % 50 == 0 or step == steps):
+                last_loss = check_losses(step)[-1]
+                losses.clear()
+                bar.set_postfix(loss=f"{last_loss:.3f}", refresh=False)
+        dt = time.perf_counter() - t0
+    out = {"until": cfg.until, "steps": step, "seconds_training": round(dt, 1),
+           "tokens_per_s": step * cfg.batch_size * train_blocks.shape[1] / dt if dt > 0 else 0.0,
+           "processes": world, "device": device.type}
+    if rule is not None:
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        out.update(converged=stopped, best_step=rule.best[1], patience_window=rule.window(step), curve=curve)
+        val = rule.best[0]
+    else:
+        val = mean_nll(pmodel, val_blocks, accelerator=accelerator)
+        out["train_loss"] = last_loss
     model.eval()
-    val = mean_nll(model, val_blocks)
-    return {"steps": steps, "train_loss": loss_v, "val_nll": val, "val_ppl": math.exp(val),
-            "tokens_per_s": steps * batch_size * train_blocks.shape[1] / dt}
+    out.update(val_nll=val, val_ppl=math.exp(val))
+    return out

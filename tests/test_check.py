@@ -107,7 +107,7 @@ def test_a_scratch_models_cached_token_ids_equal_tokenizing_again():
 
     cfg = load_config(None, TINY)
     splits = load_splits(cfg.data)
-    folder = get_scratch_model(cfg.model.scratch, splits, cfg.seed, show_progress=False)
+    folder = get_scratch_model(cfg.model.scratch, splits, show_progress=False)
     tok = AutoTokenizer.from_pretrained(folder)
     cached = split_ids(tok, splits, folder / TOKENS_FILE)
     for s in SPLITS:

@@ -121,7 +121,7 @@ def env(tmp_path_factory):
     tmp = work / "tmp"  # the children's temp folder: a --check must leave nothing in it
     tmp.mkdir()
     cfg = load_config(None, BASE)
-    get_scratch_model(cfg.model.scratch, load_splits(cfg.data), cfg.seed, show_progress=False)
+    get_scratch_model(cfg.model.scratch, load_splits(cfg.data), show_progress=False)
     runner = Prefork(env={"OMP_NUM_THREADS": "1"})  # one thread: no OpenMP pool, which a fork would deadlock
     for command in ("run", "measure"):  # the lazy imports of a check, done once for every child
         runner.warm([command, "--check", *BASE, f"out_dir={work / 'warm'}"])

@@ -41,12 +41,12 @@ class Inputs:
             self.scratch = {"model": "random tiny GPT-2 (quick)", "cached": None, "build_seconds": 0.0}
         else:
             from collapse.modeling import load_pretrained
-            from collapse.scratch import cache_root, get_scratch_model, scratch_key
+            from collapse.scratch import get_scratch_model, scratch_folder
 
-            key = scratch_key(cfg.model.scratch, splits.fingerprint(), cfg.seed)
-            cached = (cache_root() / "scratch" / key / "DONE").is_file()
+            where = scratch_folder(cfg.model.scratch, splits)
+            key, cached = where.name, (where / "DONE").is_file()
             t0 = time.perf_counter()
-            folder = get_scratch_model(cfg.model.scratch, splits, cfg.seed, show_progress=False)
+            folder = get_scratch_model(cfg.model.scratch, splits, show_progress=False)
             built = time.perf_counter() - t0
             model, tok = load_pretrained(str(folder), cfg.model, torch.device("cpu"))
             info = json.loads((Path(folder) / "scratch.json").read_text())

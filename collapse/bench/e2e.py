@@ -96,7 +96,7 @@ def _ensure_scratch(overrides: list[str]) -> None:
     from collapse.scratch import get_scratch_model
 
     cfg = load_config(REPO / "configs" / "tiny.yaml", overrides)
-    get_scratch_model(cfg.model.scratch, load_splits(cfg.data), cfg.seed, show_progress=False)
+    get_scratch_model(cfg.model.scratch, load_splits(cfg.data), show_progress=False)
 
 
 def bench_memory(quick: bool, timeout: float, base: int = 512, mults=(1, 4, 16)) -> dict:
