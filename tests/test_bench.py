@@ -67,3 +67,21 @@ def test_bench_path_imports_neither_datasets_nor_wandb():
             "bad = [m for m in ('datasets', 'wandb') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_paper_run_summary_reads_the_stage_lines_of_a_run_log(tmp_path):
+    """scripts/gpu_paper.sh reports seconds per stage and generation from `collapse run`'s progress lines."""
+    from collapse.bench.paper import stage_seconds, summarize
+
+    log = ("collapse run → /tmp/x (new run)\n"
+           "gen 1 train:  30%|███  | 33/111 [00:03<00:05]\r"
+           "[ 1/12] gen 0: fine-tune on real       10.4 s  val NLL 5.971                 elapsed 10s  eta 1m54s\n"
+           "[ 3/12] gen 0: generate                19.8 s  37500 × 64 tokens              elapsed 30s  eta 1m31s\n"
+           "[ 5/12] gen 1: train                  108.4 s  37500 rows, 111.3k tok/s       elapsed 2m30s  eta 3m29s\n"
+           "[ 7/12] gen 1: generate                11.8 s  37500 × 64 tokens              elapsed 2m42s  eta 1m55s\n"
+           "[ 8/12] gen 1: measure                 10.4 s  shift 1-10 +11.0%              elapsed 2m52s  eta 1m26s\n")
+    st = stage_seconds(log)
+    assert st == {0: {"fine-tune": 10.4, "generate": 19.8}, 1: {"train": 108.4, "generate": 11.8, "measure": 10.4}}
+    (tmp_path / "run.log").write_text(log)
+    res = summarize({"lora": tmp_path / "run.log"}, None)
+    assert res["lora"]["seconds_per_generation"] == {1: 130.6} and not res["lora"]["done"]

@@ -53,7 +53,11 @@ def test_fast_engine_logits_match_hf(build):
 
 
 def test_unsupported_architecture_falls_back_to_hf():
-    m = _llama()
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    m = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, max_position_embeddings=64,  # linear RoPE scaling:
+                                     rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4})).eval()
     assert not FastDecoder.supports(m)
     assert isinstance(make_engine(m, 2, 10), HFEngine)
 

@@ -26,6 +26,7 @@ import time
 
 from collapse.bench.cuda_common import OPT125M, TINY_OPT, Budget, Dev, build_model, matmul_params, say_cuda
 from collapse.bench.cuda_decode import beam_bench, decode_bench
+from collapse.bench.cuda_llama import llama_bench
 from collapse.bench.cuda_selftest import selftest
 from collapse.bench.cuda_train import eval_bench, train_bench
 from collapse.bench.harness import SCHEMA, load_average, machine_info, median, restart_clock, target
@@ -63,7 +64,7 @@ def projection(decode: dict, beam: dict | None, train: dict, ev: dict | None) ->
     out = {"assumptions": {"generated_tokens": gen_tokens, "train_tokens_per_epoch": train_tokens, "epochs": epochs,
                            "test_tokens": test_tokens, "validation_tokens_per_epoch": val_tokens,
                            "decode_rate": "fast path with CUDA graph at batch 512"}}
-    for variant in ("lora", "lora_paper", "full"):
+    for variant in ("lora", "lora_paper", "lora_paper_run_rows", "full"):
         tr = train.get("by_variant", {}).get(variant, {}).get("tokens_per_s")
         if not (dec and tr and ev_rate):
             continue
@@ -158,6 +159,13 @@ def cuda_main(args) -> dict:
     if "512" in by:
         targets.append(target("decode tokens/s at batch 512 (graph)", by["512"]["graph_tokens_per_s"], ">=", 150e3))
     res["parts"]["decode"] = {"rows": dec_rows, "ratios": ratios, "info": info, "targets": targets, **dec}
+    say_cuda("Llama-family decode")
+    lm = _guarded("Llama-family decode", lambda: llama_bench(dev, budget, dtype, dry, P, N, 512 if not dry else 4), res)
+    if lm and "rows" in lm:
+        res["parts"]["llama_decode"] = {"rows": lm.pop("rows"), "info": {
+            "engine": lm["engine"], "fp32 max |logit diff| vs HF": lm["fp32_max_abs_logit_diff"],
+            "greedy rows identical to HF generate": f"{lm['greedy_rows_identical_to_hf_generate']}/{lm['greedy_rows']}",
+            "fast / HF batched generate": lm["fast_over_hf"]}, **lm}
     say_cuda("training")
     tr = train_bench(model, dev, budget, ceil, seq=128 if not dry else 16, batch=128 if not dry else 4,
                      steps=12 if not dry else 3, dry=dry)

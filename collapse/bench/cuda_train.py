@@ -21,19 +21,26 @@ def train_bench(model, dev: Dev, budget: Budget, ceil: dict, seq: int, batch: in
     rows = np.random.default_rng(0).integers(3, V, size=(batch * steps, seq)).astype(np.int32)
     val = rows[:2]
     mp = matmul_params(model)
+    paper = dict(method="lora", lr=2e-4, lora=LoraConfig(r=16, alpha=32, modules_to_save=["lm_head"]))
+    half = rows[:, : seq // 2].copy()  # what `collapse run` trains on: the continuations (keep_prompt false)
     variants = {
         "lora_paper": ("LoRA r=16 on every projection + lm_head trained (configs/curse-of-recursion *-lora)",
-                       dict(method="lora", lr=2e-4, lora=LoraConfig(r=16, alpha=32, modules_to_save=["lm_head"]))),
-        "lora": ("LoRA r=8 on every projection (the default)", dict(method="lora", lr=2e-4, lora=LoraConfig(r=8))),
-        "full": ("full fine-tune (lr 2e-5, as the paper config)", dict(method="full", lr=2e-5)),
+                       paper, rows),
+        "lora_paper_run_rows": (f"the same on {seq // 2}-token rows, as `collapse run` trains (new_tokens, "
+                                "keep_prompt false)", paper, half),
+        "lora": ("LoRA r=8 on every projection (the default)", dict(method="lora", lr=2e-4, lora=LoraConfig(r=8)),
+                 rows),
+        "full": ("full fine-tune (lr 2e-5, as the paper config) on the run's path: float32 master weights, bf16 "
+                 "autocast", dict(method="full", lr=2e-5), rows),
     }
     rows_out, out = [], {}
     warm = 3 if not dry else 1
-    for key, (label, kw) in variants.items():
+    for key, (label, kw, data) in variants.items():
         if not budget.allow(f"training: {key}", 30):
             continue
         try:
-            rows_out.append(_train_variant(model, dev, acc, key, label, kw, rows, val, batch, seq, warm, mp, ceil, out))
+            rows_out.append(_train_variant(model, dev, acc, key, label, kw, data, val[:, :data.shape[1]], batch,
+                                           data.shape[1], warm, mp, ceil, out))
             say_cuda(f"train {key}: {out[key]['tokens_per_s'] / 1e3:.1f}k tok/s, compute fraction "
                      f"{out[key]['compute_fraction']:.2f}")
         except Exception as e:  # noqa: BLE001
@@ -48,18 +55,17 @@ def train_bench(model, dev: Dev, budget: Budget, ceil: dict, seq: int, batch: in
 
 def _train_variant(model, dev, acc, key, label, kw, rows, val, batch, seq, warm, mp, ceil, out) -> dict:
 
-    from collapse.config import TrainConfig
-    from collapse.modeling import attach_lora
+    from pathlib import Path
+
+    from collapse.checkpoints import Checkpoints
+    from collapse.config import Config, TrainConfig
     from collapse.train import finetune
 
     tcfg = TrainConfig(epochs=1, batch_size=batch, select="last", warmup_ratio=0.0, **kw)
-    m = copy.deepcopy(model)
-    if tcfg.method == "lora":
-        m = attach_lora(m, tcfg.lora)
-    else:
-        for p in m.parameters():
-            p.requires_grad_(True)
-    probe = [(n, p.detach().clone()) for n, p in m.named_parameters() if p.requires_grad and p.dim() == 2][:3]
+    # the weights exactly as `collapse run` makes them trainable (a full fine-tune: float32 master weights)
+    m = Checkpoints(Config(train=tcfg), Path("."), dev.device).trainable(copy.deepcopy(model), 1)
+    named0 = [(n, p) for n, p in m.named_parameters() if p.requires_grad and p.dim() == 2]
+    probe = [(n, p.detach().clone()) for n, p in named0[:: max(1, len(named0) // 6)]]
     trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
     stamps: list[float] = []
     m.train()
@@ -80,7 +86,8 @@ def _train_variant(model, dev, acc, key, label, kw, rows, val, batch, seq, warm,
     out[key] = {"tokens_per_s": tps, "step_seconds": per_step, "steps_timed": n, "trainable_params": trainable,
                 "flops_per_token": f_tok, "tflop_s": f_tok * tps / 1e12,
                 "compute_fraction": f_tok * tps / (ceil["matmul_tflop_s"] * 1e12),
-                "weight_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+                "weight_dtype": str(next(p for p in m.parameters() if p.requires_grad).dtype).replace("torch.", ""),
+                "rows": f"{batch} x {seq} tokens",
                 "mixed_precision": acc.mixed_precision, "fused_adamw": dev.cuda,
                 "share_of_probed_weights_changed": changed, "val_nll": stats.get("val_nll")}
     row = {"name": f"train {key}: {label}", "seconds": [per_step], "seconds_median": per_step,
