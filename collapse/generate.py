@@ -168,8 +168,9 @@ def _beam_decode(model, prompts: torch.Tensor, new_tokens: int, cfg: GenerationC
     """Beam search of exactly ``new_tokens`` tokens on a decode engine: HF ``generate``'s result for
     ``num_beams=K, do_sample=False, min_new_tokens=max_new_tokens, repetition_penalty`` (tests/test_beam.py).
 
-    Same tokens as HF whenever both see the same logits (tested in float32; the fast engine's logits
-    equal HF's to float tolerance, so in bfloat16 a near-tie between two candidates can go the other way).
+    Same tokens as HF whenever both see the same logits (tested in float32; the GPT-2/OPT engine's logits
+    equal HF's to float tolerance, so in bfloat16 a near-tie between two candidates can go the other way;
+    the Llama-family engine's are bit-identical to HF's SDPA forward in bfloat16 too).
     Decoding settings stored with a hub model (``generation_config.no_repeat_ngram_size`` and the like)
     are not applied: the ``generation.*`` keys define the decoding.
 

@@ -1,8 +1,9 @@
 """Beam search on the decode engines: exactly HF ``generate``'s beam search for fixed-length output.
 
-``sample_batch`` with ``num_beams > 1`` runs its own beam loop on the fast GPT-2/OPT engine (or on HF's
-forward for other models); ``generation.engine=hf-generate`` calls HF ``generate`` itself. The two must
-give the same tokens: same beams, same repetition penalty on log-probabilities, same final choice.
+``sample_batch`` with ``num_beams > 1`` runs its own beam loop on the fast engines (GPT-2/OPT, the Llama
+family; HF's forward for other models); ``generation.engine=hf-generate`` calls HF ``generate`` itself.
+The two must give the same tokens: same beams, same repetition penalty on log-probabilities, same final
+choice.
 """
 
 from __future__ import annotations
