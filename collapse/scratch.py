@@ -39,6 +39,8 @@ def cache_root() -> Path:
 
 
 def scratch_key(cfg: ScratchConfig, data_fingerprint: str) -> str:
+    """The cache key of a scratch model: recipe and data. Not the device, precision or number of processes
+    that build it: they change its float sums only, and the first build of a key is the one kept."""
     blob = json.dumps({"v": SCRATCH_VERSION, "scratch": asdict(cfg), "data": data_fingerprint}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -65,7 +67,8 @@ def shipped_folder(key: str) -> Path | None:
     if info is None or info.get("key") != key:
         return None
     weights = SHIPPED / "model.safetensors"
-    if not weights.is_file() or file_sha256(weights) != info.get("weights_sha256"):
+    if (not weights.is_file() or not (SHIPPED / "DONE").is_file()
+            or file_sha256(weights) != info.get("weights_sha256")):
         log.warning("note: the shipped generation 0 (%s) is damaged or incomplete (its weights are not the ones "
                     "gen0.json records): building it instead; reinstall collapse to get it back.", SHIPPED)
         return None
@@ -123,7 +126,7 @@ def get_scratch_model(cfg: ScratchConfig, splits, show_progress: bool = True, ac
     final = scratch_folder(cfg, splits)
     if (final / "DONE").is_file():
         return final
-    is_main = accelerator is None or accelerator.is_main_process
+    is_main = accelerator is None or accelerator.is_local_main_process  # one writer per node
     folder = build(cfg, splits, final if is_main else None, show_progress=show_progress and is_main,
                    accelerator=accelerator)
     if accelerator is not None:
@@ -194,7 +197,7 @@ class Convergence:
         if step < w:
             return False
         before = min((v for s, v in self.curve if s <= step - w), default=math.inf)
-        return math.isfinite(before) and before - self.best[0] < self.min_delta * before
+        return math.isfinite(before) and before - self.best[0] <= self.min_delta * before
 
 
 def pretrain(model, train_blocks: np.ndarray, val_blocks: np.ndarray, cfg: ScratchConfig, *,
@@ -240,11 +243,15 @@ def pretrain(model, train_blocks: np.ndarray, val_blocks: np.ndarray, cfg: Scrat
                                 f"{step - len(vals) + bad[0]}: lower model.scratch.lr.")
         return vals
 
+    eval_s = 0.0
+
     def evaluate(step: int) -> bool:
-        nonlocal best_state
+        nonlocal best_state, eval_s
         vals = check_losses(step)
         losses.clear()
+        te = time.perf_counter()
         val = mean_nll(pmodel, val_blocks, accelerator=accelerator)
+        eval_s += time.perf_counter() - te
         pmodel.train()
         curve.append({"step": step, "val_nll": round(val, 6), "train_loss": round(float(np.mean(vals)), 6)
                       if vals else None, "lr": lr_at(step - 1, steps, cfg.lr, warmup) if step else None})
@@ -289,8 +296,8 @@ def pretrain(model, train_blocks: np.ndarray, val_blocks: np.ndarray, cfg: Scrat
                 last_loss = check_losses(step)[-1]
                 losses.clear()
                 bar.set_postfix(loss=f"{last_loss:.3f}", refresh=False)
-        dt = time.perf_counter() - t0
-    out = {"until": cfg.until, "steps": step, "seconds_training": round(dt, 1),
+        dt = time.perf_counter() - t0 - eval_s  # training steps only (the validation passes: eval_s)
+    out = {"until": cfg.until, "steps": step, "seconds_training": round(dt, 1), "seconds_validating": round(eval_s, 1),
            "tokens_per_s": step * cfg.batch_size * train_blocks.shape[1] / dt if dt > 0 else 0.0,
            "processes": world, "device": device.type}
     if rule is not None:
@@ -302,5 +309,9 @@ def pretrain(model, train_blocks: np.ndarray, val_blocks: np.ndarray, cfg: Scrat
         val = mean_nll(pmodel, val_blocks, accelerator=accelerator)
         out["train_loss"] = last_loss
     model.eval()
+    opt.zero_grad(set_to_none=True)
+    opt = pmodel = best_state = dev_blocks = None  # nothing of the training left on the device
+    if accelerator is not None:
+        accelerator.free_memory()  # the optimizer's moments and DDP buffers it still holds
     out.update(val_nll=val, val_ppl=math.exp(val))
     return out

@@ -87,10 +87,12 @@ def main(argv: list[str] | None = None) -> int:
                  accelerator.num_processes, accelerator.mixed_precision)
     work = Path(tempfile.mkdtemp(prefix="gen0-"))
     try:
-        folder = build(sc, splits, work / "gen0", show_progress=sys.stderr.isatty(), accelerator=accelerator)
+        main = accelerator is None or accelerator.is_main_process
+        folder = build(sc, splits, work / "gen0" if main else None, show_progress=sys.stderr.isatty() and main,
+                       accelerator=accelerator)
         if accelerator is not None:
             accelerator.wait_for_everyone()
-            if not accelerator.is_main_process:
+            if not main:
                 accelerator.end_training()
                 return 0
         info = json.loads((folder / "scratch.json").read_text())

@@ -32,7 +32,7 @@ else
   model.scratch.steps=3000 model.scratch.eval_every=200 model.scratch.patience=600 model.scratch.lr=6e-4)
   TINY=; RUN_EXTRA=()
 fi
-MODEL=/tmp/opt125m-kjv
+MODEL=/tmp/opt125m-kjv$([ "$DRY" = 1 ] && echo -dry)
 DEADLINE=${DEADLINE:-520}  # seconds for the whole script: each part runs only if its time is left
 t0=$(date +%s)
 left() { echo $(( DEADLINE - ($(date +%s) - t0) )); }

@@ -70,7 +70,9 @@ def _train_variant(model, dev, acc, key, label, kw, rows, val, batch, seq, warm,
     stamps: list[float] = []
     m.train()
     stats = finetune(m, rows, val, tcfg, acc, key=(0, 1, "bench"), show_progress=False,
-                     on_step=lambda s: stamps.append(time.perf_counter()))
+                     on_step=lambda s: (dev.sync() if s == warm + 1 else None, stamps.append(time.perf_counter())))
+    # the loop queues steps ahead of the device: the start stamp waits for it; the end stamp follows the
+    # loop's own wait at the epoch's end
     n = len(stamps) - 1 - warm
     per_step = (stamps[-1] - stamps[warm]) / max(n, 1)
     tps = batch * seq / per_step

@@ -56,7 +56,7 @@ def summarize(logs: dict[str, Path], bench: Path | None) -> dict:
         text = path.read_text(errors="replace") if path.is_file() else ""
         st = stage_seconds(text)
         gens = {g: round(sum(v.values()), 1) for g, v in st.items() if g >= 1}
-        rate = [float(x) for x in re.findall(r"train[^\n]*?([\d.]+)k tok/s", text)]
+        rate = [float(x) for x in re.findall(r"gen \d+: train\s[^\r\n]*?([\d.]+)k tok/s", text)]
         res[name] = {"stages": st, "seconds_per_generation": gens, "done": "done in" in text,
                      "train_k_tokens_per_s_logged": rate}
     res["projection"] = {k: {kk: round(vv, 1) for kk, vv in v.items() if isinstance(vv, (int, float))}
