@@ -44,16 +44,53 @@ def machine(threads: int) -> dict:
             "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
 
 
+def plot_curve(folder: Path | None, png: Path) -> int:
+    """The validation curve of a built generation 0 (default: the shipped one) as a PNG."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from collapse.scratch import SHIPPED
+
+    info = json.loads(((folder or SHIPPED) / "scratch.json").read_text())
+    curve = [c for c in info["curve"] if c["step"] > 0]
+    fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=110)
+    ax.plot([c["step"] for c in curve], [math.exp(c["val_nll"]) for c in curve], lw=1.6, label="validation")
+    ax.plot([c["step"] for c in curve if c["train_loss"]], [math.exp(c["train_loss"]) for c in curve if c["train_loss"]],
+            lw=1.0, alpha=0.7, label="training (mean over the interval)")
+    best = info.get("best_step")
+    ax.axvline(best, color="0.5", lw=0.8, ls="--")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("perplexity")
+    s = info["scratch"]
+    ax.set_title(f"generation 0: {s['arch']} {s['n_layer']}×{s['d_model']}, stopped at step {info['steps']:,} "
+                 f"(best {best:,}: {info['val_ppl']:.1f})", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png)
+    print(f"wrote {png}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("overrides", nargs="*", help="config key=value (a candidate recipe; needs --out)")
     ap.add_argument("--out", default=None, help="folder to write (default: collapse/gen0, the shipped one)")
     ap.add_argument("--verify", action="store_true", help="rebuild in a temporary folder and compare with the shipped one")
+    ap.add_argument("--plot", default=None, metavar="PNG", help="only draw the shipped model's validation curve")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the shipped build used 1)")
     ap.add_argument("--device", choices=("cpu", "accelerator"), default="cpu",
                     help="`accelerator`: pre-train through Accelerate on its device (a GPU: bf16 autocast; "
                          "launch with `accelerate launch` for several)")
     args = ap.parse_args(argv)
+    if args.plot:
+        return plot_curve(Path(args.out) if args.out else None, Path(args.plot))
 
     import numpy as np
     import torch
