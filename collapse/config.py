@@ -69,14 +69,14 @@ class ScratchConfig:
     block_size: int = _f(128, "Training block length in tokens.")
     seed: int = _f(0, "Seed of the build (weight init, batch order). Not the run's seed: every run seed starts from the "
                       "same generation 0, as in the paper.")
-    until: str = _f("converged", "`converged`: stop when the validation loss stops improving (see patience, min_delta), "
-                    "at most `steps`; `steps`: exactly `steps` steps.", choices=("converged", "steps"))
-    steps: int = _f(8000, "Optimizer steps: the number (until=steps) or the cap (until=converged); the cosine schedule "
-                          "spans them.")
+    until: str = _f("converged", "`converged`: the peak rate until the validation loss stops improving (patience, "
+                    "min_delta), a linear cooldown to 10%, then on until it stops again (at most `steps`); `steps`: "
+                    "exactly `steps` steps, cosine decay over them.", choices=("converged", "steps"))
+    steps: int = _f(8000, "Optimizer steps: the number (until=steps) or the cap (until=converged).")
     eval_every: int = _f(100, "until=converged: steps between validation losses (the curve in scratch.json).")
-    patience: int = _f(1000, "until=converged: stop once the best validation loss improved by less than min_delta over "
-                             "the last max(patience, 10% of the steps so far) steps. Longer than the early loss "
-                             "plateau (docs/results.md).")
+    patience: int = _f(600, "until=converged: the loss has stopped improving when its best improved by less than "
+                            "min_delta over the last max(patience, 10% of the steps so far) steps; also the shortest "
+                            "cooldown. Twice the early loss plateau (docs/results.md).")
     min_delta: float = _f(0.01, "until=converged: relative improvement of the validation loss that counts (0.01 = 1%).")
     batch_size: int = _f(32, "Pre-training batch size in blocks (over all processes).")
     lr: float = _f(3e-3, "Peak learning rate (AdamW, warmup then cosine to 10%); small models like it high.")

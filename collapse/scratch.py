@@ -200,13 +200,41 @@ class Convergence:
         return math.isfinite(before) and before - self.best[0] <= self.min_delta * before
 
 
+class ConvergedSchedule:
+    """The learning rate of ``until: converged``, and when to stop: warmup, then the peak rate until the rule
+    first fires (the loss has flattened at that rate), then a linear cooldown to 10% of the peak over
+    max(patience, 20% of the steps so far), then 10% until the rule fires again (the cooldown's gain is
+    then out of its window: the model is converged at its annealed rate, not only on a noisy plateau)."""
+
+    def __init__(self, peak: float, warmup: int, rule: Convergence):
+        self.peak, self.warmup, self.rule = peak, warmup, rule
+        self.cooldown: tuple[int, int] | None = None  # (first step, length)
+
+    def lr(self, step: int) -> float:
+        if step < self.warmup:
+            return self.peak * (step + 1) / self.warmup
+        if self.cooldown is None:
+            return self.peak
+        s0, n = self.cooldown
+        return self.peak * (1.0 - 0.9 * min(1.0, (step - s0) / n))
+
+    def update(self, step: int, loss: float) -> bool:
+        """Record the validation loss at ``step``; True when training should stop."""
+        flat = self.rule.update(step, loss)
+        if self.cooldown is None:
+            if flat:
+                self.cooldown = (step, max(self.rule.patience, math.ceil(0.2 * step)))
+            return False
+        return flat and step >= sum(self.cooldown)
+
+
 def pretrain(model, train_blocks: np.ndarray, val_blocks: np.ndarray, cfg: ScratchConfig, *,
              show_progress: bool = True, accelerator=None) -> dict:
-    """Pre-train the scratch model on real blocks (AdamW, warmup then cosine over ``cfg.steps``).
+    """Pre-train the scratch model on real blocks (AdamW, warmup over 5% of ``cfg.steps``).
 
-    ``until: steps`` runs ``cfg.steps`` steps; ``until: converged`` evaluates the validation loss every
-    ``cfg.eval_every`` steps, stops by :class:`Convergence` (or at the cap) and keeps the best evaluated
-    weights. With an ``accelerator``: its device, its processes (each takes its share of the global batch)
+    ``until: steps`` runs ``cfg.steps`` steps, the rate decaying by a cosine over them; ``until: converged``
+    evaluates the validation loss every ``cfg.eval_every`` steps, follows :class:`ConvergedSchedule` (at
+    most ``cfg.steps`` steps) and keeps the best evaluated weights. With an ``accelerator``: its device, its processes (each takes its share of the global batch)
     and its autocast; the result is the same computation as one process's, up to float sums.
     """
     from tqdm.auto import tqdm
@@ -227,6 +255,10 @@ def pretrain(model, train_blocks: np.ndarray, val_blocks: np.ndarray, cfg: Scrat
     steps = cfg.steps
     warmup = max(1, steps // 20)
     rule = Convergence(cfg.patience, cfg.min_delta) if cfg.until == "converged" else None
+    sched = ConvergedSchedule(cfg.lr, warmup, rule) if rule is not None else None
+
+    def lr(step: int) -> float:
+        return sched.lr(step) if sched is not None else lr_at(step, steps, cfg.lr, warmup)
     best_state = None
     order = np.zeros(0, dtype=np.int64)
     epoch = 0
@@ -254,10 +286,10 @@ def pretrain(model, train_blocks: np.ndarray, val_blocks: np.ndarray, cfg: Scrat
         eval_s += time.perf_counter() - te
         pmodel.train()
         curve.append({"step": step, "val_nll": round(val, 6), "train_loss": round(float(np.mean(vals)), 6)
-                      if vals else None, "lr": lr_at(step - 1, steps, cfg.lr, warmup) if step else None})
+                      if vals else None, "lr": lr(step - 1) if step else None})
         log.debug("scratch step %d: validation loss %.4f (perplexity %.2f), lr %s", step, val, math.exp(val),
                   f"{curve[-1]['lr']:.2e}" if step else "-")
-        stop = rule.update(step, val)
+        stop = sched.update(step, val)
         if rule.best[1] == step:
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         bar.set_postfix(loss=f"{curve[-1]['train_loss'] or float('nan'):.3f}", val=f"{val:.3f}", refresh=False)
@@ -275,7 +307,7 @@ def pretrain(model, train_blocks: np.ndarray, val_blocks: np.ndarray, cfg: Scrat
                 epoch += 1
             rows, order = order[:cfg.batch_size], order[cfg.batch_size:]
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, steps, cfg.lr, warmup)
+                g["lr"] = lr(step)
             batch = dev_blocks[torch.as_tensor(rows[rank * micro:(rank + 1) * micro]).to(device, non_blocking=True)]
             with autocast():
                 loss = lm_loss(pmodel, batch)
@@ -303,7 +335,8 @@ def pretrain(model, train_blocks: np.ndarray, val_blocks: np.ndarray, cfg: Scrat
     if rule is not None:
         if best_state is not None:
             model.load_state_dict(best_state)
-        out.update(converged=stopped, best_step=rule.best[1], patience_window=rule.window(step), curve=curve)
+        out.update(converged=stopped, best_step=rule.best[1], patience_window=rule.window(step),
+                   cooldown=list(sched.cooldown) if sched.cooldown else None, curve=curve)
         val = rule.best[0]
     else:
         val = mean_nll(pmodel, val_blocks, accelerator=accelerator)

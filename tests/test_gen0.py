@@ -41,14 +41,14 @@ def _stop_step(rule: Convergence, curve) -> int | None:
 
 
 def test_the_rule_sees_past_a_plateau_shorter_than_its_patience():
-    curve = _plateau_curve(plateau=600)
-    stop = _stop_step(Convergence(patience=1000, min_delta=0.01), curve)
-    assert stop is not None and stop > 300 + 600 + 3000, stop  # after the second descent has flattened
+    curve = _plateau_curve(plateau=300)  # the length of the early plateau seen at 300 steps
+    stop = _stop_step(Convergence(patience=ScratchConfig().patience, min_delta=0.01), curve)
+    assert stop is not None and stop > 300 + 300 + 2500, stop  # after the second descent has flattened
     final = dict(curve)[stop]
     assert final < 3.7
     # a window shorter than the plateau stops on it: the reason patience must be longer
-    early = _stop_step(Convergence(patience=400, min_delta=0.01), curve)
-    assert early is not None and early <= 900
+    early = _stop_step(Convergence(patience=200, min_delta=0.01), curve)
+    assert early is not None and early <= 600
 
 
 def test_at_the_stop_the_last_tenth_improved_by_under_min_delta():
@@ -59,6 +59,28 @@ def test_at_the_stop_the_last_tenth_improved_by_under_min_delta():
     at = dict(curve)
     before = min(v for s, v in curve if s <= stop - math.ceil(0.1 * stop))
     assert (before - at[stop]) / before < 0.01
+
+
+def test_the_schedule_cools_down_at_the_first_plateau_and_stops_at_the_second():
+    from collapse.scratch import ConvergedSchedule
+
+    sched = ConvergedSchedule(3e-3, 100, Convergence(patience=500, min_delta=0.01))
+    assert sched.lr(0) == pytest.approx(3e-5) and sched.lr(99) == 3e-3 and sched.lr(5000) == 3e-3
+
+    def loss(s):  # flat at 4.0 from step 2000 at the peak rate; the cooldown lowers it to 3.6, flat after
+        if sched.cooldown is None or s <= sched.cooldown[0]:
+            return max(4.0, 6.0 - s / 1000)
+        return 4.0 - 0.4 * min(1.0, (s - sched.cooldown[0]) / sched.cooldown[1])
+
+    stop = None
+    for s in range(0, 20001, 100):
+        if sched.update(s, loss(s)):
+            stop = s
+            break
+    s0, n = sched.cooldown
+    assert 2000 < s0 <= 2600 and n == max(500, math.ceil(0.2 * s0))
+    assert sched.lr(s0 + n // 2) == pytest.approx(3e-3 * 0.55, rel=0.01) and sched.lr(s0 + n) == pytest.approx(3e-4)
+    assert stop is not None and stop >= s0 + n + 500  # a whole window at the annealed rate, flat
 
 
 def test_a_loss_still_falling_never_stops():
