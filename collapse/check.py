@@ -155,13 +155,13 @@ def check_model(cfg: Config, plan: Plan, device) -> None:
 
     m = cfg.model
     if m.name_or_path == "scratch":
-        from collapse.scratch import TOKENS_FILE, build_scratch_model, scratch_folder
+        from collapse.scratch import SHIPPED, TOKENS_FILE, build_scratch_model, scratch_folder
 
         folder = scratch_folder(m.scratch, plan.splits)
         if (folder / "DONE").is_file():
             plan.skeleton, plan.tok = load_skeleton(str(folder), m, device)
             plan.token_cache = folder / TOKENS_FILE
-            where = f"cached in {folder}"
+            where = "shipped generation 0 (collapse/gen0)" if folder == SHIPPED else f"cached in {folder}"
         else:
             with torch.device("meta"):
                 plan.skeleton = build_scratch_model(m.scratch, m.scratch.vocab_size, 0)
