@@ -140,7 +140,8 @@ def build(cfg: ScratchConfig, splits, dest: Path | None, show_progress: bool = T
     from collapse.data import SPLITS, concat_blocks, save_split_ids, tokenize
 
     t0 = time.time()
-    key = scratch_key(cfg, splits.fingerprint())
+    data = splits.fingerprint()  # hashes every document: once
+    key = scratch_key(cfg, data)
     tok = train_tokenizer(splits.train, cfg.vocab_size)
     eos = tok.eos_token_id
     torch.manual_seed(cfg.seed)
@@ -162,7 +163,7 @@ def build(cfg: ScratchConfig, splits, dest: Path | None, show_progress: bool = T
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         save_split_ids(tmp / TOKENS_FILE, splits, ids)
-        info = {"key": key, "scratch": asdict(cfg), "data": splits.fingerprint(),
+        info = {"key": key, "scratch": asdict(cfg), "data": data,
                 "seconds": round(time.time() - t0, 1), **stats}
         (tmp / "scratch.json").write_text(json.dumps(info, indent=1))
         (tmp / "DONE").write_text("ok\n")
