@@ -173,6 +173,11 @@ def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = Fals
         logger = make_logger(cfg.wandb, out, cfg.to_dict(), is_main)
         flat = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         flat["bucket_shift"] = {k: v["shift_pct"] for k, v in result["bucket_shift"].items()}
+        for end, i in (("lo", 0), ("hi", 1)):  # the intervals as series beside the values
+            flat[f"bucket_shift_{end}"] = {k: v["ci95"][i] for k, v in result["bucket_shift"].items()
+                                           if (v.get("ci95") or [None])[0] is not None}
+            flat.update({f"{k[:-3]}_{end}": v[i] for k, v in result.items()
+                         if k.endswith("_ci") and isinstance(v, list) and v[i] is not None})
         logger.log(flat, step=0)
         logger.log_image("buckets", out / "buckets.png", step=0)
         texts = tok.batch_decode(prompts[:20].tolist()), tok.batch_decode(gen[:20].tolist()), \

@@ -503,14 +503,6 @@ TABLE = (("test ppl", "test_ppl", "{:.2f}"), ("NLL 1-10", "tail_loss.1-10", "{:.
 CHANGE_COLUMNS = ("test_ppl", "tail_loss.1001-10000", "bucket_shift.1-10", "bucket_shift.1001-10000", "entropy")
 
 
-def _ci_of(row: dict, name: str) -> list | None:
-    if "." in name:
-        fig, b = name.split(".", 1)
-        key = {"gen_share": "bucket_share_ci"}.get(fig, f"{fig}_ci")
-        return (row.get(key) or {}).get(b)
-    return row.get(f"{name}_ci")
-
-
 def _columns(head: list[str], rows: list[list[str]]) -> list[str]:
     w = [max(len(x) for x in col) for col in zip(head, *rows)]
     return [" ".join(f"{x:>{n}}" for x, n in zip(r, w)) for r in (head, *rows)]
@@ -526,7 +518,7 @@ def metrics_table(rows: list[dict]) -> str:
     for r in rows:
         point, cells = S.flat_point(r, M.BUCKETS), [str(r["generation"])]
         for _, k, fmt in TABLE:
-            v, ci = point.get(k), _ci_of(r, k)
+            v, ci = point.get(k), S.row_ci(r, k)
             pct = "%" if "%" in fmt else ""
             text = "—" if v is None else fmt.format(v).rstrip("%")
             if v is not None and ci and ci[0] is not None:

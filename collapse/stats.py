@@ -159,8 +159,13 @@ def ngram_units(rows: np.ndarray, n: int) -> sp.csr_matrix:
     N, L = rows.shape
     if L < n:
         return sp.csr_matrix((N, 0))
-    grams = np.stack([rows[:, i:L - n + 1 + i] for i in range(n)], axis=-1).reshape(-1, n)
-    _, ids = np.unique(grams, axis=0, return_inverse=True)
+    V = int(rows.max()) + 1 if rows.size else 1
+    if V ** n < 2**62:  # one int64 per n-gram: a 1-D unique is ~10x faster than np.unique(axis=0)
+        code = sum(rows[:, i:L - n + 1 + i] * V ** (n - 1 - i) for i in range(n)).reshape(-1)
+        _, ids = np.unique(code, return_inverse=True)
+    else:
+        grams = np.stack([rows[:, i:L - n + 1 + i] for i in range(n)], axis=-1).reshape(-1, n)
+        _, ids = np.unique(grams, axis=0, return_inverse=True)
     return unit_counts(ids.reshape(N, L - n + 1), int(ids.max()) + 1)
 
 
@@ -325,6 +330,19 @@ def flat_point(row: dict, names: tuple[str, ...]) -> dict[str, float | None]:
     return out
 
 
+def row_ci(row: dict, name: str) -> list | None:
+    """The interval of figure ``name`` (flat: ``test_ppl``, ``tail_loss.1-10``, ``gen_share.1-10``) in a metrics row."""
+    if "." in name:
+        fig, b = name.split(".", 1)
+        return (row.get("bucket_share_ci" if fig == "gen_share" else f"{fig}_ci") or {}).get(b)
+    return row.get(f"{name}_ci")
+
+
+def row_change(row: dict, name: str, since: str = "from_gen0") -> dict | None:
+    """The paired change of figure ``name`` in a metrics row (``delta``, ``ci95``, ``resolved``), or None."""
+    return ((row.get("changes") or {}).get(since) or {}).get(name)
+
+
 def generation_boot(wts: Weights, corpus: Corpus, ref_counts: np.ndarray, buckets: np.ndarray, head: np.ndarray,
                     names: tuple[str, ...], ppl: np.ndarray | None = None, We: Weights | None = None,
                     block_sums: np.ndarray | None = None, block_counts: np.ndarray | None = None
@@ -349,4 +367,26 @@ def row_intervals(point: dict, boot: dict[str, np.ndarray], names: tuple[str, ..
     for fig, key in (("tail_loss", "tail_loss_ci"), ("bucket_shift", "bucket_shift_ci"), ("gen_share", "bucket_share_ci")):
         if f"{fig}.{names[0]}" in ci:
             out[key] = {b: (ci[f"{fig}.{b}"] if point.get(f"{fig}.{b}") is not None else [None, None]) for b in names}
+    return out
+
+
+def interval_series(row: dict) -> dict:
+    """A row's intervals as W&B series beside each value: ``<name>_lo`` / ``<name>_hi`` for scalars,
+    ``<map>_lo`` / ``<map>_hi`` bucket maps (``tail_loss_lo/1-10``), and each paired change from
+    generation 0 as ``change/<figure>`` with ``change_lo`` / ``change_hi``."""
+    out: dict = {}
+    for k, v in row.items():
+        if not k.endswith("_ci") or v is None:
+            continue
+        name = k[:-3].replace("bucket_share", "gen_share")
+        if isinstance(v, dict):
+            out[f"{name}_lo"] = {b: c[0] for b, c in v.items() if c and c[0] is not None}
+            out[f"{name}_hi"] = {b: c[1] for b, c in v.items() if c and c[1] is not None}
+        elif v[0] is not None:
+            out[f"{name}_lo"], out[f"{name}_hi"] = v
+    ch = (row.get("changes") or {}).get("from_gen0") or {}
+    if ch:
+        out["change"] = {k: c["delta"] for k, c in ch.items()}
+        out["change_lo"] = {k: c["ci95"][0] for k, c in ch.items() if c["ci95"][0] is not None}
+        out["change_hi"] = {k: c["ci95"][1] for k, c in ch.items() if c["ci95"][1] is not None}
     return out
