@@ -296,6 +296,9 @@ def stage_problem(stage: str, g: int, out: Path, n_seq: int) -> str | None:
     return problem
 
 
+OLDER = "measured without intervals (an older collapse)"
+
+
 def _intervals_problem(d: Path) -> str | None:
     """A measured generation without its intervals (an older collapse) or with a damaged bootstrap.npz."""
     try:
@@ -303,7 +306,7 @@ def _intervals_problem(d: Path) -> str | None:
     except Exception:  # noqa: BLE001 - reported by _json_problem
         return None
     if "intervals" not in row:
-        return f"{d.name} was measured without intervals (an older collapse)"
+        return OLDER
     if row["intervals"] is None:
         return None  # stats.resamples=0
     try:
@@ -325,7 +328,7 @@ def verify_stages(manifest: Manifest, out: Path, generations: int, n_seq: int, w
     keep_checkpoints otherwise; ``continues_previous``: generation g+1 trains from model g); if they
     are missing or damaged, that generation's training is redone. Returns one note per redone stage.
     """
-    notes = []
+    notes, older = [], {}
     for g in range(generations, -1, -1):  # newest first: a redone training needs the weights before it
         if str(g) not in manifest.data["generations"]:
             continue
@@ -333,7 +336,10 @@ def verify_stages(manifest: Manifest, out: Path, generations: int, n_seq: int, w
             if not manifest.done(g, stage):
                 continue
             why = stage_problem(stage, g, out, n_seq)
-            if why:
+            if why == OLDER:
+                older[g] = "measure"
+                manifest.clear(g, REDO_WITH[stage])
+            elif why:
                 redo = REDO_WITH[stage]
                 manifest.clear(g, redo)
                 notes.append(f"gen {g}: {why}: redoing {'/'.join(redo)}")
@@ -343,8 +349,7 @@ def verify_stages(manifest: Manifest, out: Path, generations: int, n_seq: int, w
             if (g == 0 and not manifest.done(0, "train")) or not safetensors_problem(
                     gen_dir(out, g) / ("model" if g == 0 else weights_sub)):
                 manifest.clear(g, REDO_WITH["evaluate"])
-                notes.append(f"gen {g}: evaluated without per-block losses (an older collapse): redoing "
-                             "evaluate/measure for the intervals")
+                older[g] = "evaluate/measure"
         if g > 0 and manifest.done(g, "train"):
             needed = (not manifest.done(g, "evaluate") or not manifest.done(g, "generate")
                       or (continues_previous and g < generations and not manifest.done(g + 1, "train")))
@@ -353,6 +358,11 @@ def verify_stages(manifest: Manifest, out: Path, generations: int, n_seq: int, w
                 if why:
                     manifest.clear(g, ("train",))
                     notes.append(f"gen {g}: weights needed to resume: {why}: redoing train")
+    if older:  # one line for a run made before intervals, not two per generation
+        gens = sorted(older)
+        what = " and ".join(sorted(set(older.values())))
+        notes.append(f"gens {', '.join(map(str, gens))} were measured by an older collapse (no intervals): redoing "
+                     f"{what} for the intervals (nothing is retrained)")
     return notes
 
 
