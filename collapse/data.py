@@ -11,7 +11,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,8 @@ class Splits:
     train: list[str]
     validation: list[str]
     test: list[str]
+    # the synthetic source's word-level tokenizer (one id per symbol): every model kind uses it, none trains one
+    tokenizer: object = field(default=None, repr=False, compare=False)
 
     def __getitem__(self, name: str) -> list[str]:
         return getattr(self, name)
@@ -177,8 +179,14 @@ def load_splits(cfg: DataConfig, seed: int | None = None) -> Splits:
     A source with its own train/validation/test splits (wikitext) keeps them; otherwise the
     documents are shuffled with ``seed`` and cut by ``val_fraction``/``test_fraction``.
     """
+    tokenizer = None
     if cfg.source == "kjv":
         raw = {"train": load_kjv()}
+    elif cfg.source == "synthetic":
+        from collapse.synthetic import source
+
+        src = source(cfg.synthetic)
+        raw, tokenizer = {"train": src.documents()}, src.tokenizer()
     else:
         raw = _load_with_datasets(cfg)
     raw = {k: [d for d in v if len(d.strip()) >= cfg.min_chars] for k, v in raw.items()}
@@ -193,6 +201,7 @@ def load_splits(cfg: DataConfig, seed: int | None = None) -> Splits:
         splits = _split_documents(docs, cfg, cfg.split_seed if seed is None else seed)
     if cfg.max_documents is not None:
         splits = Splits(*(splits[s][: cfg.max_documents] for s in SPLITS))
+    splits.tokenizer = tokenizer
     if not splits.train:
         raise DataError(f"the dataset {cfg.source} is empty (no documents with text in `{cfg.text_field}`): "
                         "check data.source and data.text_field.")
@@ -278,9 +287,10 @@ class RealData:
     val_blocks: np.ndarray
     test_blocks: np.ndarray
     ref_counts: np.ndarray  # token counts of the real training split
-    bucket_of: np.ndarray  # frequency bucket of every token id (by its rank in ref_counts)
+    bucket_of: np.ndarray  # frequency bucket of every token id (by its rank in ref_counts; synthetic: TRUE rank)
     suppress: tuple[int, ...]  # ids never sampled (EOS: every sample has the full length)
     n_batches: int
+    truth: object = None  # collapse.synthetic.SyntheticSource when data.source=synthetic: the known distribution
 
     @property
     def n_seq(self) -> int:
@@ -319,7 +329,14 @@ def real_data(cfg: Config, ids: dict[str, list[np.ndarray]], eos: int | None, vo
     order = numpy_rng(cfg.seed, "prompts").permutation(len(prompt_blocks))
     if n_seq > len(order):
         order = np.resize(order, n_seq)  # more samples than blocks: prompts repeat, in the same order
+    truth = None
+    buckets = M.bucket_of(ref_counts, vocab)
+    if cfg.data.source == "synthetic":  # tail loss by TRUE rank: no reference noise in which type is rare
+        from collapse.synthetic import source
+
+        truth = source(cfg.data.synthetic)
+        buckets = truth.bucket_of(max(vocab, len(ref_counts)))
     return RealData(prompts=prompt_blocks[order[:n_seq], : gc.prompt_tokens], real_rows=real_rows,
                     val_blocks=val_blocks, test_blocks=test_blocks, ref_counts=ref_counts,
-                    bucket_of=M.bucket_of(ref_counts, vocab), suppress=(eos,) if eos is not None else (),
-                    n_batches=math.ceil(n_seq / gc.batch_size))
+                    bucket_of=buckets, suppress=(eos,) if eos is not None else (),
+                    n_batches=math.ceil(n_seq / gc.batch_size), truth=truth)

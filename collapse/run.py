@@ -47,10 +47,11 @@ from collapse.checkpoints import Checkpoints, disk_estimate
 from collapse.config import Config
 from collapse.data import RealData, real_data, save_split_ids, split_ids
 from collapse.errors import CollapseError, DataError
-from collapse.evaluate import evaluate_blocks, sequence_ppl
+from collapse.evaluate import evaluate_blocks, mean_nll, sequence_ppl
 from collapse.generate import generate_corpus
 from collapse.io import atomic_path, read_json, write_json, write_parquet, write_text
 from collapse.modeling import check_fits, load_model, set_threads, vocab_size
+from collapse.ngram import zero_prob_tokens
 from collapse.regimes import regime_training_set
 from collapse.rundir import (
     Manifest,
@@ -71,6 +72,7 @@ from collapse.scratch import TOKENS_FILE
 from collapse.seeding import numpy_rng
 from collapse.tracking import NullLogger, close_quietly, log_generation, make_logger, new_run_id
 from collapse.train import finetune
+from collapse.truth import kl_truth, truth_row
 
 log = logging.getLogger("collapse")
 
@@ -119,11 +121,14 @@ def train_stage(run: Run, g: int, base, prev: Weights | None, model: Weights) ->
                                     samples=[run.samples(k) for k in range(g)],
                                     real_fraction=cfg.regime.real_fraction, size=cfg.regime.size,
                                     rng=numpy_rng(cfg.seed, g, "regime"))
-    trainee = run.ckpt.start(g, base, prev)
-    if prev is not None:
-        prev.model = None  # model g-1 is not needed any more
-    stats = finetune(trainee, rows, run.data.val_blocks, cfg.train, run.accelerator, key=(cfg.seed, g, "train"),
-                     show_progress=run.show, desc=f"gen {g} train", on_step=lambda s: fault.point("train", g, s))
+    if run.ckpt.ngram:  # the n-gram "trains" by counting: model g = the counts of its regime's training set
+        trainee, stats = ngram_train(run, rows)
+    else:
+        trainee = run.ckpt.start(g, base, prev)
+        if prev is not None:
+            prev.model = None  # model g-1 is not needed any more
+        stats = finetune(trainee, rows, run.data.val_blocks, cfg.train, run.accelerator, key=(cfg.seed, g, "train"),
+                         show_progress=run.show, desc=f"gen {g} train", on_step=lambda s: fault.point("train", g, s))
     model.model = run.ckpt.save(trainee, g, run.is_main)
     if run.is_main:
         write_json(run.dir(g) / "train.json", {
@@ -133,11 +138,28 @@ def train_stage(run: Run, g: int, base, prev: Weights | None, model: Weights) ->
             f"{stats['tokens_per_s'] / 1e3:.1f}k tok/s")
 
 
+def ngram_train(run: Run, rows: np.ndarray) -> tuple[object, dict]:
+    """Count ``rows``; the stats finetune reports (validation NLL on the REAL validation blocks)."""
+    from collapse.ngram import fit
+
+    t0 = time.perf_counter()
+    c = run.model0.config
+    model = fit(rows, c.vocab_size, c.ngram_n, c.add_k, c.eos_token_id)
+    val = mean_nll(model, run.data.val_blocks, run.cfg.eval.batch_size, run.accelerator)
+    dt = time.perf_counter() - t0
+    return model, {"history": [], "epoch_selected": 0, "train_loss": None, "val_nll": val, "steps": 0,
+                   "seconds": dt, "tokens_per_s": rows.size / dt if dt > 0 else 0.0}
+
+
 def evaluate_stage(run: Run, g: int, model: Weights) -> str:
     """Test perplexity and the loss per frequency bucket of model g on the REAL test blocks."""
     m = model()
     fault.point("evaluate", g, 0)
     ev = evaluate_blocks(m, run.data.test_blocks, run.data.bucket_of, run.cfg.eval.batch_size, run.accelerator)
+    if run.data.truth is not None:  # the synthetic source: KL to the known truth
+        ev.update(kl_truth(m, run.data.truth, run.tok.eos_token_id, (run.cfg.seed, g), run.cfg.eval.batch_size))
+    if run.ckpt.ngram:  # why an add_k=0 model's test perplexity may be infinite
+        ev["test_zero_tokens"] = zero_prob_tokens(m, run.data.test_blocks, run.cfg.eval.batch_size)
     fault.point("evaluate", g, 1)
     if run.is_main:
         write_json(run.dir(g) / "eval.json", ev)
@@ -178,6 +200,12 @@ def measure_stage(run: Run, g: int, base) -> str:
     fault.point("measure", g, 0)
     ppl = sequence_ppl(base, full, gc.prompt_tokens, run.cfg.eval.batch_size, run.accelerator)
     row = metrics_row(g, read_json(d / "eval.json"), run.data.ref_counts, gen_ids, ppl, d)
+    ev = read_json(d / "eval.json")
+    if "test_zero_tokens" in ev:  # the n-gram: test tokens it gives probability 0 (test_ppl is then infinite)
+        row["test_zero_tokens"] = ev["test_zero_tokens"]
+    if run.data.truth is not None:  # shares against the TRUE distribution; the training split's kept as *_ref
+        row.update(bucket_shift_ref=row["bucket_shift"], bucket_share_ref=row["bucket_share"],
+                   **truth_row(run.data.truth, ev, gen_ids, len(run.data.bucket_of)))
     if run.is_main:
         with atomic_path(d / "gen0_ppl.npy") as tmp, open(tmp, "wb") as fh:
             np.save(fh, ppl.astype(np.float32), allow_pickle=False)
@@ -447,7 +475,7 @@ def metrics_table(rows: list[dict]) -> str:
     lines = [head]
     for r in rows:
         tl, bs = r["tail_loss"], r["bucket_shift"]
-        lines.append(f"{r['generation']:>3} {r['test_ppl']:>9.2f} {fmt_num(tl.get('1-10')):>9} "
+        lines.append(f"{r['generation']:>3} {fmt_num(r['test_ppl'], 2):>9} {fmt_num(tl.get('1-10')):>9} "
                      f"{fmt_num(tl.get('1001-10000')):>10} {fmt_pct(bs['1-10']):>11} {fmt_pct(bs['101-1000']):>13} "
                      f"{fmt_pct(bs['1001-10000']):>12} {r['kl_ref_gen']:>7.4f} {r['coverage']:>9.3f} "
                      f"{r['entropy']:>8.3f} {fmt_num(r['gen0_ppl_mean'], 1):>9}")
