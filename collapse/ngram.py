@@ -150,9 +150,10 @@ class NGramLM(torch.nn.Module):
         full = torch.cat([past.cpu().long(), ids], 1).numpy()  # h tokens of history (or -1), then the input
         B, T = ids.shape
         first = T - logits_to_keep if 0 < logits_to_keep < T else 0
-        # context of input position t: full[:, t : t + h] (the h tokens before it)
+        # the logits of input position t are the law of the NEXT token: its context is the h tokens up to and
+        # including input t, full[:, t + 1 : t + 1 + h]
         if h:
-            ctx = np.stack([full[:, t:t + h] for t in range(first, T)], 1).reshape(-1, h)
+            ctx = np.stack([full[:, t + 1:t + 1 + h] for t in range(first, T)], 1).reshape(-1, h)
         else:
             ctx = np.zeros((B * (T - first), 0), np.int64)
         table = self.table()
