@@ -132,7 +132,7 @@ def _empty_table() -> tuple[np.ndarray, ...]:
 class NGramLM(torch.nn.Module):
     """An :class:`NGramCounts` behind a causal-LM forward: ``logits`` are log p (``-inf`` where p = 0)."""
 
-    logits_are_log_probs = True  # normalized already: evaluation gathers them (collapse.evaluate.token_nll)
+    logits_are_log_probs = True  # normalized already: evaluation reads target_log_probs (collapse.evaluate.token_nll)
 
     def __init__(self, counts: NGramCounts, eos_token_id: int | None = None):
         super().__init__()
@@ -171,6 +171,38 @@ class NGramLM(torch.nn.Module):
         cache = torch.from_numpy(full[:, full.shape[1] - h:].copy()) if use_cache else None
         return SimpleNamespace(logits=logits, past_key_values=cache)
 
+
+    @torch.inference_mode()
+    def target_log_probs(self, ids: torch.Tensor, start: int = 1, drop: int | None = None) -> torch.Tensor:
+        """log p(ids[:, t] | ids[:, :t]) for t = start..L-1 [B, L-start] (float32), without the [B, L, V] logits
+        a forward pass builds (evaluation's hot path); ``drop``: renormalize without that id (the separator)."""
+        x = ids.detach().cpu().long().numpy()
+        B, L = x.shape
+        V, h = self.counts.V, self.counts.n - 1
+        pad = np.concatenate([np.full((B, h), -1, np.int64), x], 1)
+        ctx = (np.stack([pad[:, t:t + h] for t in range(start, L)], 1).reshape(-1, h) if h
+               else np.zeros((B * (L - start), 0), np.int64))
+        tgt = x[:, start:].reshape(-1)
+        table = self.table()
+        with np.errstate(divide="ignore"):
+            if table is not None and (ctx >= 0).all():
+                code = np.zeros(len(ctx), dtype=np.int64)
+                for j in range(h):
+                    code = code * V + ctx[:, j]
+                rows_lp = table.numpy()
+                lp = rows_lp[code, tgt].astype(np.float64)
+                if drop is not None:
+                    lp -= np.log1p(-np.exp(rows_lp[code, drop].astype(np.float64)))
+            else:
+                lp = np.empty(len(ctx))
+                per = max(1, CHUNK // V)
+                for i in range(0, len(ctx), per):
+                    p = self.counts.probs(ctx[i:i + per])
+                    sel = p[np.arange(len(p)), tgt[i:i + per]]
+                    if drop is not None:
+                        sel = sel / (1.0 - p[:, drop])
+                    lp[i:i + per] = np.log(sel)
+        return torch.from_numpy(lp.astype(np.float32).reshape(B, L - start)).to(self.anchor.device)
 
     @torch.inference_mode()
     def sample(self, prompts: torch.Tensor, new_tokens: int, u: torch.Tensor, suppress_ids=()) -> torch.Tensor:
@@ -258,9 +290,7 @@ def zero_prob_tokens(model: NGramLM, blocks: np.ndarray, batch_size: int = 64) -
     """Tokens of ``blocks`` (positions 1..L-1) to which the model gives probability 0 (infinite loss)."""
     n = 0
     for i in range(0, len(blocks), batch_size):
-        b = torch.as_tensor(blocks[i:i + batch_size], dtype=torch.long)
-        lp = model(input_ids=b).logits[:, :-1]
-        n += int(torch.isinf(lp.gather(-1, b[:, 1:, None])).sum())
+        n += int(torch.isinf(model.target_log_probs(torch.as_tensor(blocks[i:i + batch_size]))).sum())
     return n
 
 

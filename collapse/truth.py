@@ -39,6 +39,9 @@ def model_log_prob(model, docs: np.ndarray, sep: int | None, batch_size: int = 6
     for i in range(0, len(docs), batch_size):
         d = torch.as_tensor(docs[i:i + batch_size], dtype=torch.long)
         x = d if sep is None else torch.cat([torch.full((len(d), 1), sep, dtype=torch.long), d], 1)
+        if hasattr(model, "target_log_probs"):  # the n-gram: its exact log-probabilities, renormalized alike
+            out[i:i + len(d)] = model.target_log_probs(x, x.shape[1] - d.shape[1], drop=sep).double().numpy()
+            continue
         logits = model(input_ids=x.to(dev)).logits[:, -d.shape[1] - 1:-1].float()
         if sep is not None:
             logits[..., sep] = float("-inf")

@@ -151,3 +151,18 @@ def test_ngram_run_resumes_after_a_kill_with_the_same_numbers(tmp_path):
     for x, y in zip(a, b):
         for k in ("kl_truth", "kl_truth_ci", "test_ppl", "bucket_shift", "mass_forgotten", "gini_simpson"):
             assert x[k] == y[k], k
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_target_log_probs_equal_the_forward_pass(n):
+    """Evaluation's shortcut (no [B, L, V] logits) gives what the forward pass gives, with and without the
+    separator renormalized away (kl_truth's model distribution)."""
+    rng = np.random.default_rng(n)
+    V = 12 if n < 3 else 400  # n=3 over 400 ids: no table, the counts' path
+    model = fit(rng.integers(0, V, size=(30, 20)), V, n, 0.1, V - 1)
+    x = torch.as_tensor(rng.integers(0, V - 1, size=(4, 11)))  # truth documents never hold the separator
+    logits = model(input_ids=x).logits[:, :-1]
+    torch.testing.assert_close(model.target_log_probs(x), logits.gather(-1, x[:, 1:, None])[..., 0])
+    masked = torch.log_softmax(logits.double().masked_fill(torch.arange(V) == V - 1, float("-inf")), -1)
+    torch.testing.assert_close(model.target_log_probs(x, 3, drop=V - 1).double(),
+                               masked.gather(-1, x[:, 1:, None])[:, 2:, 0], rtol=1e-5, atol=1e-5)
