@@ -178,7 +178,8 @@ def check_model(cfg: Config, plan: Plan, device) -> None:
             where = "shipped generation 0 (collapse/gen0)" if folder == SHIPPED else f"cached in {folder}"
         else:
             with torch.device("meta"):
-                plan.skeleton = build_scratch_model(m.scratch, m.scratch.vocab_size, 0)
+                tok = getattr(plan.splits, "tokenizer", None)  # the synthetic source's: its size, not vocab_size
+                plan.skeleton = build_scratch_model(m.scratch, len(tok) if tok is not None else m.scratch.vocab_size, 0)
             steps = (f"until converged, at most {m.scratch.steps} steps" if m.scratch.until == "converged"
                      else f"{m.scratch.steps} steps")
             where = f"not built yet: built first (pre-training {steps}), then cached"

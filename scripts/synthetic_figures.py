@@ -111,8 +111,9 @@ def figure_kl(parents: dict[str, Path], out: Path) -> str:
     text = []
     for ax, (title, parent) in zip(axes[0], parents.items()):
         groups = _runs(parent)
-        text += [f"**{title}** — kl_truth (nats/token) per generation: each seed's value [its 95% bootstrap "
-                 "interval over the truth documents]", "",
+        text += [f"**{title}** — kl_truth (nats/token) per generation: mean of the seeds [lowest, highest bound "
+                 "of the seeds' 95% bootstrap intervals over the truth documents]; ∞: a model gives probability 0 "
+                 "to some truth tokens (their share in brackets, mean of the seeds)", "",
                  "| group | " + " | ".join(f"gen {g}" for g in range(len(next(iter(groups.values()))[0]))) + " |",
                  "|---|" + "---|" * len(next(iter(groups.values()))[0])]
         for i, (name, runs) in enumerate(sorted(groups.items())):
@@ -126,10 +127,12 @@ def figure_kl(parents: dict[str, Path], out: Path) -> str:
                             label=name.replace("regime.kind=", "").replace("model.ngram.", "") if j == 0 else None)
             cells = []
             for gg in g:
-                cells.append("<br>".join(f"{rows[gg]['kl_truth']:.3f} [{rows[gg]['kl_truth_ci'][0]:.3f}, "
-                                         f"{rows[gg]['kl_truth_ci'][1]:.3f}]" if rows[gg]["kl_truth"] is not None
-                                         else f"∞ ({100 * rows[gg]['kl_truth_zero']:.2f}% of truth tokens p=0)"
-                                         for rows in runs))
+                at = [rows[gg] for rows in runs]
+                if all(r["kl_truth"] is not None for r in at):
+                    cells.append(f"{np.mean([r['kl_truth'] for r in at]):.3f} [{min(r['kl_truth_ci'][0] for r in at):.3f}"
+                                 f", {max(r['kl_truth_ci'][1] for r in at):.3f}]")
+                else:
+                    cells.append(f"∞ ({100 * np.mean([r['kl_truth_zero'] for r in at]):.2f}%)")
             text.append(f"| {name} | " + " | ".join(cells) + " |")
         text.append("")
         ax.set_xlabel("generation")

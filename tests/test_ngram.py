@@ -105,7 +105,7 @@ def test_zero_probability_is_an_infinite_loss():
 
     model = fit(np.array([[0, 1, 0, 1, 0, 1]]), 3, 2, 0.0, None)
     nll = token_nll(model, torch.tensor([[0, 1, 0, 0]]))
-    assert np.isinf(nll[0, 2]) and np.isfinite(nll[0, :2]).all()  # 0 never follows 0 in training
+    assert torch.isinf(nll[0, 2]) and torch.isfinite(nll[0, :2]).all()  # 0 never follows 0 in training
 
 
 # ---------------------------------------------------------------------- the loop
