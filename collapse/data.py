@@ -32,6 +32,7 @@ class Splits:
     test: list[str]
     # the synthetic source's word-level tokenizer (one id per symbol): every model kind uses it, none trains one
     tokenizer: object = field(default=None, repr=False, compare=False)
+    ids: dict | None = field(default=None, repr=False, compare=False)  # synthetic: each split's symbol ids
 
     def __getitem__(self, name: str) -> list[str]:
         return getattr(self, name)
@@ -187,6 +188,7 @@ def load_splits(cfg: DataConfig, seed: int | None = None) -> Splits:
 
         src = source(cfg.synthetic)
         raw, tokenizer = {"train": src.documents()}, src.tokenizer()
+        of_text = dict(zip(raw["train"], src.document_ids()))
     else:
         raw = _load_with_datasets(cfg)
     raw = {k: [d for d in v if len(d.strip()) >= cfg.min_chars] for k, v in raw.items()}
@@ -202,6 +204,8 @@ def load_splits(cfg: DataConfig, seed: int | None = None) -> Splits:
     if cfg.max_documents is not None:
         splits = Splits(*(splits[s][: cfg.max_documents] for s in SPLITS))
     splits.tokenizer = tokenizer
+    if tokenizer is not None:  # the ids the word-level tokenizer would give, known without tokenizing
+        splits.ids = {name: [of_text[d] for d in splits[name]] for name in SPLITS}
     if not splits.train:
         raise DataError(f"the dataset {cfg.source} is empty (no documents with text in `{cfg.text_field}`): "
                         "check data.source and data.text_field.")
@@ -227,6 +231,8 @@ def tokenize(tokenizer, docs: list[str], batch: int = 1000) -> list[np.ndarray]:
 def split_ids(tokenizer, splits: Splits, cache: Path | None = None) -> dict[str, list[np.ndarray]]:
     """Token ids of every document of every split: read from ``cache`` (a scratch model's ``tokens.npz``, made
     with its tokenizer when it was built) where it holds these splits, else tokenized here."""
+    if splits.ids is not None:
+        return splits.ids
     if cache is not None and cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as z:

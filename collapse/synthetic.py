@@ -139,9 +139,17 @@ class SyntheticSource:
 
     # ---- documents and tokenizer
 
+    @functools.cached_property
+    def _documents(self) -> np.ndarray:
+        return self.sample(self.cfg.documents, numpy_rng(self.cfg.seed, "synthetic", "documents"))
+
+    def document_ids(self) -> list[np.ndarray]:
+        """The symbol ids of :meth:`documents` (= their token ids), int32 each."""
+        return list(self._documents)
+
     def documents(self) -> list[str]:
         """The ``documents`` documents of the splits, as text (split by the usual seeded shuffle)."""
-        return [to_text(d) for d in self.sample(self.cfg.documents, numpy_rng(self.cfg.seed, "synthetic", "documents"))]
+        return [to_text(d) for d in self._documents]
 
     @functools.cached_property
     def _truth_documents(self) -> np.ndarray:

@@ -12,7 +12,7 @@ from conftest import TINY, run_cli
 
 from collapse import metrics as M
 from collapse.config import SyntheticConfig, load_config
-from collapse.data import load_splits, split_ids
+from collapse.data import load_splits, split_ids, tokenize
 from collapse.synthetic import SyntheticSource
 
 
@@ -59,6 +59,8 @@ def test_one_token_per_symbol_through_the_splits():
     doc = ids["train"][0]
     assert splits.train[0] == " ".join(f"w{i}" for i in doc)
     assert tok.decode(doc.tolist()) == splits.train[0]
+    # the ids the splits carry (no tokenizing) are the ids the saved tokenizer gives the text
+    assert all(np.array_equal(a, b) for s in ids for a, b in zip(tokenize(tok, splits[s]), ids[s]))
 
 
 SYN_TINY = [*TINY, "model.scratch.context=128", "data.source=synthetic", "data.synthetic.vocab=60",
