@@ -298,8 +298,8 @@ def check_measure(cfg: Config, accelerator) -> Plan:
     if plan.tok is not None:  # the examples long enough for the window, counted with the model's tokenizer
         from collapse.data import measure_windows, split_ids
 
-        ids = split_ids(plan.tok, plan.splits, plan.token_cache)[cfg.measure.split]
-        plan.data = measure_windows(ids, w, cfg.measure.samples, cfg.measure.split)
+        plan.ids = split_ids(plan.tok, plan.splits, plan.token_cache)
+        plan.data = measure_windows(plan.ids[cfg.measure.split], w, cfg.measure.samples, cfg.measure.split)
     n = f"{len(plan.data)}" if plan.data is not None else f"up to {cfg.measure.samples}"
     plan.add("measure", f"{n} {cfg.measure.split} examples of {w} tokens: the model continues the first {w // 2} "
                         f"for {w // 2} tokens")

@@ -168,6 +168,9 @@ class MeasureConfig:
     samples: int = _f(100, "Held-out examples to continue (each needs at least `window` tokens).")
     window: int = _f(256, "Tokens taken from the start of each example; the model continues the first half.")
     split: str = _f("validation", "Which split the examples come from: `validation` or `test`.", choices=("validation", "test"))
+    rank_by: str = _f("reference", "What ranks the token types into buckets: `reference` (the true second halves, as "
+                      "in the motivating experiment) or `train` (the real training split's counts, so types absent "
+                      "from the examples still get a bucket).", choices=("reference", "train"))
 
     def __post_init__(self) -> None:
         if self.samples < 1:
@@ -284,6 +287,18 @@ class EvalConfig:
 
 
 @dataclass
+class StatsConfig:
+    resamples: int = _f(1000, "Bootstrap resamples behind every 95% interval and paired change (0 = no intervals).")
+    level: float = _f(0.95, "Coverage of the intervals (the `ci95` keys keep their name at any level).")
+
+    def __post_init__(self) -> None:
+        if self.resamples < 0 or 0 < self.resamples < 100:
+            raise ConfigError(f"stats.resamples={self.resamples} is out of range: use 0 (no intervals) or at least 100.")
+        if not 0.5 <= self.level < 1.0:
+            raise ConfigError(f"stats.level={self.level} is out of range: use a coverage in [0.5, 1), e.g. 0.95.")
+
+
+@dataclass
 class WandbConfig:
     mode: str = _f("disabled", "`disabled` | `offline` | `online` (online falls back to offline without an API key).",
                    choices=("disabled", "offline", "online"))
@@ -310,6 +325,7 @@ class Config:
     regime: RegimeConfig = field(default_factory=RegimeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self) -> None:

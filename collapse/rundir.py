@@ -29,6 +29,8 @@ STAGES = ("train", "evaluate", "generate", "measure")
 REDO_WITH = {"train": ("train",), "evaluate": ("evaluate", "measure"), "generate": ("generate", "measure"),
              "measure": ("measure",)}
 LOCK_NAME = ".lock"
+EVAL_BLOCKS = "eval_blocks.npz"  # per test block and bucket: summed NLL and token count (the test intervals' units)
+BOOTSTRAP = "bootstrap.npz"  # every figure of a generation under each bootstrap resample (paired changes)
 
 
 def gen_dir(out: str | Path, g: int) -> Path:
@@ -295,7 +297,27 @@ def stage_problem(stage: str, g: int, out: Path, n_seq: int) -> str | None:
             np.load(d / "gen0_ppl.npy", allow_pickle=False)
         except Exception as e:  # noqa: BLE001
             problem = f"{d.name}/gen0_ppl.npy cannot be read ({first_line(e, 120)})"
+    if problem is None:
+        problem = _intervals_problem(d)
     return problem
+
+
+def _intervals_problem(d: Path) -> str | None:
+    """A measured generation without its intervals (an older collapse) or with a damaged bootstrap.npz."""
+    try:
+        row = read_json(d / "metrics.json")
+    except Exception:  # noqa: BLE001 - reported by _json_problem
+        return None
+    if "intervals" not in row:
+        return f"{d.name} was measured without intervals (an older collapse)"
+    if row["intervals"] is None:
+        return None  # stats.resamples=0
+    try:
+        with np.load(d / BOOTSTRAP, allow_pickle=False) as z:
+            z.files  # noqa: B018 - reads the zip directory
+    except Exception as e:  # noqa: BLE001
+        return f"{d.name}/bootstrap.npz cannot be read ({first_line(e, 120)})"
+    return None
 
 
 def verify_stages(manifest: Manifest, out: Path, generations: int, n_seq: int, weights_sub: str,
@@ -321,6 +343,14 @@ def verify_stages(manifest: Manifest, out: Path, generations: int, n_seq: int, w
                 redo = REDO_WITH[stage]
                 manifest.clear(g, redo)
                 notes.append(f"gen {g}: {why}: redoing {'/'.join(redo)}")
+        if manifest.done(g, "evaluate") and not (gen_dir(out, g) / EVAL_BLOCKS).is_file():
+            # evaluated by an older collapse: the per-block losses behind the test intervals are missing;
+            # evaluate again where the weights are at hand (never retrain for an interval)
+            if (g == 0 and not manifest.done(0, "train")) or not safetensors_problem(
+                    gen_dir(out, g) / ("model" if g == 0 else weights_sub)):
+                manifest.clear(g, REDO_WITH["evaluate"])
+                notes.append(f"gen {g}: evaluated without per-block losses (an older collapse): redoing "
+                             "evaluate/measure for the intervals")
         if g > 0 and manifest.done(g, "train"):
             needed = (not manifest.done(g, "evaluate") or not manifest.done(g, "generate")
                       or (continues_previous and g < generations and not manifest.done(g + 1, "train")))

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from collapse.stats import interval_series
+
 log = logging.getLogger("collapse")
 
 
@@ -149,8 +151,8 @@ def log_generation(logger, row: dict, ppl: np.ndarray, samples_path: Path, g: in
     """One generation's row: scalars and bucket series, the gen0-perplexity histogram, a few sample texts."""
     scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     logger.log({**scalars, "tail_loss": row["tail_loss"], "bucket_shift": row["bucket_shift"],
-                "gen0_ppl": {"q50": row["gen0_ppl_quantiles"]["q50"], "q95": row["gen0_ppl_quantiles"]["q95"]}},
-               step=g)
+                "gen0_ppl": {"q50": row["gen0_ppl_quantiles"]["q50"], "q95": row["gen0_ppl_quantiles"]["q95"]},
+                **interval_series(row)}, step=g)
     logger.log_histogram("gen0_ppl_hist", ppl, step=g, bins=bins)
     try:
         import pyarrow.parquet as pq
