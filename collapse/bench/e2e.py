@@ -65,9 +65,8 @@ def bench_e2e(quick: bool, timeout: float) -> dict:
         r = run_subprocess(["run", *overrides, f"out_dir={d}/run", "wandb.mode=disabled"],
                            env={"COLLAPSE_CACHE": f"{d}/cache"}, timeout=timeout)
         records = [json.loads(p.read_text()) for p in Path(d, "cache").glob("scratch/*/scratch.json")]
-        metrics = Path(d, "run", "metrics.jsonl")
-        boot_s = (sum((json.loads(line).get("intervals") or {}).get("seconds") or 0.0
-                      for line in metrics.read_text().splitlines()) if metrics.is_file() else None)
+        timed = list(Path(d, "run").glob("gen_*/intervals.json"))  # each generation's intervals: their seconds
+        boot_s = sum(json.loads(p.read_text())["seconds"] for p in timed) if timed else None
     if r["returncode"] != 0:
         return {"skipped": f"collapse run failed (exit {r['returncode']}): {r['stderr'][-600:]}"}
     st = parse_stages(r["stderr"])
