@@ -271,6 +271,23 @@ def fit(rows: np.ndarray, vocab: int, n: int, add_k: float, eos_token_id: int | 
     return NGramLM(NGramCounts.fit(rows, vocab, n, add_k, eos_token_id), eos_token_id).eval()
 
 
+def train(model0: NGramLM, rows: np.ndarray, val_blocks: np.ndarray, batch_size: int = 64,
+          accelerator=None) -> tuple[NGramLM, dict]:
+    """One generation's "training": count ``rows`` with generation 0's settings; the stats a fine-tune reports
+    (validation NLL on the REAL validation blocks)."""
+    import time
+
+    from collapse.evaluate import mean_nll
+
+    t0 = time.perf_counter()
+    c = model0.config
+    model = fit(rows, c.vocab_size, c.ngram_n, c.add_k, c.eos_token_id)
+    val = mean_nll(model, val_blocks, batch_size, accelerator)
+    dt = time.perf_counter() - t0
+    return model, {"history": [], "epoch_selected": 0, "train_loss": None, "val_nll": val, "steps": 0,
+                   "seconds": dt, "tokens_per_s": rows.size / dt if dt > 0 else 0.0}
+
+
 def skeleton(vocab: int, n: int, add_k: float, eos_token_id: int | None) -> NGramLM:
     """An n-gram model with no counts yet: its shape for the checks (vocabulary, context)."""
     return NGramLM(NGramCounts(vocab, n, add_k, np.zeros(vocab, np.int64), [_empty_table() for _ in range(n - 1)]),

@@ -48,10 +48,11 @@ from collapse.checkpoints import Checkpoints, disk_estimate
 from collapse.config import Config
 from collapse.data import RealData, real_data, save_split_ids, split_ids
 from collapse.errors import CollapseError, DataError
-from collapse.evaluate import evaluate_blocks, mean_nll, sequence_ppl
+from collapse.evaluate import evaluate_blocks, sequence_ppl
 from collapse.generate import generate_corpus
 from collapse.io import atomic_path, read_json, write_json, write_parquet, write_text
 from collapse.modeling import check_fits, load_model, set_threads, vocab_size
+from collapse.ngram import train as ngram_train
 from collapse.ngram import zero_prob_tokens
 from collapse.regimes import regime_training_set
 from collapse.rundir import (
@@ -75,7 +76,7 @@ from collapse.scratch import TOKENS_FILE
 from collapse.seeding import numpy_rng
 from collapse.tracking import NullLogger, close_quietly, log_generation, make_logger, new_run_id
 from collapse.train import finetune
-from collapse.truth import kl_truth, truth_row
+from collapse.truth import add_truth, kl_truth, truth_shift_boot
 
 log = logging.getLogger("collapse")
 
@@ -125,7 +126,7 @@ def train_stage(run: Run, g: int, base, prev: Weights | None, model: Weights) ->
                                     real_fraction=cfg.regime.real_fraction, size=cfg.regime.size,
                                     rng=numpy_rng(cfg.seed, g, "regime"))
     if run.ckpt.ngram:  # the n-gram "trains" by counting: model g = the counts of its regime's training set
-        trainee, stats = ngram_train(run, rows)
+        trainee, stats = ngram_train(run.model0, rows, run.data.val_blocks, cfg.eval.batch_size, run.accelerator)
     else:
         trainee = run.ckpt.start(g, base, prev)
         if prev is not None:
@@ -139,19 +140,6 @@ def train_stage(run: Run, g: int, base, prev: Weights | None, model: Weights) ->
             "rows_by_source": {str(k): int((src == k).sum()) for k in np.unique(src)}})
     return (f"{len(rows)} rows, val NLL {stats['val_nll']:.3f} (epoch {stats['epoch_selected']}), "
             f"{stats['tokens_per_s'] / 1e3:.1f}k tok/s")
-
-
-def ngram_train(run: Run, rows: np.ndarray) -> tuple[object, dict]:
-    """Count ``rows``; the stats finetune reports (validation NLL on the REAL validation blocks)."""
-    from collapse.ngram import fit
-
-    t0 = time.perf_counter()
-    c = run.model0.config
-    model = fit(rows, c.vocab_size, c.ngram_n, c.add_k, c.eos_token_id)
-    val = mean_nll(model, run.data.val_blocks, run.cfg.eval.batch_size, run.accelerator)
-    dt = time.perf_counter() - t0
-    return model, {"history": [], "epoch_selected": 0, "train_loss": None, "val_nll": val, "steps": 0,
-                   "seconds": dt, "tokens_per_s": rows.size / dt if dt > 0 else 0.0}
 
 
 def evaluate_stage(run: Run, g: int, model: Weights) -> str:
@@ -207,12 +195,7 @@ def measure_stage(run: Run, g: int, base) -> str:
     fault.point("measure", g, 0)
     ppl = sequence_ppl(base, full, gc.prompt_tokens, run.cfg.eval.batch_size, run.accelerator)
     row = metrics_row(g, read_json(d / "eval.json"), run.data.ref_counts, gen_ids, ppl, d)
-    ev = read_json(d / "eval.json")
-    if "test_zero_tokens" in ev:  # the n-gram: test tokens it gives probability 0 (test_ppl is then infinite)
-        row["test_zero_tokens"] = ev["test_zero_tokens"]
-    if run.data.truth is not None:  # shares against the TRUE distribution; the training split's kept as *_ref
-        row.update(bucket_shift_ref=row["bucket_shift"], bucket_share_ref=row["bucket_share"],
-                   **truth_row(run.data.truth, ev, gen_ids, len(run.data.bucket_of)))
+    add_truth(row, run.data.truth, read_json(d / "eval.json"), gen_ids, len(run.data.bucket_of))  # synthetic, n-gram
     if run.is_main:
         row.update(interval_part(run, g, row, gen_ids, ppl))
         with atomic_path(d / "gen0_ppl.npy") as tmp, open(tmp, "wb") as fh:
@@ -272,12 +255,7 @@ def interval_part(run: Run, g: int, row: dict, gen_ids: np.ndarray, ppl: np.ndar
     r = M.ranks(ref)
     corpus = S.Corpus(gen_ids, len(ref), run.data.bucket_of, len(names))
     boot = S.generation_boot(W, corpus, ref, run.data.bucket_of, (r >= 1) & (r <= 100), names, ppl, We, sums, counts)
-    if run.data.truth is not None:  # the row's shifts are against the TRUE shares (collapse.truth): so are theirs
-        true = run.data.truth.bucket_shares()
-        for i, b in enumerate(names):
-            with np.errstate(divide="ignore", invalid="ignore"):
-                boot[f"bucket_shift.{b}"] = 100.0 * (boot[f"gen_share.{b}"] / true[i] - 1.0) if true[i] > 0 else \
-                    np.full(len(boot[f"gen_share.{b}"]), np.nan)
+    truth_shift_boot(boot, run.data.truth, names)  # a synthetic row's shifts are against the TRUE shares: theirs too
     point = S.flat_point(row, names)
     out = S.row_intervals(point, boot, names, st.level)
     out["changes"] = {}

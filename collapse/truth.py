@@ -86,3 +86,25 @@ def truth_row(truth, ev: dict, gen_ids: np.ndarray, vocab: int) -> dict:
         "truth_entropy_rate": truth.entropy_rate,
         "truth_gini_simpson": float(1.0 - (truth.pi ** 2).sum()),
     }
+
+
+def add_truth(row: dict, truth, ev: dict, gen_ids: np.ndarray, vocab: int) -> None:
+    """Into a metrics row: the n-gram's ``test_zero_tokens`` (why its test perplexity may be infinite), and with a
+    synthetic source (``truth`` not None) the figures against the truth; the shifts against the training split
+    are kept as ``bucket_shift_ref`` / ``bucket_share_ref``."""
+    if "test_zero_tokens" in ev:
+        row["test_zero_tokens"] = ev["test_zero_tokens"]
+    if truth is not None:
+        row.update(bucket_shift_ref=row["bucket_shift"], bucket_share_ref=row["bucket_share"],
+                   **truth_row(truth, ev, gen_ids, vocab))
+
+
+def truth_shift_boot(boot: dict, truth, names: tuple[str, ...]) -> None:
+    """Resampled bucket shifts (``collapse.stats``) recomputed against the TRUE shares, as the row's values are."""
+    if truth is None:
+        return
+    true = truth.bucket_shares()
+    for i, b in enumerate(names):
+        share = boot[f"gen_share.{b}"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            boot[f"bucket_shift.{b}"] = 100.0 * (share / true[i] - 1.0) if true[i] > 0 else np.full(len(share), np.nan)
