@@ -49,9 +49,10 @@ def _load(command: str, items: list[str]):
     from collapse.config import load_config
 
     config, overrides = _split_args(items)
+    embedded = config is None
     if config is None:
         config = _embedded_default(command)
-    return load_config(config, overrides)
+    return load_config(config, overrides, embedded=embedded)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,6 +38,8 @@ def token_nll(model, blocks: torch.Tensor, start: int = 1) -> torch.Tensor:
     With ``start > 1`` only the logits that predict those tokens are computed (``logits_to_keep``): the
     output layer and the softmax over the vocabulary cost more than the trunk of a small model.
     """
+    if getattr(model, "logits_are_log_probs", False):  # the n-gram: exact log-probabilities of the targets
+        return -model.target_log_probs(blocks, start)  # (probability 0: +inf)
     L = blocks.shape[1]
     logits = _logits(model, blocks, L - start + 1)[:, -(L - start + 1):-1]
     B, T, V = logits.shape

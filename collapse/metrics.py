@@ -191,6 +191,12 @@ def distinct_n(seqs: Sequence[np.ndarray] | np.ndarray, n: int) -> float:
         grams = np.concatenate(chunks)
     if len(grams) == 0:
         return 0.0
+    base = int(grams.max()) + 1
+    if base ** n < 2 ** 62:  # one int64 code per n-gram: a 1-D unique is ~10x faster than unique(axis=0)
+        code = np.zeros(len(grams), dtype=np.int64)
+        for i in range(n):
+            code = code * base + grams[:, i]
+        return float(len(np.unique(code)) / len(grams))
     return float(len(np.unique(grams, axis=0)) / len(grams))
 
 

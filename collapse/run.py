@@ -52,6 +52,8 @@ from collapse.evaluate import evaluate_blocks, sequence_ppl
 from collapse.generate import generate_corpus
 from collapse.io import atomic_path, read_json, write_json, write_parquet, write_text
 from collapse.modeling import check_fits, load_model, set_threads, vocab_size
+from collapse.ngram import train as ngram_train
+from collapse.ngram import zero_prob_tokens
 from collapse.regimes import regime_training_set
 from collapse.rundir import (
     BOOTSTRAP,
@@ -74,6 +76,7 @@ from collapse.scratch import TOKENS_FILE
 from collapse.seeding import numpy_rng
 from collapse.tracking import NullLogger, close_quietly, log_generation, make_logger, new_run_id
 from collapse.train import finetune
+from collapse.truth import add_truth, kl_truth, truth_shift_boot
 
 log = logging.getLogger("collapse")
 
@@ -122,11 +125,14 @@ def train_stage(run: Run, g: int, base, prev: Weights | None, model: Weights) ->
                                     samples=[run.samples(k) for k in range(g)],
                                     real_fraction=cfg.regime.real_fraction, size=cfg.regime.size,
                                     rng=numpy_rng(cfg.seed, g, "regime"))
-    trainee = run.ckpt.start(g, base, prev)
-    if prev is not None:
-        prev.model = None  # model g-1 is not needed any more
-    stats = finetune(trainee, rows, run.data.val_blocks, cfg.train, run.accelerator, key=(cfg.seed, g, "train"),
-                     show_progress=run.show, desc=f"gen {g} train", on_step=lambda s: fault.point("train", g, s))
+    if run.ckpt.ngram:  # the n-gram "trains" by counting: model g = the counts of its regime's training set
+        trainee, stats = ngram_train(run.model0, rows, run.data.val_blocks, cfg.eval.batch_size, run.accelerator)
+    else:
+        trainee = run.ckpt.start(g, base, prev)
+        if prev is not None:
+            prev.model = None  # model g-1 is not needed any more
+        stats = finetune(trainee, rows, run.data.val_blocks, cfg.train, run.accelerator, key=(cfg.seed, g, "train"),
+                         show_progress=run.show, desc=f"gen {g} train", on_step=lambda s: fault.point("train", g, s))
     model.model = run.ckpt.save(trainee, g, run.is_main)
     if run.is_main:
         write_json(run.dir(g) / "train.json", {
@@ -142,6 +148,10 @@ def evaluate_stage(run: Run, g: int, model: Weights) -> str:
     fault.point("evaluate", g, 0)
     ev = evaluate_blocks(m, run.data.test_blocks, run.data.bucket_of, run.cfg.eval.batch_size, run.accelerator,
                          per_block=True)
+    if run.data.truth is not None:  # the synthetic source: KL to the known truth
+        ev.update(kl_truth(m, run.data.truth, run.tok.eos_token_id, (run.cfg.seed, g), run.cfg.eval.batch_size))
+    if run.ckpt.ngram:  # why an add_k=0 model's test perplexity may be infinite
+        ev["test_zero_tokens"] = zero_prob_tokens(m, run.data.test_blocks, run.cfg.eval.batch_size)
     fault.point("evaluate", g, 1)
     blocks = {"sums": ev.pop("block_sums"), "counts": ev.pop("block_counts")}
     if run.is_main:
@@ -185,6 +195,7 @@ def measure_stage(run: Run, g: int, base) -> str:
     fault.point("measure", g, 0)
     ppl = sequence_ppl(base, full, gc.prompt_tokens, run.cfg.eval.batch_size, run.accelerator)
     row = metrics_row(g, read_json(d / "eval.json"), run.data.ref_counts, gen_ids, ppl, d)
+    add_truth(row, run.data.truth, read_json(d / "eval.json"), gen_ids, len(run.data.bucket_of))  # synthetic, n-gram
     if run.is_main:
         row.update(interval_part(run, g, row, gen_ids, ppl))
         with atomic_path(d / "gen0_ppl.npy") as tmp, open(tmp, "wb") as fh:
@@ -244,6 +255,7 @@ def interval_part(run: Run, g: int, row: dict, gen_ids: np.ndarray, ppl: np.ndar
     r = M.ranks(ref)
     corpus = S.Corpus(gen_ids, len(ref), run.data.bucket_of, len(names))
     boot = S.generation_boot(W, corpus, ref, run.data.bucket_of, (r >= 1) & (r <= 100), names, ppl, We, sums, counts)
+    truth_shift_boot(boot, run.data.truth, names)  # a synthetic row's shifts are against the TRUE shares: theirs too
     point = S.flat_point(row, names)
     out = S.row_intervals(point, boot, names, st.level)
     out["changes"] = {}

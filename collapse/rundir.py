@@ -117,7 +117,7 @@ def prepare_out_dir(cfg: Config) -> tuple[Path, bool, bool]:
             from collapse.config import load_config
 
             try:
-                old = load_config(cfg_path)
+                old = load_config(cfg_path, embedded=True)  # a resolved dump: every key is written
             except ConfigError as e:
                 raise ConfigError(f"{cfg_path} cannot be read ({e}); rerun with resume=never overwrite=true.") from None
             if old.fingerprint() != cfg.fingerprint():
@@ -232,6 +232,12 @@ def safetensors_problem(folder: Path) -> str | None:
     """None if every *.safetensors file in ``folder`` is complete (header and data covered), else why not."""
     from safetensors import safe_open
 
+    if (folder / "counts.npz").is_file():  # the n-gram model's counts (collapse.ngram), not weights
+        try:
+            np.load(folder / "counts.npz", allow_pickle=False).close()
+            return None
+        except Exception as e:  # noqa: BLE001
+            return f"{folder.name}/counts.npz cannot be read ({first_line(e, 120)})"
     files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
     if not files:
         return f"{folder.name}/ holds no weights"

@@ -273,8 +273,15 @@ def format_cell(row: dict, key: str, spec: str, scale: float = 1.0) -> str:
     return format_value(metric_getter(key)(row), spec, scale)
 
 
+TRUTH_COLUMNS = [("kl_truth", "KL truth‖model (nats/token)", ".4f", 1.0),
+                 ("mass_forgotten", "true mass forgotten (%)", ".2f", 100.0),
+                 ("gini_simpson", "Gini–Simpson", ".4f", 1.0)]
+
+
 def _table_html(run: Run, tail_buckets: list[str], shift_buckets: list[str]) -> str:
     cols = table_columns(tail_buckets, shift_buckets)
+    if any("kl_truth" in r for r in run.rows):  # a synthetic source: the figures against the known truth
+        cols += TRUTH_COLUMNS
     head = "".join(f'<th scope="col">{html.escape(h)}</th>' for _, h, _, _ in cols)
     body = []
     for r in run.rows:

@@ -91,6 +91,8 @@ def summary_metrics(tail_buckets: list[str], shift_buckets: list[str]) -> list[t
     out += [(f"bucket_shift.{b}", f"shift {b} (%)", ".1f") for b in shift_buckets]
     out += [(f"tail_loss.{b}", f"NLL {b}", ".3f") for b in tail_buckets]
     out += [("entropy", "entropy (bits)", ".3f"), ("coverage", "coverage", ".4f"), ("kl_ref_gen", "KL(real‖gen)", ".4f")]
+    # a synthetic source's figures against the truth (absent, hence left out, for real text)
+    out += [("kl_truth", "KL(truth‖model) (nats/token)", ".4f"), ("mass_forgotten", "true mass forgotten", ".4f")]
     return out
 
 
