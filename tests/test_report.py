@@ -24,6 +24,7 @@ import yaml
 from collapse import report as R
 from collapse.errors import DataError
 from collapse.metrics import BUCKETS
+from collapse.report.runs import metric_getter
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 VOCAB = 400
@@ -327,9 +328,9 @@ def test_one_run_draws_its_own_intervals_and_the_summary_says_what_is_resolved(t
     one = make_run(tmp_path, "solo", 0, "replace")
     _with_intervals(one, resolved_ppl=True)
     run = R.load_run(one)
-    gens, mean, lo, hi, _ = R.series(R.Group([run]), R.metric_getter("test_ppl"))
+    gens, mean, lo, hi, _ = R.series(R.Group([run]), metric_getter("test_ppl"))
     assert lo.tolist() == pytest.approx((mean - 1.0).tolist()) and hi.tolist() == pytest.approx((mean + 1.0).tolist())
-    _, dmean, dlo, dhi, _ = R.series(R.Group([run]), R.metric_getter("test_ppl"), paired=True)
+    _, dmean, dlo, dhi, _ = R.series(R.Group([run]), metric_getter("test_ppl"), paired=True)
     assert np.isnan(dlo[0]) and dlo[1:].tolist() == pytest.approx((dmean[1:] - 0.1).tolist())
     seeds = [make_run(tmp_path, f"mix_s{s}", s, "mix") for s in (0, 1)]
     for s, r in enumerate(seeds):

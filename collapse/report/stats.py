@@ -79,7 +79,9 @@ def series(group: Group, value: Callable[[dict], Any], paired: bool = False) -> 
     key = getattr(value, "key", None)
     if len(group.runs) == 1 and key is not None:
         for i, g in enumerate(gens):
-            ci = within_ci(group.runs[0].row(int(g)) or {}, key, paired and g > 0)
+            if paired and g == 0:  # a change from itself: no interval
+                continue
+            ci = within_ci(group.runs[0].row(int(g)) or {}, key, paired)
             if ci is not None:
                 lo[i], hi[i] = ci
     return gens, mean, lo, hi, n
