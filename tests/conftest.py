@@ -15,7 +15,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "offline")
+# wandb.mode=auto (the default) follows WANDB_MODE: tests that do not test W&B skip it (a W&B run costs seconds);
+# those that do set wandb.mode=offline, which wins over it
+os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
