@@ -51,7 +51,8 @@ class Logger(Protocol):
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None: ...
     def log_histogram(self, key: str, values: np.ndarray, step: int, bins: np.ndarray | None = None) -> None: ...
     def log_image(self, key: str, path: str | Path, step: int) -> None: ...
-    def log_lines(self, key: str, xs: list, ys: list[list], keys: list[str], title: str, step: int) -> None: ...
+    def log_lines(self, key: str, xs: list, ys: list[list], keys: list[str], title: str, step: int,
+                  xname: str = "generation") -> None: ...
     def log_artifact(self, name: str, type: str, paths: list[Path], metadata: dict, uses: tuple[str, ...] = (),
                      job: str | None = None) -> None: ...
     def log_config(self, config: dict[str, Any]) -> None: ...
@@ -77,7 +78,7 @@ class NullLogger:
     def log_image(self, key, path, step):
         pass
 
-    def log_lines(self, key, xs, ys, keys, title, step):
+    def log_lines(self, key, xs, ys, keys, title, step, xname="generation"):
         pass
 
     def log_artifact(self, name, type, paths, metadata, uses=(), job=None):
@@ -346,11 +347,11 @@ class WandbLogger:
     def log_image(self, key, path, step):
         self._media(key, self._wandb.Image(str(path)), step)
 
-    def log_lines(self, key, xs, ys, keys, title, step):
+    def log_lines(self, key, xs, ys, keys, title, step, xname="generation"):
         """Several series on one chart (W&B's ``line_series``), e.g. the tail loss of every bucket."""
         if self.has_generation(step):
             return
-        chart = self._wandb.plot.line_series(xs=xs, ys=ys, keys=keys, title=title, xname="generation")
+        chart = self._wandb.plot.line_series(xs=xs, ys=ys, keys=keys, title=title, xname=xname)
         self._media(key, chart, step)
 
     # ---- artifacts
@@ -511,7 +512,7 @@ def log_model(logger, out: Path, g: int, weights: Path | None, cfg, base_model: 
     uses: tuple[str, ...] = ()
     if g == 0:
         meta["made_from"] = {"base_model": base_model,
-                             **({"real_rows": train.get("rows") or None, "epochs": cfg.train.gen0_epochs}
+                             **({"fine_tuned_on": "the real training split", "epochs": cfg.train.gen0_epochs}
                                 if cfg.train.gen0_epochs else {})}
     else:
         sources = {int(k): v for k, v in (train.get("rows_by_source") or {}).items()}
@@ -564,10 +565,12 @@ def _figures(out: Path, g: int, folder: Path) -> dict[str, Path]:
                 "charts/test_ppl": fig_test_ppl(groups, folder)}
 
 
-def log_generation(logger, row: dict, ppl: np.ndarray, samples_path: Path, g: int, bins: np.ndarray) -> None:
+def log_generation(logger, row: dict, ppl: np.ndarray, samples_path: Path, g: int, bins: np.ndarray,
+                   pretrain: Path | None = None) -> None:
     """One generation's row: scalars and bucket series, the gen0-perplexity histogram, a few sample texts,
     and the charts over generations 0..g (tail loss of every bucket on one chart; the heatmap and the test
-    perplexity as images)."""
+    perplexity as images). With generation 0, ``pretrain`` (a scratch model's scratch.json): its pre-training
+    curve, validation and training loss by step, as one chart (``charts/pretrain``)."""
     if logger.has_generation(g):
         return  # W&B disabled, or a resumed run whose W&B run has this generation already: nothing to draw
     scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -593,6 +596,16 @@ def log_generation(logger, row: dict, ppl: np.ndarray, samples_path: Path, g: in
                          "Loss on real test tokens by frequency bucket (nats/token)", step=g)
     except Exception as e:  # noqa: BLE001 - a chart must not stop the run
         log.debug(f"W&B: tail-loss chart not logged ({e})")
+    if g == 0 and pretrain is not None and Path(pretrain).is_file():
+        try:
+            curve = [c for c in json.loads(Path(pretrain).read_text()).get("curve", []) if c.get("val_nll") is not None]
+            trained = [c for c in curve if c.get("train_loss") is not None]
+            logger.log_lines("charts/pretrain", [[c["step"] for c in curve], [c["step"] for c in trained]],
+                             [[c["val_nll"] for c in curve], [c["train_loss"] for c in trained]],
+                             ["validation NLL", "training loss"], "Generation 0's pre-training (nats/token)", step=0,
+                             xname="pre-training step")
+        except Exception as e:  # noqa: BLE001
+            log.debug(f"W&B: pre-training curve not logged ({e})")
     import tempfile
 
     try:

@@ -26,8 +26,10 @@ KEYS = {"generation", "test_ppl", "tail_loss", "bucket_shift", "kl_ref_gen", "js
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
     wdir = out.parent
-    r = run_cli("run", *TINY_RUN, f"out_dir={out}", "wandb.mode=offline", "wandb.group=g1", "wandb.tags=[t1,t2]",
-                env={"WANDB_DIR": str(wdir)})
+    # no W&B setting and no login (no key, no netrc, no WANDB_MODE): wandb.mode=auto logs offline
+    args = [a for a in TINY_RUN if not a.startswith("wandb.mode=")]
+    r = run_cli("run", *args, f"out_dir={out}", "wandb.group=g1", "wandb.tags=[t1,t2]",
+                env={"WANDB_DIR": str(wdir), "WANDB_MODE": None, "WANDB_API_KEY": None, "NETRC": str(wdir / "no-netrc")})
     assert r.returncode == 0, r.stderr[-3000:]
     return out, r
 
@@ -141,6 +143,8 @@ def test_wandb_offline_run_logged_per_generation(tiny_run):
     info = read_run_info(f)
     assert info["group"] == "g1" and sorted(info["tags"]) == ["t1", "t2"]
     assert f"wandb sync {f.parent}" in r.stderr.splitlines()[-1]  # the last line: how to upload it
+    pre = next(h for h in hist if h.get("generation") == 0 and "test_ppl" in h)["charts/pretrain_table"]
+    assert pre["_type"] == "table-file" and pre["nrows"] >= 2  # generation 0's pre-training curve (scratch.json)
 
 
 def test_wandb_training_curves_continue_across_generations(tiny_run):
