@@ -362,6 +362,12 @@ class WandbLogger:
         (``job``) of this run's group uses them and logs it, so the lineage graph draws the edge."""
         if name in self.artifacts_logged:
             return
+        try:
+            self._log_artifact(name, type, paths, metadata, uses, job)
+        except Exception as e:  # noqa: BLE001 - W&B must not stop the recursion; a resumed run tries again
+            log.warning(f"W&B: artifact {name} not logged ({e.__class__.__name__}: {str(e)[:200]}).")
+
+    def _log_artifact(self, name, type, paths, metadata, uses, job) -> None:
         import tempfile
 
         art = self._wandb.Artifact(name, type=type, metadata=metadata)

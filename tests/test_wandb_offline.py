@@ -593,3 +593,21 @@ def test_online_resume_logs_from_wandbs_starting_step(tmp_path, monkeypatch):
     log_model(lg, tmp_path, 2, tmp_path / "gen_002" / "adapter", load_config(None, []), "base")
     uses = [c[2] for c in wb.calls if c[0] == "use_artifact"]
     assert uses == ["rid-corpus-g1:latest", "rid-model-g0:latest"]  # logged by the killed process: by name
+
+
+def test_a_failing_artifact_upload_does_not_stop_the_run(tmp_path, monkeypatch, caplog):
+    from collapse.config import load_config
+    from collapse.tracking import log_corpus, log_model
+
+    _fake_run_folder(tmp_path, 0)
+    wb = StandIn()
+    lg = _online(tmp_path, monkeypatch, wb)
+
+    def refuse(art):
+        raise OSError("no space left on device")
+
+    lg.run.log_artifact = refuse
+    log_model(lg, tmp_path, 0, None, load_config(None, []), "base")  # logged by the main run: refused
+    log_corpus(lg, tmp_path, 0, 64, load_config(None, []).generation)  # the run goes on
+    assert "rid-model-g0" not in lg.artifacts_logged and "rid-corpus-g0" in lg.artifacts_logged
+    assert "W&B: artifact rid-model-g0 not logged (OSError: no space left on device)" in caplog.text
