@@ -52,6 +52,7 @@ from collapse.generate import generate_corpus
 from collapse.io import atomic_path, read_json, write_json, write_parquet, write_text
 from collapse.modeling import check_fits, load_model, set_threads, vocab_size
 from collapse.regimes import regime_training_set
+from collapse.run_tracking import TrainCurve, log_corpus, log_generation, log_model, log_report, relog_curve
 from collapse.rundir import (
     Manifest,
     clean_temp,
@@ -69,21 +70,7 @@ from collapse.rundir import (
 from collapse.runtime import StageClock, fmt_bytes, fmt_num, fmt_pct, fmt_s, make_accelerator
 from collapse.scratch import TOKENS_FILE
 from collapse.seeding import numpy_rng
-from collapse.tracking import (
-    NullLogger,
-    StepAxis,
-    TrainCurve,
-    close_quietly,
-    log_corpus,
-    log_generation,
-    log_model,
-    log_report,
-    make_logger,
-    new_run_id,
-    relog_curve,
-    train_steps,
-    wants_wandb,
-)
+from collapse.tracking import NullLogger, StepAxis, close_quietly, make_logger, new_run_id, train_steps, wants_wandb
 from collapse.train import finetune
 
 log = logging.getLogger("collapse")
