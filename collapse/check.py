@@ -143,6 +143,12 @@ def check_data(cfg: Config, plan: Plan) -> None:
 
     plan.splits = s = load_splits(cfg.data)
     field_note = "" if cfg.data.source == "kjv" else f", text field `{cfg.data.text_field}`"
+    if cfg.data.source == "synthetic":
+        from collapse.synthetic import source
+
+        sc, src = cfg.data.synthetic, source(cfg.data.synthetic)
+        field_note = (f" (order {sc.order}, {sc.vocab:,} symbols, Zipf {sc.zipf:g}, entropy rate "
+                      f"{src.entropy_rate:.3f} nats/token)")
     plan.add("data", f"{cfg.data.source}{field_note}: {len(s.train):,} train / {len(s.validation):,} validation / "
                      f"{len(s.test):,} test documents")
 
@@ -154,6 +160,14 @@ def check_model(cfg: Config, plan: Plan, device) -> None:
     from collapse.modeling import check_fits, context_length, load_skeleton
 
     m = cfg.model
+    if m.name_or_path == "ngram":
+        from collapse.ngram import skeleton, tokenizer_for
+
+        plan.tok = tokenizer_for(m, plan.splits)
+        plan.skeleton = skeleton(len(plan.tok), m.ngram.n, m.ngram.add_k, plan.tok.eos_token_id)
+        plan.add("model", f"ngram n={m.ngram.n}, add_k={m.ngram.add_k:g}: counts of its regime's training set; "
+                          f"tokenizer {len(plan.tok):,} entries")
+        return
     if m.name_or_path == "scratch":
         from collapse.scratch import SHIPPED, TOKENS_FILE, build_scratch_model, scratch_folder
 
@@ -164,7 +178,8 @@ def check_model(cfg: Config, plan: Plan, device) -> None:
             where = "shipped generation 0 (collapse/gen0)" if folder == SHIPPED else f"cached in {folder}"
         else:
             with torch.device("meta"):
-                plan.skeleton = build_scratch_model(m.scratch, m.scratch.vocab_size, 0)
+                tok = getattr(plan.splits, "tokenizer", None)  # the synthetic source's: its size, not vocab_size
+                plan.skeleton = build_scratch_model(m.scratch, len(tok) if tok is not None else m.scratch.vocab_size, 0)
             steps = (f"until converged, at most {m.scratch.steps} steps" if m.scratch.until == "converged"
                      else f"{m.scratch.steps} steps")
             where = f"not built yet: built first (pre-training {steps}), then cached"
@@ -220,6 +235,14 @@ def check_run(cfg: Config, accelerator) -> Plan:
     check_out_dir(cfg, plan)
     check_data(cfg, plan)
     check_model(cfg, plan, accelerator.device)
+    if cfg.data.source == "synthetic":  # kl_truth reads whole truth documents after a separator
+        from collapse.errors import ModelError
+        from collapse.modeling import context_length
+
+        need, ctx = cfg.data.synthetic.doc_tokens + 1, context_length(plan.skeleton)
+        if need > ctx:
+            raise ModelError(f"data.synthetic.doc_tokens + 1 = {need} exceeds the model's context of {ctx} tokens "
+                             "(kl_truth reads whole documents): lower data.synthetic.doc_tokens.")
     gc, tc = cfg.generation, cfg.train
     if plan.tok is not None:
         plan.ids = split_ids(plan.tok, plan.splits, plan.token_cache)
@@ -235,11 +258,14 @@ def check_run(cfg: Config, accelerator) -> Plan:
     plan.add("samples", f"{per} × {gc.new_tokens} tokens from {gc.prompt_tokens}-token real prompts, "
                         f"{cfg.generations} generations, regime {cfg.regime.kind}")
     lora = ""
-    if tc.method == "lora":
+    if cfg.model.name_or_path == "ngram":
+        plan.add("train", f"counting each generation's training set ({cfg.model.ngram.n}-grams)")
+    elif tc.method == "lora":
         from collapse.modeling import default_targets
 
         lora = f" r={tc.lora.r} on {','.join(tc.lora.target_modules or default_targets(plan.skeleton))}"
-    plan.add("train", f"{tc.method}{lora} from {tc.init}, {tc.epochs} epochs, lr {tc.lr:g}, batch {tc.batch_size}")
+    if cfg.model.name_or_path != "ngram":
+        plan.add("train", f"{tc.method}{lora} from {tc.init}, {tc.epochs} epochs, lr {tc.lr:g}, batch {tc.batch_size}")
     if n_seq:
         per_gen, total = disk_estimate(cfg, Checkpoints(cfg, plan.out, accelerator.device), plan.skeleton, n_seq)
         free = _free_bytes(plan.out)
@@ -272,8 +298,8 @@ def check_measure(cfg: Config, accelerator) -> Plan:
     if plan.tok is not None:  # the examples long enough for the window, counted with the model's tokenizer
         from collapse.data import measure_windows, split_ids
 
-        ids = split_ids(plan.tok, plan.splits, plan.token_cache)[cfg.measure.split]
-        plan.data = measure_windows(ids, w, cfg.measure.samples, cfg.measure.split)
+        plan.ids = split_ids(plan.tok, plan.splits, plan.token_cache)
+        plan.data = measure_windows(plan.ids[cfg.measure.split], w, cfg.measure.samples, cfg.measure.split)
     n = f"{len(plan.data)}" if plan.data is not None else f"up to {cfg.measure.samples}"
     plan.add("measure", f"{n} {cfg.measure.split} examples of {w} tokens: the model continues the first {w // 2} "
                         f"for {w // 2} tokens")

@@ -50,7 +50,9 @@ class Checkpoints:
 
     def __init__(self, cfg: Config, out: Path, device: torch.device):
         self.cfg, self.out, self.device = cfg, out, device
-        self.lora = cfg.train.method == "lora"
+        # the count-based n-gram: no weights to train; its counts are saved as gen_g/model/counts.npz
+        self.ngram = cfg.model.name_or_path == "ngram"
+        self.lora = cfg.train.method == "lora" and not self.ngram
         # generation g+1 trains from model g (else from generation 0)
         self.continues_previous = cfg.train.init == "previous"
         # where model g (g >= 1) is reloaded from: the adapter (LoRA on the base) or the (merged) model
@@ -89,6 +91,12 @@ class Checkpoints:
         samples the same numbers.
         """
         d = gen_dir(self.out, g)
+        if self.ngram:
+            from collapse import ngram
+
+            if is_main:
+                ngram.save(model, d / "model")
+            return model
         folded = copy.deepcopy(model).merge_and_unload().eval() if self.lora and self.continues_previous else None
         if is_main:
             with atomic_dir(d / ("adapter" if self.lora else "model")) as tmp:
@@ -123,6 +131,14 @@ class Checkpoints:
             raise DataError(f"the weights of generation {g} are missing from {folder.parent} (removed by "
                             "keep_checkpoints?): raise keep_checkpoints or start over with resume=never "
                             "overwrite=true.")
+        if self.ngram:
+            from collapse import ngram
+
+            try:
+                return ngram.load(folder, getattr(base.config, "eos_token_id", None), self.device)
+            except Exception as e:  # noqa: BLE001 - numpy raises several types for a damaged file
+                raise DataError(f"the counts of generation {g} in {folder} cannot be read ({first_line(e, 120)}): "
+                                f"delete {folder} and rerun the same command to recount them.") from None
         if not any(folder.glob("*.safetensors")):  # never let a library fall back to a pickled .bin
             raise DataError(f"the weights of generation {g} in {folder} are not in safetensors format: "
                             "delete the folder and rerun the same command to retrain it.")
@@ -155,6 +171,9 @@ class Checkpoints:
     def bytes_per_generation(self, model0) -> int:
         """Bytes of the weights one generation keeps: the adapter (+ the merged model), or the whole model
         (a full fine-tune in float32, its master weights)."""
+        if self.ngram:  # the counts: int64 history keys, totals, next ids and counts
+            c = model0.counts
+            return 8 * (len(c.uni) + sum(sum(len(a) for a in t) for t in c.tables)) + 1024
         if not self.lora:
             return master_bytes(model0)
         return adapter_bytes(model0, self.cfg) + (weights_bytes(model0) if self.continues_previous else 0)

@@ -37,7 +37,8 @@ def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
     config = None
     overrides = []
     for i, it in enumerate(items):
-        if i == 0 and "=" not in it and (it.endswith((".yaml", ".yml")) or Path(it).is_file()):
+        # a run folder's config (sweeps name folders `regime.kind=mix,seed=0`) is a file whose path has a "="
+        if i == 0 and (("=" not in it and it.endswith((".yaml", ".yml"))) or Path(it).is_file()):
             config = it
         else:
             overrides.append(it)
@@ -48,9 +49,10 @@ def _load(command: str, items: list[str]):
     from collapse.config import load_config
 
     config, overrides = _split_args(items)
+    embedded = config is None
     if config is None:
         config = _embedded_default(command)
-    return load_config(config, overrides)
+    return load_config(config, overrides, embedded=embedded)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,21 +20,18 @@ from typing import Any
 
 import yaml
 
+from collapse.config_kinds import NGramConfig, SyntheticConfig, check_explicit_keys
 from collapse.errors import ConfigError
+from collapse.fields import _f
 
 # top-level config sections that change no result (a run resumes with them changed; the fingerprint skips them)
 RESULT_NEUTRAL_KEYS = ("resume", "overwrite", "wandb", "out_dir", "keep_checkpoints")
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
-
-
 @dataclass
 class DataConfig:
-    source: str = _f("kjv", "`kjv` (embedded King James text), a hub dataset id, or a local .txt/.jsonl/.parquet file.")
+    source: str = _f("kjv", "`kjv` (embedded King James text), `synthetic` (a Markov source with known "
+                     "distribution: data.synthetic), a hub dataset id, or a local .txt/.jsonl/.parquet file.")
     config: str | None = _f(None, "Hub dataset configuration name, e.g. `wikitext-2-raw-v1`.")
     text_field: str = _f("text", "Column holding the text.")
     split: str | None = _f(None, "Single source split to split ourselves; default: use the source's train/validation/test if it has them.")
@@ -44,6 +41,7 @@ class DataConfig:
                             "is scored on the same test text).")
     min_chars: int = _f(1, "Drop documents shorter than this many characters (wikitext has many empty lines).")
     max_documents: int | None = _f(None, "Keep at most this many documents per split (quick experiments).")
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
         for k in ("val_fraction", "test_fraction"):
@@ -100,12 +98,14 @@ class ScratchConfig:
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = _f("scratch", "`scratch` (a small model trained here; the embedded default ships it), a hub id, or a local model folder.")
+    name_or_path: str = _f("scratch", "`scratch` (a small model trained here; the embedded default ships it), "
+                           "`ngram` (a count-based model: model.ngram), a hub id, or a local model folder.")
     trust_remote_code: bool = _f(False, "Allow a hub model's own Python code to run. Off unless you trust it.")
     revision: str | None = _f(None, "Hub revision (branch, tag or commit) of the model.")
     dtype: str = _f("auto", "`auto` (bf16 on CUDA with bf16 support, else fp32), `float32`, `bfloat16`, `float16`.",
                     choices=("auto", "float32", "bfloat16", "float16"))
     scratch: ScratchConfig = field(default_factory=ScratchConfig)
+    ngram: NGramConfig = field(default_factory=NGramConfig)
 
 
 @dataclass
@@ -113,6 +113,9 @@ class MeasureConfig:
     samples: int = _f(100, "Held-out examples to continue (each needs at least `window` tokens).")
     window: int = _f(256, "Tokens taken from the start of each example; the model continues the first half.")
     split: str = _f("validation", "Which split the examples come from: `validation` or `test`.", choices=("validation", "test"))
+    rank_by: str = _f("reference", "What ranks the token types into buckets: `reference` (the true second halves, as "
+                      "in the motivating experiment) or `train` (the real training split's counts, so types absent "
+                      "from the examples still get a bucket).", choices=("reference", "train"))
 
     def __post_init__(self) -> None:
         if self.samples < 1:
@@ -229,6 +232,18 @@ class EvalConfig:
 
 
 @dataclass
+class StatsConfig:
+    resamples: int = _f(1000, "Bootstrap resamples behind every 95% interval and paired change (0 = no intervals).")
+    level: float = _f(0.95, "Coverage of the intervals (the `ci95` keys keep their name at any level).")
+
+    def __post_init__(self) -> None:
+        if self.resamples < 0 or 0 < self.resamples < 100:
+            raise ConfigError(f"stats.resamples={self.resamples} is out of range: use 0 (no intervals) or at least 100.")
+        if not 0.5 <= self.level < 1.0:
+            raise ConfigError(f"stats.level={self.level} is out of range: use a coverage in [0.5, 1), e.g. 0.95.")
+
+
+@dataclass
 class WandbConfig:
     mode: str = _f("auto", "`auto`: online when logged in to W&B (WANDB_API_KEY or a netrc entry for the W&B host), "
                    "else offline, with the `wandb sync` command printed at the end; the WANDB_MODE environment "
@@ -265,6 +280,7 @@ class Config:
     regime: RegimeConfig = field(default_factory=RegimeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self) -> None:
@@ -428,8 +444,22 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the YAML file, then ``key=value`` overrides; validated."""
+def _leaf_keys(d: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out += _leaf_keys(v, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                embedded: bool = False) -> Config:
+    """Defaults, then the YAML file, then ``key=value`` overrides; validated.
+
+    ``embedded``: ``path`` is the embedded default (configs/tiny.yaml), whose keys count as defaults, not as
+    settings the user made (which :func:`check_explicit_keys` refuses where they mean nothing)."""
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -454,10 +484,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             if not isinstance(vals, list) or not vals:
                 raise ConfigError(f"sweep.{k} must be a non-empty list of values.")
             _build(Config, _dotted_to_nested(k, vals[0]))
+    explicit = [] if embedded else _leaf_keys(raw)
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(raw, key, value)
-    return _build(Config, raw)
+        explicit.append(key)
+    cfg = _build(Config, raw)
+    check_explicit_keys(cfg, explicit)
+    return cfg
 
 
 def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:

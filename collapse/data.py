@@ -11,7 +11,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,9 @@ class Splits:
     train: list[str]
     validation: list[str]
     test: list[str]
+    # the synthetic source's word-level tokenizer (one id per symbol): every model kind uses it, none trains one
+    tokenizer: object = field(default=None, repr=False, compare=False)
+    ids: dict | None = field(default=None, repr=False, compare=False)  # synthetic: each split's symbol ids
 
     def __getitem__(self, name: str) -> list[str]:
         return getattr(self, name)
@@ -177,8 +180,15 @@ def load_splits(cfg: DataConfig, seed: int | None = None) -> Splits:
     A source with its own train/validation/test splits (wikitext) keeps them; otherwise the
     documents are shuffled with ``seed`` and cut by ``val_fraction``/``test_fraction``.
     """
+    tokenizer = None
     if cfg.source == "kjv":
         raw = {"train": load_kjv()}
+    elif cfg.source == "synthetic":
+        from collapse.synthetic import source
+
+        src = source(cfg.synthetic)
+        raw, tokenizer = {"train": src.documents()}, src.tokenizer()
+        of_text = dict(zip(raw["train"], src.document_ids()))
     else:
         raw = _load_with_datasets(cfg)
     raw = {k: [d for d in v if len(d.strip()) >= cfg.min_chars] for k, v in raw.items()}
@@ -193,6 +203,9 @@ def load_splits(cfg: DataConfig, seed: int | None = None) -> Splits:
         splits = _split_documents(docs, cfg, cfg.split_seed if seed is None else seed)
     if cfg.max_documents is not None:
         splits = Splits(*(splits[s][: cfg.max_documents] for s in SPLITS))
+    splits.tokenizer = tokenizer
+    if tokenizer is not None:  # the ids the word-level tokenizer would give, known without tokenizing
+        splits.ids = {name: [of_text[d] for d in splits[name]] for name in SPLITS}
     if not splits.train:
         raise DataError(f"the dataset {cfg.source} is empty (no documents with text in `{cfg.text_field}`): "
                         "check data.source and data.text_field.")
@@ -218,6 +231,8 @@ def tokenize(tokenizer, docs: list[str], batch: int = 1000) -> list[np.ndarray]:
 def split_ids(tokenizer, splits: Splits, cache: Path | None = None) -> dict[str, list[np.ndarray]]:
     """Token ids of every document of every split: read from ``cache`` (a scratch model's ``tokens.npz``, made
     with its tokenizer when it was built) where it holds these splits, else tokenized here."""
+    if splits.ids is not None:
+        return splits.ids
     if cache is not None and cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as z:
@@ -278,9 +293,10 @@ class RealData:
     val_blocks: np.ndarray
     test_blocks: np.ndarray
     ref_counts: np.ndarray  # token counts of the real training split
-    bucket_of: np.ndarray  # frequency bucket of every token id (by its rank in ref_counts)
+    bucket_of: np.ndarray  # frequency bucket of every token id (by its rank in ref_counts; synthetic: TRUE rank)
     suppress: tuple[int, ...]  # ids never sampled (EOS: every sample has the full length)
     n_batches: int
+    truth: object = None  # collapse.synthetic.SyntheticSource when data.source=synthetic: the known distribution
 
     @property
     def n_seq(self) -> int:
@@ -319,7 +335,14 @@ def real_data(cfg: Config, ids: dict[str, list[np.ndarray]], eos: int | None, vo
     order = numpy_rng(cfg.seed, "prompts").permutation(len(prompt_blocks))
     if n_seq > len(order):
         order = np.resize(order, n_seq)  # more samples than blocks: prompts repeat, in the same order
+    truth = None
+    buckets = M.bucket_of(ref_counts, vocab)
+    if cfg.data.source == "synthetic":  # tail loss by TRUE rank: no reference noise in which type is rare
+        from collapse.synthetic import source
+
+        truth = source(cfg.data.synthetic)
+        buckets = truth.bucket_of(max(vocab, len(ref_counts)))
     return RealData(prompts=prompt_blocks[order[:n_seq], : gc.prompt_tokens], real_rows=real_rows,
                     val_blocks=val_blocks, test_blocks=test_blocks, ref_counts=ref_counts,
-                    bucket_of=M.bucket_of(ref_counts, vocab), suppress=(eos,) if eos is not None else (),
-                    n_batches=math.ceil(n_seq / gc.batch_size))
+                    bucket_of=buckets, suppress=(eos,) if eos is not None else (),
+                    n_batches=math.ceil(n_seq / gc.batch_size), truth=truth)

@@ -38,6 +38,8 @@ def token_nll(model, blocks: torch.Tensor, start: int = 1) -> torch.Tensor:
     With ``start > 1`` only the logits that predict those tokens are computed (``logits_to_keep``): the
     output layer and the softmax over the vocabulary cost more than the trunk of a small model.
     """
+    if getattr(model, "logits_are_log_probs", False):  # the n-gram: exact log-probabilities of the targets
+        return -model.target_log_probs(blocks, start)  # (probability 0: +inf)
     L = blocks.shape[1]
     logits = _logits(model, blocks, L - start + 1)[:, -(L - start + 1):-1]
     B, T, V = logits.shape
@@ -58,12 +60,14 @@ def _logits(model, blocks: torch.Tensor, keep: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def evaluate_blocks(model, blocks: np.ndarray, bucket_of: np.ndarray, batch_size: int = 64, accelerator=None,
-                    progress=None) -> dict:
+                    progress=None, per_block: bool = False) -> dict:
     """Perplexity and tail loss over ``blocks`` [N, L] (real test text).
 
     ``test_ppl = exp(mean NLL)`` over every predicted token (positions 1..L-1 of each block);
     ``tail_loss[b]`` = mean NLL of the predicted tokens whose *target* type falls in frequency bucket b
     (``bucket_of[token] -> bucket index``, ranks from the real training split). Empty buckets are None.
+    With ``per_block`` the result also holds ``block_sums`` and ``block_counts`` (numpy, [N, buckets]): each
+    block's summed NLL and predicted tokens per bucket, the units of the intervals (``collapse.stats``).
     """
     was_training = model.training
     model.eval()
@@ -73,15 +77,24 @@ def evaluate_blocks(model, blocks: np.ndarray, bucket_of: np.ndarray, batch_size
     sums = torch.zeros(nb, dtype=torch.float64)
     counts = torch.zeros(nb, dtype=torch.float64)
     bucket_t = torch.as_tensor(bucket_of, dtype=torch.long)
+    bsums = torch.zeros(len(blocks) * nb if per_block else 0, dtype=torch.float64)
+    bcounts = torch.zeros_like(bsums)
     for i in range(0, len(idx), batch_size):
-        b = torch.as_tensor(blocks[idx[i:i + batch_size]], dtype=torch.long)
+        rows = idx[i:i + batch_size]
+        b = torch.as_tensor(blocks[rows], dtype=torch.long)
         nll = token_nll(model, b.to(dev)).double().cpu()
         tb = bucket_t[b[:, 1:]]
         sums.index_add_(0, tb.reshape(-1), nll.reshape(-1))
         counts.index_add_(0, tb.reshape(-1), torch.ones_like(nll).reshape(-1))
+        if per_block:  # the same tokens, summed per (block, bucket): each block is counted by one process
+            cell = (torch.as_tensor(rows, dtype=torch.long)[:, None] * nb + tb).reshape(-1)
+            bsums.index_add_(0, cell, nll.reshape(-1))
+            bcounts.index_add_(0, cell, torch.ones_like(nll).reshape(-1))
         if progress is not None:
             progress.update(len(b))
     sums, counts = _allreduce(sums, accelerator), _allreduce(counts, accelerator)
+    if per_block:
+        bsums, bcounts = _allreduce(bsums, accelerator), _allreduce(bcounts, accelerator)
     model.train(was_training)
     total_n = counts.sum().item()
     mean = sums.sum().item() / max(total_n, 1)
@@ -92,6 +105,8 @@ def evaluate_blocks(model, blocks: np.ndarray, bucket_of: np.ndarray, batch_size
         "tail_loss": {name: (sums[k].item() / counts[k].item() if counts[k] > 0 else None)
                       for k, name in enumerate(BUCKETS)},
         "tail_tokens": {name: int(counts[k].item()) for k, name in enumerate(BUCKETS)},
+        **({"block_sums": bsums.view(-1, nb).numpy(), "block_counts": bcounts.view(-1, nb).numpy()}
+           if per_block else {}),
     }
 
 

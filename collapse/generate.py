@@ -108,6 +108,9 @@ def sample_batch(model, prompts: torch.Tensor, new_tokens: int, cfg: GenerationC
         u = None
         if cfg.temperature != 0:
             u = torch.rand(new_tokens, B, dtype=torch.float64, generator=generator, device=generator.device).to(dev)
+        if u is not None and hasattr(model, "sample") and cfg.temperature == 1.0 and cfg.top_k == 0 \
+                and cfg.top_p == 1.0 and cfg.repetition_penalty == 1.0:  # the n-gram draws from its counts directly
+            return model.sample(prompts, new_tokens, u, suppress_ids).cpu()
         run = lambda r0, r1: _decode(model, prompts[r0:r1], new_tokens, cfg,  # noqa: E731
                                      None if u is None else u[:, r0:r1], suppress_ids, engines)
     # a chunk of prompts decodes K rows each (its beams)

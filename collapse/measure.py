@@ -21,13 +21,67 @@ from collapse.io import write_json, write_parquet, write_text
 log = logging.getLogger("collapse")
 
 
-def bucket_table(bs: dict, title: str = "") -> str:
+def bucket_table(bs: dict, title: str = "", rank_by: str = "reference") -> str:
+    """Per bucket: the true and generated shares, the shift and its 95% interval (``*``: excludes 0)."""
     lines = [title] if title else []
-    lines.append(f"{'bucket (true rank)':<20}{'true share':>12}{'gen share':>12}{'shift %':>10}")
+    head = "true rank" if rank_by == "reference" else "train rank"
+    lines.append(f"{'bucket (' + head + ')':<21}{'true share':>11}{'gen share':>11}{'shift %':>9}  {'95% interval':<17}")
     for name, v in bs.items():
         shift = "—" if v["shift_pct"] is None else f"{v['shift_pct']:+.1f}"
-        lines.append(f"{name:<20}{100 * v['ref_share']:>11.2f}%{100 * v['gen_share']:>11.2f}%{shift:>10}")
+        ci = v.get("ci95") or [None, None]
+        ci_txt = "" if ci[0] is None else f"[{ci[0]:+.1f}, {ci[1]:+.1f}]{'*' if ci[0] > 0 or ci[1] < 0 else ''}"
+        lines.append(f"{name:<21}{100 * v['ref_share']:>10.2f}%{100 * v['gen_share']:>10.2f}%{shift:>9}  {ci_txt:<17}")
     return "\n".join(lines)
+
+
+def power_line(bs: dict, n: int, unit: str = "examples") -> str:
+    """One line of advice: how many units would resolve each bucket's shift that the interval does not."""
+    todo = [(name, v) for name, v in bs.items()
+            if v.get("ci95") and v["ci95"][0] is not None and v["ci95"][0] <= 0 <= v["ci95"][1]
+            and v.get(f"{unit}_to_resolve")]
+    if not any(v.get("ci95") and v["ci95"][0] is not None for v in bs.values()):
+        return ""
+    if not todo:
+        return f"power: every bucket's shift is resolved at 95% with {n:,} {unit}."
+    parts = [f"the {name} bucket's {v['shift_pct']:+.1f}% use ≈ {_round_up(v[f'{unit}_to_resolve']):,} {unit}"
+             for name, v in todo]
+    return f"power: to resolve {'; '.join(parts)} (95% interval excluding 0, 80% power; now {n:,})."
+
+
+def _round_up(n: int) -> int:
+    """Two significant digits, rounded up (advice, not a measurement)."""
+    if n < 100:
+        return int(n)
+    e = 10 ** (len(str(int(n))) - 2)
+    return int(-(-n // e) * e)
+
+
+def measure_intervals(refs: np.ndarray, gen: np.ndarray, vocab: int, rank_counts: np.ndarray, result: dict,
+                      key: tuple, resamples: int, level: float) -> None:
+    """Add every figure's interval to ``result`` (in place), the unit being the example: its true second
+    half and its continuation are resampled together. Bucket membership is held fixed."""
+    from collapse import stats as S
+    from collapse.seeding import numpy_rng
+
+    t0 = time.perf_counter()
+    names = M.BUCKETS
+    buckets = M.bucket_of(rank_counts, vocab)
+    r = M.ranks(np.pad(rank_counts, (0, max(0, vocab - len(rank_counts)))))
+    wts = S.draw_weights(len(gen), numpy_rng(*key), resamples)
+    gc, rc = S.Corpus(gen, vocab, buckets, len(names)), S.Corpus(refs, vocab, buckets, len(names))
+    boot = S.flatten_corpus_boot(S.corpus_boot(wts, gc, rc, (r >= 1) & (r <= 100)), names)
+    ci, se = S.intervals(boot, level), S.standard_errors(boot)
+    for b, v in result["bucket_shift"].items():
+        ok = v["shift_pct"] is not None
+        v["ci95"] = ci[f"bucket_shift.{b}"] if ok else [None, None]
+        v["gen_share_ci95"] = ci[f"gen_share.{b}"]
+        v["examples_to_resolve"] = S.required_units(len(gen), v["shift_pct"], se[f"bucket_shift.{b}"]) if ok else None
+    for k in S.SCALARS:
+        result[f"{k}_ci"] = ci[k]
+    result["intervals"] = {"method": "percentile bootstrap (shares, shifts); delete-half jackknife (entropy, "
+                                     "KL, JS, coverage, tail mass, distinct-n)",
+                           "level": level, "resamples": resamples, "unit": "examples", "units": int(len(gen)),
+                           "seed_key": list(key), "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def _model_label(cfg: Config) -> str:
@@ -60,10 +114,11 @@ def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = Fals
         log.warning(f"warning: {w}")
     model, tok, model_ref = load_model(cfg.model, plan.splits, accelerator.device, show_progress,
                                              accelerator=accelerator)
-    windows = plan.data  # made by the check where the tokenizer was at hand; else with the scratch one, just built
-    if windows is None:  # the scratch model was built just now, with its splits' token ids
-        ids = split_ids(tok, plan.splits, Path(model_ref) / TOKENS_FILE)[cfg.measure.split]
-        windows = measure_windows(ids, cfg.measure.window, cfg.measure.samples, cfg.measure.split)
+    windows, ids = plan.data, plan.ids  # made by the check where the tokenizer was at hand; else with the scratch
+    if windows is None:  # one, just built with its splits' token ids
+        ids = split_ids(tok, plan.splits, Path(model_ref) / TOKENS_FILE)
+        windows = measure_windows(ids[cfg.measure.split], cfg.measure.window, cfg.measure.samples, cfg.measure.split)
+    train_ids = ids["train"] if cfg.measure.rank_by == "train" else None
     half = cfg.measure.window // 2
     prompts, refs = windows[:, :half], windows[:, half:]
     if len(windows) < cfg.measure.samples:
@@ -80,6 +135,7 @@ def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = Fals
         gen = np.concatenate([gens[b] for b in sorted(gens)]).astype(np.int32)
         vocab = max(int(model.config.vocab_size), len(tok))
         ref_c, gen_c = M.counts(refs, vocab), M.counts(gen, vocab)
+        rank_c = ref_c if cfg.measure.rank_by == "reference" else M.counts(train_ids, vocab)
         result = {
             "model": model_ref,
             "settings": {"window": cfg.measure.window, "split": cfg.measure.split, "prompt_tokens": half,
@@ -90,10 +146,14 @@ def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = Fals
             "samples": int(len(windows)),
             "reference_tokens": int(refs.size),
             "generated_tokens": int(gen.size),
-            **M.distribution_metrics(ref_c, gen_c, gen_seqs=gen, ref_seqs=refs),
+            **M.distribution_metrics(ref_c, gen_c, gen_seqs=gen, ref_seqs=refs, rank_counts=rank_c),
+            "rank_by": cfg.measure.rank_by,
             "generation_tokens_per_s": stats["tokens_per_s"],
             "seconds": None,
         }
+        if cfg.stats.resamples:
+            measure_intervals(refs, gen, vocab, rank_c, result, (cfg.seed, "measure", "bootstrap"),
+                              cfg.stats.resamples, cfg.stats.level)
         out = Path(cfg.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", cfg.to_yaml())
@@ -113,6 +173,11 @@ def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = Fals
         logger = make_logger(cfg.wandb, out, cfg.to_dict(), is_main)
         flat = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         flat["bucket_shift"] = {k: v["shift_pct"] for k, v in result["bucket_shift"].items()}
+        for end, i in (("lo", 0), ("hi", 1)):  # the intervals as series beside the values
+            flat[f"bucket_shift_{end}"] = {k: v["ci95"][i] for k, v in result["bucket_shift"].items()
+                                           if (v.get("ci95") or [None])[0] is not None}
+            flat.update({f"{k[:-3]}_{end}": v[i] for k, v in result.items()
+                         if k.endswith("_ci") and isinstance(v, list) and v[i] is not None})
         logger.log(flat, step=0)
         logger.log_image("buckets", out / "buckets.png", step=0)
         texts = tok.batch_decode(prompts[:20].tolist()), tok.batch_decode(gen[:20].tolist()), \
@@ -121,9 +186,18 @@ def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = Fals
                          step=0)
         logger.close()
         log.info("\n" + bucket_table(result["bucket_shift"],
-                                     f"Token-frequency shift of {len(windows)} continuations ({half} tokens each)"))
-        log.info(f"KL(true‖gen) {result['kl_ref_gen']:.4f} bits · JS {result['js']:.4f} bits · coverage "
-                 f"{result['coverage']:.3f} · entropy {result['entropy']:.2f} vs {result['entropy_ref']:.2f} bits")
+                                     f"Token-frequency shift of {len(windows)} continuations ({half} tokens each)"
+                                     + (", 95% intervals over examples (* resolved)" if cfg.stats.resamples else ""),
+                                     cfg.measure.rank_by))
+        if cfg.stats.resamples:
+            log.info(power_line(result["bucket_shift"], len(windows)))
+        def ci(k: str, d: int) -> str:
+            lo, hi = result.get(f"{k}_ci") or (None, None)
+            return "" if lo is None else f" [{lo:.{d}f}, {hi:.{d}f}]"
+
+        log.info(f"KL(true‖gen) {result['kl_ref_gen']:.4f}{ci('kl_ref_gen', 4)} bits · JS {result['js']:.4f}"
+                 f"{ci('js', 4)} bits · coverage {result['coverage']:.3f}{ci('coverage', 3)} · entropy "
+                 f"{result['entropy']:.2f}{ci('entropy', 2)} vs {result['entropy_ref']:.2f} bits")
         log.info(f"wrote {out}/measure.json, continuations.parquet, buckets.png")
     accelerator.wait_for_everyone()
     accelerator.end_training()

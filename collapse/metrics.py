@@ -100,14 +100,16 @@ def bucket_shares(c: np.ndarray, buckets: np.ndarray) -> np.ndarray:
     return tot / s if s > 0 else tot
 
 
-def bucket_shift(ref_counts: np.ndarray, gen_counts: np.ndarray) -> dict[str, dict[str, float | None]]:
+def bucket_shift(ref_counts: np.ndarray, gen_counts: np.ndarray,
+                 rank_counts: np.ndarray | None = None) -> dict[str, dict[str, float | None]]:
     """Per bucket: ``ref_share``, ``gen_share`` and ``shift_pct = 100 * (gen_share / ref_share - 1)``.
 
     ``shift_pct`` is None where ``ref_share`` is 0 (always for ``unseen``, and for empty buckets).
     Negative: the generated text under-represents that bucket; positive: over-represents it.
+    Types are ranked by ``rank_counts`` (default: the reference itself).
     """
     ref_counts, gen_counts = _pad(ref_counts, gen_counts)
-    b = bucket_of(ref_counts)
+    b = bucket_of(ref_counts if rank_counts is None else rank_counts, len(ref_counts))[: len(ref_counts)]
     rs, gs = bucket_shares(ref_counts, b), bucket_shares(gen_counts, b)
     out: dict[str, dict[str, float | None]] = {}
     for k, name in enumerate(BUCKETS):
@@ -189,21 +191,32 @@ def distinct_n(seqs: Sequence[np.ndarray] | np.ndarray, n: int) -> float:
         grams = np.concatenate(chunks)
     if len(grams) == 0:
         return 0.0
+    base = int(grams.max()) + 1
+    if base ** n < 2 ** 62:  # one int64 code per n-gram: a 1-D unique is ~10x faster than unique(axis=0)
+        code = np.zeros(len(grams), dtype=np.int64)
+        for i in range(n):
+            code = code * base + grams[:, i]
+        return float(len(np.unique(code)) / len(grams))
     return float(len(np.unique(grams, axis=0)) / len(grams))
 
 
-def distribution_metrics(ref_counts: np.ndarray, gen_counts: np.ndarray, gen_seqs=None, ref_seqs=None) -> dict:
-    """Every unigram metric of ``gen`` against ``ref`` (the keys of ``measure.json`` / ``metrics.jsonl``)."""
+def distribution_metrics(ref_counts: np.ndarray, gen_counts: np.ndarray, gen_seqs=None, ref_seqs=None,
+                         rank_counts: np.ndarray | None = None) -> dict:
+    """Every unigram metric of ``gen`` against ``ref`` (the keys of ``measure.json`` / ``metrics.jsonl``).
+
+    ``rank_counts``: the counts that rank types into buckets and the head of ``tail_mass`` (default: ``ref``).
+    """
+    rk = ref_counts if rank_counts is None else rank_counts
     out = {
-        "bucket_shift": bucket_shift(ref_counts, gen_counts),
+        "bucket_shift": bucket_shift(ref_counts, gen_counts, rank_counts),
         "kl_ref_gen": kl(ref_counts, gen_counts),
         "kl_gen_ref": kl(gen_counts, ref_counts),
         "js": js(ref_counts, gen_counts),
         "entropy": entropy(gen_counts),
         "entropy_ref": entropy(ref_counts),
         "coverage": coverage(ref_counts, gen_counts),
-        "tail_mass": tail_mass(gen_counts, ref_counts),
-        "tail_mass_ref": tail_mass(ref_counts, ref_counts),
+        "tail_mass": tail_mass(gen_counts, rk),
+        "tail_mass_ref": tail_mass(ref_counts, rk),
         "gen_tokens": int(gen_counts.sum()),
         "ref_tokens": int(ref_counts.sum()),
         "gen_types": int((gen_counts > 0).sum()),

@@ -139,7 +139,7 @@ def check_fits(cfg, model) -> None:
     eval_len = cfg.eval.block_size or L
     if eval_len > ctx:
         raise ModelError(f"eval.block_size={eval_len} exceeds the model's context of {ctx} tokens.")
-    if cfg.train.method == "lora":
+    if cfg.train.method == "lora" and cfg.model.name_or_path != "ngram":  # the n-gram has no layers to adapt
         lc = cfg.train.lora
         check_lora_targets(model, lc.target_modules or default_targets(model), lc.modules_to_save)
 
@@ -147,6 +147,11 @@ def check_fits(cfg, model) -> None:
 def load_model(cfg: ModelConfig, splits, device: torch.device, show_progress: bool = True, accelerator=None):
     """(model, tokenizer, folder) for ``model.name_or_path``; the scratch model is shipped, cached or built now
     (on ``accelerator``'s device and processes when given)."""
+    if cfg.name_or_path == "ngram":  # counted here from the real training split: seconds
+        from collapse.ngram import generation0, tokenizer_folder
+
+        model, tok = generation0(cfg, splits, device)
+        return model, tok, str(tokenizer_folder(cfg, splits, tok))
     if cfg.name_or_path == "scratch":
         from collapse.scratch import get_scratch_model
 

@@ -42,6 +42,7 @@ import numpy as np
 
 from collapse import fault
 from collapse import metrics as M
+from collapse import stats as S
 from collapse.check import Plan, check_run
 from collapse.checkpoints import Checkpoints, disk_estimate
 from collapse.config import Config
@@ -51,9 +52,13 @@ from collapse.evaluate import evaluate_blocks, sequence_ppl
 from collapse.generate import generate_corpus
 from collapse.io import atomic_path, read_json, write_json, write_parquet, write_text
 from collapse.modeling import check_fits, load_model, set_threads, vocab_size
+from collapse.ngram import train as ngram_train
+from collapse.ngram import zero_prob_tokens
 from collapse.regimes import regime_training_set
-from collapse.run_tracking import TrainCurve, log_corpus, log_generation, log_model, log_report, relog_curve
+from collapse.run_tracking import TrainCurve, log_generation, log_report, log_run_corpus, log_run_model, relog_finished
 from collapse.rundir import (
+    BOOTSTRAP,
+    EVAL_BLOCKS,
     Manifest,
     clean_temp,
     disk_full,
@@ -67,11 +72,12 @@ from collapse.rundir import (
     shard_path,
     verify_stages,
 )
-from collapse.runtime import StageClock, fmt_bytes, fmt_num, fmt_pct, fmt_s, make_accelerator
+from collapse.runtime import StageClock, fmt_bytes, fmt_pct, fmt_s, make_accelerator
 from collapse.scratch import TOKENS_FILE
 from collapse.seeding import numpy_rng
 from collapse.tracking import NullLogger, StepAxis, close_quietly, make_logger, new_run_id, train_steps, wants_wandb
 from collapse.train import finetune
+from collapse.truth import add_truth, kl_truth, truth_shift_boot
 
 log = logging.getLogger("collapse")
 
@@ -120,12 +126,15 @@ def train_stage(run: Run, g: int, base, prev: Weights | None, model: Weights) ->
                                     samples=[run.samples(k) for k in range(g)],
                                     real_fraction=cfg.regime.real_fraction, size=cfg.regime.size,
                                     rng=numpy_rng(cfg.seed, g, "regime"))
-    trainee = run.ckpt.start(g, base, prev)
-    if prev is not None:
-        prev.model = None  # model g-1 is not needed any more
-    stats = finetune(trainee, rows, run.data.val_blocks, cfg.train, run.accelerator, key=(cfg.seed, g, "train"),
-                     show_progress=run.show, desc=f"gen {g} train", on_step=lambda s: fault.point("train", g, s),
-                     curve=TrainCurve(run.logger, g))
+    if run.ckpt.ngram:  # the n-gram "trains" by counting: model g = the counts of its regime's training set
+        trainee, stats = ngram_train(run.model0, rows, run.data.val_blocks, cfg.eval.batch_size, run.accelerator)
+    else:
+        trainee = run.ckpt.start(g, base, prev)
+        if prev is not None:
+            prev.model = None  # model g-1 is not needed any more
+        stats = finetune(trainee, rows, run.data.val_blocks, cfg.train, run.accelerator, key=(cfg.seed, g, "train"),
+                         show_progress=run.show, desc=f"gen {g} train", on_step=lambda s: fault.point("train", g, s),
+                         curve=TrainCurve(run.logger, g))
     model.model = run.ckpt.save(trainee, g, run.is_main)
     if run.is_main:
         write_json(run.dir(g) / "train.json", {
@@ -139,9 +148,17 @@ def evaluate_stage(run: Run, g: int, model: Weights) -> str:
     """Test perplexity and the loss per frequency bucket of model g on the REAL test blocks."""
     m = model()
     fault.point("evaluate", g, 0)
-    ev = evaluate_blocks(m, run.data.test_blocks, run.data.bucket_of, run.cfg.eval.batch_size, run.accelerator)
+    ev = evaluate_blocks(m, run.data.test_blocks, run.data.bucket_of, run.cfg.eval.batch_size, run.accelerator,
+                         per_block=True)
+    if run.data.truth is not None:  # the synthetic source: KL to the known truth
+        ev.update(kl_truth(m, run.data.truth, run.tok.eos_token_id, (run.cfg.seed, g), run.cfg.eval.batch_size))
+    if run.ckpt.ngram:  # why an add_k=0 model's test perplexity may be infinite
+        ev["test_zero_tokens"] = zero_prob_tokens(m, run.data.test_blocks, run.cfg.eval.batch_size)
     fault.point("evaluate", g, 1)
+    blocks = {"sums": ev.pop("block_sums"), "counts": ev.pop("block_counts")}
     if run.is_main:
+        with atomic_path(run.dir(g) / EVAL_BLOCKS) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **blocks)
         write_json(run.dir(g) / "eval.json", ev)
     return f"test ppl {ev['test_ppl']:.2f}"
 
@@ -180,7 +197,9 @@ def measure_stage(run: Run, g: int, base) -> str:
     fault.point("measure", g, 0)
     ppl = sequence_ppl(base, full, gc.prompt_tokens, run.cfg.eval.batch_size, run.accelerator)
     row = metrics_row(g, read_json(d / "eval.json"), run.data.ref_counts, gen_ids, ppl, d)
+    add_truth(row, run.data.truth, read_json(d / "eval.json"), gen_ids, len(run.data.bucket_of))  # synthetic, n-gram
     if run.is_main:
+        row.update(interval_part(run, g, row, gen_ids, ppl))
         with atomic_path(d / "gen0_ppl.npy") as tmp, open(tmp, "wb") as fh:
             np.save(fh, ppl.astype(np.float32), allow_pickle=False)
         write_json(d / "metrics.json", row)
@@ -214,6 +233,49 @@ def metrics_row(g: int, ev: dict, ref_counts: np.ndarray, gen_ids: np.ndarray, p
         "train_rows": train.get("rows"),
         "train_real_rows": train.get("real_rows"),
     }
+
+
+def interval_part(run: Run, g: int, row: dict, gen_ids: np.ndarray, ppl: np.ndarray) -> dict:
+    """Intervals of every figure of generation g and its paired changes from generation 0 and g-1.
+
+    The units: samples (sample i continues real prompt i in every generation) and test blocks (the same
+    blocks every generation). Both are resampled with the same weights in every generation, drawn from
+    (seed, "bootstrap", unit): a change is the difference of two figures under the same resample.
+    """
+    st, d = run.cfg.stats, run.dir(g)
+    if not st.resamples:
+        return {"intervals": None}
+    t0 = time.perf_counter()
+    names = M.BUCKETS
+    W = run.boot_weights("samples", len(gen_ids))
+    We, sums, counts = None, None, None
+    if (d / EVAL_BLOCKS).is_file():
+        with np.load(d / EVAL_BLOCKS, allow_pickle=False) as z:
+            sums, counts = z["sums"], z["counts"]
+        We = run.boot_weights("test blocks", len(sums))
+    ref = run.data.ref_counts
+    r = M.ranks(ref)
+    corpus = S.Corpus(gen_ids, len(ref), run.data.bucket_of, len(names))
+    boot = S.generation_boot(W, corpus, ref, run.data.bucket_of, (r >= 1) & (r <= 100), names, ppl, We, sums, counts)
+    truth_shift_boot(boot, run.data.truth, names)  # a synthetic row's shifts are against the TRUE shares: theirs too
+    point = S.flat_point(row, names)
+    out = S.row_intervals(point, boot, names, st.level)
+    out["changes"] = {}
+    for label, k in (("from_gen0", 0), ("from_previous", g - 1)):
+        dk = run.dir(k)
+        if g > 0 and (dk / BOOTSTRAP).is_file():
+            out["changes"][label] = S.changes(point, boot, S.flat_point(read_json(dk / "metrics.json"), names),
+                                              S.load_boot(dk / BOOTSTRAP), st.level)
+    S.save_boot(d / BOOTSTRAP, boot)
+    out["intervals"] = {"method": METHOD, "level": st.level, "resamples": st.resamples,
+                        "units": {"samples": int(len(gen_ids)), "test_blocks": None if sums is None else int(len(sums))}}
+    # the cost, for the benchmark: beside the row, not in it (a resumed run's rows equal an uninterrupted one's)
+    write_json(d / "intervals.json", {"seconds": round(time.perf_counter() - t0, 3)})
+    return out
+
+
+METHOD = ("percentile bootstrap (shares, shifts, losses, means); delete-half jackknife (entropy, KL, JS, coverage, "
+          "tail mass, distinct-n)")
 
 
 def gen0_stage(run: Run, g: int, model: Weights) -> str:
@@ -250,6 +312,7 @@ class Run:
     ckpt: Checkpoints
     t_start: float = field(default_factory=time.perf_counter)
     samples_cache: dict = field(default_factory=dict)
+    boot_cache: dict = field(default_factory=dict)
     manifest: object = None
     clock: object = None
     logger: object = None
@@ -327,6 +390,14 @@ class Run:
         self.stage("train", 0, gen0_stage, model, then=self.log_model)
         return model()
 
+    def boot_weights(self, unit: str, n: int) -> S.Weights:
+        """Bootstrap weights over n units, the same in every generation (paired changes), drawn once."""
+        key = (unit, n)
+        if key not in self.boot_cache:
+            self.boot_cache[key] = S.draw_weights(n, numpy_rng(self.cfg.seed, "bootstrap", unit),
+                                                  self.cfg.stats.resamples)
+        return self.boot_cache[key]
+
     def prune(self, g: int) -> None:
         self.ckpt.prune(g, self.is_main)
 
@@ -335,17 +406,10 @@ class Run:
         self.prune(g)
 
     def log_model(self, g: int) -> None:
-        """Model g as a W&B artifact (its weights unless wandb.log_weights=false, and what it was made from)."""
-        if g > 0:
-            weights = self.dir(g) / self.ckpt.subdir
-        else:  # generation 0 is the base model (named, not uploaded) unless it was fine-tuned here
-            weights = self.dir(0) / "model" if self.cfg.train.gen0_epochs else None
-        log_model(self.logger, self.out, g, weights, self.cfg, self.model_ref)
+        log_run_model(self, g)
 
     def log_corpus(self, g: int) -> None:
-        """Corpus g as a W&B artifact, made from model g (logged first, once)."""
-        self.log_model(g)
-        log_corpus(self.logger, self.out, g, self.data.n_seq, self.cfg.generation)
+        log_run_corpus(self, g)
 
     def log_generation(self, g: int) -> None:
         if isinstance(self.logger, NullLogger):  # other processes, or W&B disabled: nothing to read back
@@ -432,16 +496,7 @@ class Run:
                  f"{self.accelerator.device.type}; disk ≈ {fmt_bytes(per_gen)} per generation, {fmt_bytes(total)} "
                  "for the run")
         if self.resuming and not isinstance(self.logger, NullLogger):
-            # the killed process may not have flushed its last rows: log the finished stages again; the logger
-            # skips what the W&B run holds (online: from W&B's starting_step; offline: the earlier segments)
-            for g in range(G + 1):
-                if m.done(g, "train"):
-                    relog_curve(self.logger, self.dir(g) / "train.json", g)
-                    self.log_model(g)
-                if m.done(g, "generate"):
-                    self.log_corpus(g)
-                if m.done(g, "measure"):
-                    self.log_generation(g)
+            relog_finished(self)  # what the killed process may not have flushed, and the W&B run lacks
         self.clock = StageClock(total_stages=4 * (G + 1) - 1 + (1 if cfg.train.gen0_epochs else 0), log=log)
 
     def finish(self) -> None:
@@ -465,15 +520,51 @@ class Run:
         log.info(f"done in {fmt_s(time.perf_counter() - self.t_start)}: {self.out}/metrics.jsonl")
 
 
+# the console table's columns: (heading, figure under the flat names of collapse.stats, format)
+TABLE = (("test ppl", "test_ppl", "{:.2f}"), ("NLL 1-10", "tail_loss.1-10", "{:.3f}"),
+         ("NLL 1001+", "tail_loss.1001-10000", "{:.3f}"), ("shift 1-10", "bucket_shift.1-10", "{:+.1f}%"),
+         ("shift 101-1k", "bucket_shift.101-1000", "{:+.1f}%"), ("shift 1001+", "bucket_shift.1001-10000", "{:+.1f}%"),
+         ("KL", "kl_ref_gen", "{:.4f}"), ("coverage", "coverage", "{:.3f}"), ("entropy", "entropy", "{:.3f}"),
+         ("gen0 ppl", "gen0_ppl_mean", "{:.1f}"))
+CHANGE_COLUMNS = ("test_ppl", "tail_loss.1001-10000", "bucket_shift.1-10", "bucket_shift.1001-10000", "entropy")
+
+
+def _columns(head: list[str], rows: list[list[str]]) -> list[str]:
+    w = [max(len(x) for x in col) for col in zip(head, *rows)]
+    return [" ".join(f"{x:>{n}}" for x, n in zip(r, w)) for r in (head, *rows)]
+
+
 def metrics_table(rows: list[dict]) -> str:
-    """The console table printed at the end of a run (shifts in %, NLL in nats, KL and entropy in bits)."""
-    head = (f"{'gen':>3} {'test ppl':>9} {'NLL 1-10':>9} {'NLL 1001+':>10} {'shift 1-10':>11} {'shift 101-1k':>13} "
-            f"{'shift 1001+':>12} {'KL':>7} {'coverage':>9} {'entropy':>8} {'gen0 ppl':>9}")
-    lines = [head]
+    """The console tables printed at the end of a run (shifts in %, NLL in nats, KL and entropy in bits).
+
+    Each value with ± half the width of its 95% interval (over samples or test blocks); then the main
+    figures' changes from generation 0 with their paired intervals, ``*`` where the interval excludes 0.
+    """
+    body = []
     for r in rows:
-        tl, bs = r["tail_loss"], r["bucket_shift"]
-        lines.append(f"{r['generation']:>3} {r['test_ppl']:>9.2f} {fmt_num(tl.get('1-10')):>9} "
-                     f"{fmt_num(tl.get('1001-10000')):>10} {fmt_pct(bs['1-10']):>11} {fmt_pct(bs['101-1000']):>13} "
-                     f"{fmt_pct(bs['1001-10000']):>12} {r['kl_ref_gen']:>7.4f} {r['coverage']:>9.3f} "
-                     f"{r['entropy']:>8.3f} {fmt_num(r['gen0_ppl_mean'], 1):>9}")
+        point, cells = S.flat_point(r, M.BUCKETS), [str(r["generation"])]
+        for _, k, fmt in TABLE:
+            v, ci = point.get(k), S.row_ci(r, k)
+            pct = "%" if "%" in fmt else ""
+            text = "—" if v is None else fmt.format(v).rstrip("%")
+            if v is not None and ci and ci[0] is not None:
+                text += "±" + fmt.format((ci[1] - ci[0]) / 2).lstrip("+").rstrip("%")
+            cells.append(text + (pct if v is not None else ""))
+        body.append(cells)
+    lines = _columns(["gen", *(h for h, *_ in TABLE)], body)
+    changed = [r for r in rows if (r.get("changes") or {}).get("from_gen0")]
+    if changed:
+        cols = [c for c in TABLE if c[1] in CHANGE_COLUMNS]
+        body = []
+        for r in changed:
+            ch, cells = r["changes"]["from_gen0"], [str(r["generation"])]
+            for _, k, fmt in cols:
+                c = ch.get(k)
+                f = fmt.replace("{:", "{:+").replace("++", "+").rstrip("%")
+                cells.append("—" if c is None or c["ci95"][0] is None else
+                             f"{f.format(c['delta'])} [{f.format(c['ci95'][0])}, {f.format(c['ci95'][1])}]"
+                             f"{'*' if c['resolved'] else ' '}")
+            body.append(cells)
+        lines += ["", "change from generation 0 with its 95% paired interval (* resolved: the interval excludes 0)",
+                  *_columns(["gen", *(h for h, *_ in cols)], body)]
     return "\n".join(lines)

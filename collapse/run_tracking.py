@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from collapse.stats import interval_series
+
 log = logging.getLogger("collapse")
 
 
@@ -142,8 +144,8 @@ def log_generation(logger, row: dict, ppl: np.ndarray, samples_path: Path, g: in
         return  # W&B disabled, or a resumed run whose W&B run has this generation already: nothing to draw
     scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     logger.log({**scalars, "tail_loss": row["tail_loss"], "bucket_shift": row["bucket_shift"],
-                "gen0_ppl": {"q50": row["gen0_ppl_quantiles"]["q50"], "q95": row["gen0_ppl_quantiles"]["q95"]}},
-               step=g)
+                "gen0_ppl": {"q50": row["gen0_ppl_quantiles"]["q50"], "q95": row["gen0_ppl_quantiles"]["q95"]},
+                **interval_series(row)}, step=g)
     logger.log_histogram("gen0_ppl_hist", ppl, step=g, bins=bins)
     out = Path(samples_path).parent.parent
     try:
@@ -181,3 +183,34 @@ def log_generation(logger, row: dict, ppl: np.ndarray, samples_path: Path, g: in
                 logger.log_image(key, path, step=g)
     except Exception as e:  # noqa: BLE001
         log.debug(f"W&B: figures not logged ({e})")
+
+
+# ---------------------------------------------------------------------- for collapse.run's Run
+
+
+def log_run_model(run, g: int) -> None:
+    """Model g of ``run`` as an artifact (its weights unless wandb.log_weights=false; the base model is named)."""
+    if g > 0:
+        weights = run.dir(g) / run.ckpt.subdir
+    else:  # generation 0 is the base model (named, not uploaded) unless it was fine-tuned here
+        weights = run.dir(0) / "model" if run.cfg.train.gen0_epochs else None
+    log_model(run.logger, run.out, g, weights, run.cfg, run.model_ref)
+
+
+def log_run_corpus(run, g: int) -> None:
+    """Corpus g of ``run`` as an artifact, made from model g (logged first, once)."""
+    log_run_model(run, g)
+    log_corpus(run.logger, run.out, g, run.data.n_seq, run.cfg.generation)
+
+
+def relog_finished(run) -> None:
+    """A resumed run: every finished stage's curves, artifacts and rows again, in the order they were made; the
+    logger skips what the W&B run holds (online: from W&B's starting_step; offline: the earlier segments)."""
+    for g in range(run.cfg.generations + 1):
+        if run.manifest.done(g, "train"):
+            relog_curve(run.logger, run.dir(g) / "train.json", g)
+            log_run_model(run, g)
+        if run.manifest.done(g, "generate"):
+            log_run_corpus(run, g)
+        if run.manifest.done(g, "measure"):
+            run.log_generation(g)

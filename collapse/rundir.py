@@ -29,6 +29,8 @@ STAGES = ("train", "evaluate", "generate", "measure")
 REDO_WITH = {"train": ("train",), "evaluate": ("evaluate", "measure"), "generate": ("generate", "measure"),
              "measure": ("measure",)}
 LOCK_NAME = ".lock"
+EVAL_BLOCKS = "eval_blocks.npz"  # per test block and bucket: summed NLL and token count (the test intervals' units)
+BOOTSTRAP = "bootstrap.npz"  # every figure of a generation under each bootstrap resample (paired changes)
 
 
 def gen_dir(out: str | Path, g: int) -> Path:
@@ -115,7 +117,7 @@ def prepare_out_dir(cfg: Config) -> tuple[Path, bool, bool]:
             from collapse.config import load_config
 
             try:
-                old = load_config(cfg_path)
+                old = load_config(cfg_path, embedded=True)  # a resolved dump: every key is written
             except ConfigError as e:
                 raise ConfigError(f"{cfg_path} cannot be read ({e}); rerun with resume=never overwrite=true.") from None
             if old.fingerprint() != cfg.fingerprint():
@@ -230,6 +232,12 @@ def safetensors_problem(folder: Path) -> str | None:
     """None if every *.safetensors file in ``folder`` is complete (header and data covered), else why not."""
     from safetensors import safe_open
 
+    if (folder / "counts.npz").is_file():  # the n-gram model's counts (collapse.ngram), not weights
+        try:
+            np.load(folder / "counts.npz", allow_pickle=False).close()
+            return None
+        except Exception as e:  # noqa: BLE001
+            return f"{folder.name}/counts.npz cannot be read ({first_line(e, 120)})"
     files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
     if not files:
         return f"{folder.name}/ holds no weights"
@@ -289,7 +297,30 @@ def stage_problem(stage: str, g: int, out: Path, n_seq: int) -> str | None:
             np.load(d / "gen0_ppl.npy", allow_pickle=False)
         except Exception as e:  # noqa: BLE001
             problem = f"{d.name}/gen0_ppl.npy cannot be read ({first_line(e, 120)})"
+    if problem is None:
+        problem = _intervals_problem(d)
     return problem
+
+
+OLDER = "measured without intervals (an older collapse)"
+
+
+def _intervals_problem(d: Path) -> str | None:
+    """A measured generation without its intervals (an older collapse) or with a damaged bootstrap.npz."""
+    try:
+        row = read_json(d / "metrics.json")
+    except Exception:  # noqa: BLE001 - reported by _json_problem
+        return None
+    if "intervals" not in row:
+        return OLDER
+    if row["intervals"] is None:
+        return None  # stats.resamples=0
+    try:
+        with np.load(d / BOOTSTRAP, allow_pickle=False) as z:
+            z.files  # noqa: B018 - reads the zip directory
+    except Exception as e:  # noqa: BLE001
+        return f"{d.name}/bootstrap.npz cannot be read ({first_line(e, 120)})"
+    return None
 
 
 def verify_stages(manifest: Manifest, out: Path, generations: int, n_seq: int, weights_sub: str,
@@ -303,7 +334,7 @@ def verify_stages(manifest: Manifest, out: Path, generations: int, n_seq: int, w
     keep_checkpoints otherwise; ``continues_previous``: generation g+1 trains from model g); if they
     are missing or damaged, that generation's training is redone. Returns one note per redone stage.
     """
-    notes = []
+    notes, older = [], {}
     for g in range(generations, -1, -1):  # newest first: a redone training needs the weights before it
         if str(g) not in manifest.data["generations"]:
             continue
@@ -311,10 +342,20 @@ def verify_stages(manifest: Manifest, out: Path, generations: int, n_seq: int, w
             if not manifest.done(g, stage):
                 continue
             why = stage_problem(stage, g, out, n_seq)
-            if why:
+            if why == OLDER:
+                older[g] = "measure"
+                manifest.clear(g, REDO_WITH[stage])
+            elif why:
                 redo = REDO_WITH[stage]
                 manifest.clear(g, redo)
                 notes.append(f"gen {g}: {why}: redoing {'/'.join(redo)}")
+        if manifest.done(g, "evaluate") and not (gen_dir(out, g) / EVAL_BLOCKS).is_file():
+            # evaluated by an older collapse: the per-block losses behind the test intervals are missing;
+            # evaluate again where the weights are at hand (never retrain for an interval)
+            if (g == 0 and not manifest.done(0, "train")) or not safetensors_problem(
+                    gen_dir(out, g) / ("model" if g == 0 else weights_sub)):
+                manifest.clear(g, REDO_WITH["evaluate"])
+                older[g] = "evaluate/measure"
         if g > 0 and manifest.done(g, "train"):
             needed = (not manifest.done(g, "evaluate") or not manifest.done(g, "generate")
                       or (continues_previous and g < generations and not manifest.done(g + 1, "train")))
@@ -323,6 +364,11 @@ def verify_stages(manifest: Manifest, out: Path, generations: int, n_seq: int, w
                 if why:
                     manifest.clear(g, ("train",))
                     notes.append(f"gen {g}: weights needed to resume: {why}: redoing train")
+    if older:  # one line for a run made before intervals, not two per generation
+        gens = sorted(older)
+        what = " and ".join(sorted(set(older.values())))
+        notes.append(f"gens {', '.join(map(str, gens))} were measured by an older collapse (no intervals): redoing "
+                     f"{what} for the intervals (nothing is retrained)")
     return notes
 
 

@@ -142,7 +142,9 @@ def build(cfg: ScratchConfig, splits, dest: Path | None, show_progress: bool = T
     t0 = time.time()
     data = splits.fingerprint()  # hashes every document: once
     key = scratch_key(cfg, data)
-    tok = train_tokenizer(splits.train, cfg.vocab_size)
+    # the synthetic source brings its word-level tokenizer (one id per symbol); real text gets a BPE trained here
+    tok = splits.tokenizer if getattr(splits, "tokenizer", None) is not None else train_tokenizer(splits.train,
+                                                                                                 cfg.vocab_size)
     eos = tok.eos_token_id
     torch.manual_seed(cfg.seed)
     model = build_scratch_model(cfg, len(tok), eos)

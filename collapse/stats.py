@@ -19,6 +19,8 @@ Conventions
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -32,6 +34,26 @@ def resample_weights(n: int, rng: np.random.Generator, resamples: int = RESAMPLE
     if n <= 0:
         return np.zeros((resamples, 0))
     return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+
+
+@dataclass
+class Weights:
+    """Resampling weights over n units, R rows each: the bootstrap and the delete-half jackknife."""
+
+    boot: np.ndarray  # (R, n) multinomial counts, rows sum to n
+    half: np.ndarray  # (R, n) n//2 units kept per row, each with weight n / (n//2); the rest 0
+    scale: float  # sqrt(kept / deleted): a half-sample deviation -> a sampling deviation (Shao & Wu 1989)
+
+
+def draw_weights(n: int, rng: np.random.Generator, resamples: int = RESAMPLES) -> Weights:
+    """Both kinds of weights from one stream (bootstrap first, then the half-samples)."""
+    boot = resample_weights(n, rng, resamples)
+    keep = max(n // 2, 1)
+    half = np.zeros((resamples, n))
+    if n >= 2:
+        idx = np.argsort(rng.random((resamples, n)), axis=1)[:, :keep]
+        np.put_along_axis(half, idx, n / keep, axis=1)
+    return Weights(boot, half, float(np.sqrt(keep / max(n - keep, 1))) if n >= 2 else 0.0)
 
 
 def interval(boot: np.ndarray, level: float = LEVEL) -> list[float] | list[None]:
@@ -88,3 +110,283 @@ def _norm_ppf(p: float) -> float:
     from scipy.stats import norm
 
     return float(norm.ppf(p))
+
+
+# ---------------------------------------------------------------------- figures of resampled corpora
+
+SCALARS = ("kl_ref_gen", "kl_gen_ref", "js", "entropy", "coverage", "tail_mass", "distinct_1", "distinct_2")
+
+
+def _log2_ratio_sum(p: np.ndarray, q: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Row sums of ``p log2(p / q)`` over ``mask`` (p, q > 0 there)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(mask, p * np.log2(np.where(mask, p, 1.0) / np.where(mask, q, 1.0)), 0.0)
+    return t.sum(axis=1)
+
+
+def _unigram_figures(ref: np.ndarray, gen: np.ndarray, head: np.ndarray, alpha: float) -> dict[str, np.ndarray]:
+    """The unigram figures of ``metrics.distribution_metrics`` for each row of (r, V) count matrices.
+
+    ``ref`` may be one row (a fixed reference) or as many rows as ``gen``. Same formulas as
+    ``collapse.metrics`` (KL smoothed by ``alpha`` over the union of observed types; JS unsmoothed).
+    """
+    ref = np.broadcast_to(ref, gen.shape)
+    rs, gs = ref.sum(1, keepdims=True), gen.sum(1, keepdims=True)
+    sup = (ref > 0) | (gen > 0)
+    p = np.where(sup, ref + alpha, 0.0)
+    q = np.where(sup, gen + alpha, 0.0)
+    p, q = p / p.sum(1, keepdims=True), q / q.sum(1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pr, pg = ref / rs, gen / gs
+    m = 0.5 * (pr + pg)
+    js = 0.5 * _log2_ratio_sum(pr, m, pr > 0) + 0.5 * _log2_ratio_sum(pg, m, pg > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -np.where(pg > 0, pg * np.log2(np.where(pg > 0, pg, 1.0)), 0.0).sum(1)
+    seen = ref > 0
+    return {
+        "kl_ref_gen": np.maximum(0.0, _log2_ratio_sum(p, q, sup)),
+        "kl_gen_ref": np.maximum(0.0, _log2_ratio_sum(q, p, sup)),
+        "js": np.clip(js, 0.0, 1.0),
+        "entropy": ent,
+        "coverage": ((gen > 0) & seen).sum(1) / np.maximum(seen.sum(1), 1),
+        "tail_mass": gen[:, ~head].sum(1) / gs[:, 0],
+    }
+
+
+def ngram_units(rows: np.ndarray, n: int) -> sp.csr_matrix:
+    """Sparse (n_units, n_gram_types) counts of the n-grams inside each row (n-grams never cross rows)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    N, L = rows.shape
+    if L < n:
+        return sp.csr_matrix((N, 0))
+    V = int(rows.max()) + 1 if rows.size else 1
+    if V ** n < 2**62:  # one int64 per n-gram: a 1-D unique is ~10x faster than np.unique(axis=0)
+        code = sum(rows[:, i:L - n + 1 + i] * V ** (n - 1 - i) for i in range(n)).reshape(-1)
+        _, ids = np.unique(code, return_inverse=True)
+    else:
+        grams = np.stack([rows[:, i:L - n + 1 + i] for i in range(n)], axis=-1).reshape(-1, n)
+        _, ids = np.unique(grams, axis=0, return_inverse=True)
+    return unit_counts(ids.reshape(N, L - n + 1), int(ids.max()) + 1)
+
+
+class Corpus:
+    """One corpus as units: its unit × type counts, bucket counts and n-gram counts, built once.
+
+    ``rows`` is (n_units, L) token ids (every unit of the same length); ``buckets`` maps a type to its
+    bucket (``metrics.bucket_of``), ``head`` marks the reference's top types (``tail_mass``).
+    """
+
+    def __init__(self, rows: np.ndarray, vocab: int, buckets: np.ndarray, nb: int):
+        rows = np.asarray(rows)
+        self.n = len(rows)
+        self.C = unit_counts(rows, vocab)
+        b = np.pad(buckets, (0, max(0, self.C.shape[1] - len(buckets))), constant_values=nb - 1)[: self.C.shape[1]]
+        self.B = np.asarray(self.C @ sp.csr_matrix((np.ones(len(b)), (np.arange(len(b)), b)),
+                                                   shape=(len(b), nb)).toarray())  # (n, buckets)
+        self.grams_T = {k: ngram_units(rows, k).T.tocsr() for k in (1, 2)}  # (n-gram types, n)
+        self.grams_total = {k: np.full(self.n, max(rows.shape[1] - k + 1, 0), dtype=np.float64) for k in (1, 2)}
+
+
+def corpus_boot(wts: Weights, gen: Corpus, ref: np.ndarray | Corpus, head: np.ndarray,
+                alpha: float = 0.5, chunk: int = 125) -> dict[str, np.ndarray]:
+    """Every figure of ``gen`` under each resample: bucket shares (R, nb) and scalars (R,).
+
+    Bucket shares are ratios of sums: the bootstrap (``wts.boot``). The scalars count distinct types or
+    n-grams (coverage, distinct-n) or are plug-in entropies and divergences: a bootstrap resample repeats
+    units, so it holds fewer distinct types than a sample of the same size and its figures are biased
+    (coverage falls far below the point value). Those use the delete-half jackknife (Shao & Wu 1989),
+    ``wts.half``: each row keeps half the units; its deviation from the mean of all rows, scaled by
+    ``wts.scale``, stands for a sampling deviation, returned as ``point + deviation`` so that the same
+    percentile and paired-difference code serves both kinds.
+
+    ``ref`` is a fixed count vector (the real training counts, ``collapse run``) or a Corpus resampled
+    with the same weights (the true second halves of the same examples, ``collapse measure``). The
+    bucket of a type and the reference's head are held fixed (from the full reference).
+    """
+    paired_ref = isinstance(ref, Corpus)
+    gs = wts.boot @ gen.B
+    out = {"gen_share": gs / gs.sum(1, keepdims=True)}
+    if paired_ref:
+        rs = wts.boot @ ref.B
+        out["ref_share"] = rs / rs.sum(1, keepdims=True)
+    H = np.vstack([np.ones((1, gen.n)), wts.half])  # row 0: the full sample (the point value)
+    half = {k: np.empty(len(H)) for k in SCALARS}
+    V = max(gen.C.shape[1], ref.C.shape[1] if paired_ref else len(ref))
+    CtT = _pad_cols(gen.C, V).T.tocsr()  # (V, n): the product below is a sparse @ dense per chunk
+    RtT = _pad_cols(ref.C, V).T.tocsr() if paired_ref else None
+    ref_row = None if paired_ref else np.pad(np.asarray(ref, np.float64), (0, V - len(ref)))[None, :]
+    head = np.pad(head, (0, V - len(head)))
+    for i in range(0, len(H), chunk):
+        w = H[i:i + chunk]
+        g = np.asarray(CtT @ w.T).T
+        r = np.asarray(RtT @ w.T).T if paired_ref else ref_row
+        for k, v in _unigram_figures(r, g, head, alpha).items():
+            half[k][i:i + chunk] = v
+        for k in (1, 2):
+            G = gen.grams_T[k]
+            if G.shape[0] == 0:
+                half[f"distinct_{k}"][i:i + chunk] = 0.0
+                continue
+            present = np.asarray(G @ w.T) > 0  # (types, r): a type is in a resample if any unit with it is
+            half[f"distinct_{k}"][i:i + chunk] = present.sum(0) / (w @ gen.grams_total[k])
+    for k, v in half.items():
+        out[k] = v[0] + wts.scale * (v[1:] - v[1:].mean())
+    return out
+
+
+def _pad_cols(C: sp.csr_matrix, V: int) -> sp.csr_matrix:
+    if C.shape[1] == V:
+        return C
+    C = C.copy()
+    C.resize((C.shape[0], V))
+    return C
+
+
+def shift_pct(gen_share: np.ndarray, ref_share: np.ndarray) -> np.ndarray:
+    """``100 (gen / ref - 1)`` per bucket, NaN where the reference share is 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(ref_share > 0, 100.0 * (gen_share / np.where(ref_share > 0, ref_share, 1.0) - 1.0), np.nan)
+
+
+def block_boot(W: np.ndarray, sums: np.ndarray, counts: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Test NLL, perplexity and tail loss per bucket for each resample of the test blocks.
+
+    ``sums``/``counts`` are (blocks, buckets): the summed NLL and the number of predicted tokens of
+    each block in each bucket (``evaluate_blocks(per_block=True)``).
+    """
+    nll = ratio_boot(W, sums.sum(1), counts.sum(1))
+    tail = ratio_boot(W, sums, counts)
+    out = {"test_nll": nll, "test_ppl": np.exp(nll)}
+    out.update({f"tail_loss.{b}": tail[:, k] for k, b in enumerate(names)})
+    return out
+
+
+def flatten_corpus_boot(boot: dict[str, np.ndarray], names: tuple[str, ...], ref_share: np.ndarray | None = None
+                        ) -> dict[str, np.ndarray]:
+    """``corpus_boot``'s output as flat figure → (R,) arrays: ``gen_share.<bucket>``, ``bucket_shift.<bucket>``,
+    and the scalars. ``ref_share``: the fixed reference shares (else the resampled ``ref_share``)."""
+    rs = boot["ref_share"] if ref_share is None else np.broadcast_to(ref_share, boot["gen_share"].shape)
+    sh = shift_pct(boot["gen_share"], rs)
+    out = {k: boot[k] for k in SCALARS}
+    for j, b in enumerate(names):
+        out[f"gen_share.{b}"] = boot["gen_share"][:, j]
+        out[f"bucket_shift.{b}"] = sh[:, j]
+    return out
+
+
+def intervals(boot: dict[str, np.ndarray], level: float = LEVEL) -> dict[str, list]:
+    """figure → ``[lo, hi]`` percentile interval."""
+    return {k: interval(v, level) for k, v in boot.items()}
+
+
+def changes(point_a: dict[str, float | None], boot_a: dict[str, np.ndarray], point_b: dict[str, float | None],
+            boot_b: dict[str, np.ndarray], level: float = LEVEL) -> dict[str, dict]:
+    """Paired change a − b of every figure both have, from resamples drawn with the SAME weights.
+
+    Each entry: ``delta`` (point a − point b), ``ci95`` (percentile interval of the resampled
+    differences) and ``resolved`` (the interval excludes 0).
+    """
+    out = {}
+    for k in boot_a:
+        if k not in boot_b or point_a.get(k) is None or point_b.get(k) is None:
+            continue
+        lo, hi = interval(boot_a[k] - boot_b[k], level)
+        out[k] = {"delta": float(point_a[k]) - float(point_b[k]), "ci95": [lo, hi],
+                  "resolved": bool(lo is not None and (lo > 0 or hi < 0))}
+    return out
+
+
+def standard_errors(boot: dict[str, np.ndarray]) -> dict[str, float | None]:
+    """Bootstrap standard error of every figure (NaN resamples ignored)."""
+    out = {}
+    for k, v in boot.items():
+        v = v[np.isfinite(v)]
+        out[k] = float(v.std(ddof=1)) if v.size > 1 else None
+    return out
+
+
+def save_boot(path, boot: dict[str, np.ndarray]) -> None:
+    """Resampled figures (float64) in one .npz, written atomically."""
+    from collapse.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **{k: np.asarray(v, np.float64) for k, v in boot.items()})
+
+
+def load_boot(path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k].astype(np.float64) for k in z.files}
+
+
+# ---------------------------------------------------------------------- one generation of `collapse run`
+
+def flat_point(row: dict, names: tuple[str, ...]) -> dict[str, float | None]:
+    """The figures of a metrics row under the flat names of the resamples (``bucket_shift.1-10`` ...)."""
+    out = {k: row.get(k) for k in (*SCALARS, "test_ppl", "test_nll", "gen0_ppl_mean")}
+    for b in names:
+        out[f"tail_loss.{b}"] = (row.get("tail_loss") or {}).get(b)
+        out[f"bucket_shift.{b}"] = (row.get("bucket_shift") or {}).get(b)
+        out[f"gen_share.{b}"] = ((row.get("bucket_share") or {}).get(b) or {}).get("gen_share")
+    return out
+
+
+def row_ci(row: dict, name: str) -> list | None:
+    """The interval of figure ``name`` (flat: ``test_ppl``, ``tail_loss.1-10``, ``gen_share.1-10``) in a metrics row."""
+    if "." in name:
+        fig, b = name.split(".", 1)
+        return (row.get("bucket_share_ci" if fig == "gen_share" else f"{fig}_ci") or {}).get(b)
+    return row.get(f"{name}_ci")
+
+
+def row_change(row: dict, name: str, since: str = "from_gen0") -> dict | None:
+    """The paired change of figure ``name`` in a metrics row (``delta``, ``ci95``, ``resolved``), or None."""
+    return ((row.get("changes") or {}).get(since) or {}).get(name)
+
+
+def generation_boot(wts: Weights, corpus: Corpus, ref_counts: np.ndarray, buckets: np.ndarray, head: np.ndarray,
+                    names: tuple[str, ...], ppl: np.ndarray | None = None, We: Weights | None = None,
+                    block_sums: np.ndarray | None = None, block_counts: np.ndarray | None = None
+                    ) -> dict[str, np.ndarray]:
+    """Every figure of one generation under each resample: the samples' figures (``wts``, over samples),
+    their gen-0 perplexity, and the test figures (``We``, over test blocks)."""
+    from collapse.metrics import bucket_shares
+
+    boot = flatten_corpus_boot(corpus_boot(wts, corpus, ref_counts, head), names,
+                               ref_share=bucket_shares(ref_counts, buckets))
+    if ppl is not None and len(ppl):
+        boot["gen0_ppl_mean"] = wts.boot @ np.asarray(ppl, np.float64) / len(ppl)
+    if We is not None and block_sums is not None:
+        boot.update(block_boot(We.boot, block_sums, block_counts, names))
+    return boot
+
+
+def row_intervals(point: dict, boot: dict[str, np.ndarray], names: tuple[str, ...], level: float = LEVEL) -> dict:
+    """The ``*_ci`` keys of a metrics row: scalars as ``<name>_ci``, per-bucket figures as maps."""
+    ci = intervals(boot, level)
+    out: dict = {f"{k}_ci": ci[k] for k in (*SCALARS, "test_ppl", "test_nll", "gen0_ppl_mean") if k in ci}
+    for fig, key in (("tail_loss", "tail_loss_ci"), ("bucket_shift", "bucket_shift_ci"), ("gen_share", "bucket_share_ci")):
+        if f"{fig}.{names[0]}" in ci:
+            out[key] = {b: (ci[f"{fig}.{b}"] if point.get(f"{fig}.{b}") is not None else [None, None]) for b in names}
+    return out
+
+
+def interval_series(row: dict) -> dict:
+    """A row's intervals as W&B series beside each value: ``<name>_lo`` / ``<name>_hi`` for scalars,
+    ``<map>_lo`` / ``<map>_hi`` bucket maps (``tail_loss_lo/1-10``), and each paired change from
+    generation 0 as ``change/<figure>`` with ``change_lo`` / ``change_hi``."""
+    out: dict = {}
+    for k, v in row.items():
+        if not k.endswith("_ci") or v is None:
+            continue
+        name = k[:-3].replace("bucket_share", "gen_share")
+        if isinstance(v, dict):
+            out[f"{name}_lo"] = {b: c[0] for b, c in v.items() if c and c[0] is not None}
+            out[f"{name}_hi"] = {b: c[1] for b, c in v.items() if c and c[1] is not None}
+        elif v[0] is not None:
+            out[f"{name}_lo"], out[f"{name}_hi"] = v
+    ch = (row.get("changes") or {}).get("from_gen0") or {}
+    if ch:
+        out["change"] = {k: c["delta"] for k, c in ch.items()}
+        out["change_lo"] = {k: c["ci95"][0] for k, c in ch.items() if c["ci95"][0] is not None}
+        out["change_hi"] = {k: c["ci95"][1] for k, c in ch.items() if c["ci95"][1] is not None}
+    return out

@@ -72,7 +72,7 @@ def test_bucket_shares_recomputed_exactly(runs):
     for name in M.BUCKETS:
         assert m["bucket_shift"][name]["ref_share"] == expect[name]["ref_share"], name
         assert m["bucket_shift"][name]["gen_share"] == expect[name]["gen_share"], name
-    assert m["bucket_shift"] == expect
+    assert {b: {k: v[k] for k in ("ref_share", "gen_share", "shift_pct")} for b, v in m["bucket_shift"].items()} == expect
     assert sum(v["ref_share"] for v in m["bucket_shift"].values()) == pytest.approx(1.0, abs=1e-12)
     assert sum(v["gen_share"] for v in m["bucket_shift"].values()) == pytest.approx(1.0, abs=1e-12)
     # the scalar metrics come from the same ids
@@ -80,6 +80,57 @@ def test_bucket_shares_recomputed_exactly(runs):
     assert m["js"] == pytest.approx(M.js(ref_c, gen_c), abs=1e-12)
     assert m["coverage"] == pytest.approx(M.coverage(ref_c, gen_c), abs=1e-12)
     assert m["distinct_2"] == pytest.approx(M.distinct_n(gen, 2), abs=1e-12)
+
+
+def test_intervals_recomputed_independently_from_the_continuations(runs):
+    """measure.json's intervals, recomputed from continuations.parquet by plain loops over the documented
+    resamples: each bootstrap resample's examples repeated by their weights and counted with
+    ``metrics.bucket_shift`` (shifts); each half-sample's entropy centred and scaled (Shao & Wu)."""
+    from collapse.seeding import numpy_rng
+
+    out, _ = runs
+    m = json.loads((out / "measure.json").read_text())
+    gen, ref = _ids(out, "generated_ids"), _ids(out, "reference_ids")
+    n, R = len(gen), m["intervals"]["resamples"]
+    assert m["intervals"]["unit"] == "examples" and m["intervals"]["units"] == n
+    rng = numpy_rng(*m["intervals"]["seed_key"])
+    assert m["intervals"]["seed_key"] == [0, "measure", "bootstrap"]
+    boot = rng.multinomial(n, np.full(n, 1.0 / n), size=R)
+    V = max(int(gen.max()), int(ref.max())) + 1
+    rank = np.bincount(ref.ravel(), minlength=V)  # measure.rank_by=reference: the buckets stay those of all examples
+    shifts = {b: [] for b in M.BUCKETS}
+    for w in boot:
+        rc = np.bincount(np.repeat(ref, w, axis=0).ravel(), minlength=V)
+        gc = np.bincount(np.repeat(gen, w, axis=0).ravel(), minlength=V)
+        for b, v in M.bucket_shift(rc, gc, rank_counts=rank).items():
+            shifts[b].append(np.nan if v["shift_pct"] is None else v["shift_pct"])
+    for b in M.BUCKETS:
+        got = m["bucket_shift"][b]["ci95"]
+        if m["bucket_shift"][b]["shift_pct"] is None:
+            assert got == [None, None]
+            continue
+        v = np.asarray(shifts[b])
+        want = np.quantile(v[np.isfinite(v)], [0.025, 0.975])
+        assert got == pytest.approx(want, rel=1e-9, abs=1e-9), b
+    keep = n // 2
+    idx = np.argsort(rng.random((R, n)), axis=1)[:, :keep]
+    ent = np.array([M.entropy(np.bincount(gen[i].ravel(), minlength=V)) for i in idx])
+    want = M.entropy(np.bincount(gen.ravel(), minlength=V)) + np.sqrt(keep / (n - keep)) * (ent - ent.mean())
+    assert m["entropy_ci"] == pytest.approx(np.quantile(want, [0.025, 0.975]), rel=1e-9)
+
+
+def test_measure_prints_intervals_and_the_power_line(tmp_path):
+    r = _measure(tmp_path / "m", "wandb.mode=disabled", "stats.resamples=200", "measure.rank_by=train")
+    assert "95% interval" in r.stderr and "power:" in r.stderr, r.stderr[-2000:]
+    m = json.loads((tmp_path / "m" / "measure.json").read_text())
+    assert m["rank_by"] == "train" and m["intervals"]["resamples"] == 200
+    # ranked by the training split: types absent from the few true second halves still get a bucket
+    assert m["bucket_shift"]["unseen"]["gen_share"] < 0.05
+    unresolved = [b for b, v in m["bucket_shift"].items() if v["shift_pct"] is not None and v["examples_to_resolve"]
+                  and v["ci95"][0] <= 0 <= v["ci95"][1]]
+    for b in unresolved:  # the power line names each bucket its interval does not resolve
+        assert f"the {b} bucket's" in r.stderr
+        assert m["bucket_shift"][b]["examples_to_resolve"] > m["samples"]
 
 
 def test_same_seed_same_continuations(runs):

@@ -24,6 +24,7 @@ import yaml
 from collapse import report as R
 from collapse.errors import DataError
 from collapse.metrics import BUCKETS
+from collapse.report.runs import metric_getter
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 VOCAB = 400
@@ -304,3 +305,44 @@ def test_keys_missing_from_older_configs_do_not_split_groups(tmp_path):
     assert [[r.name for r in g.runs] for g in groups] == [["a0", "a1"], ["b0"]]
     assert [g.label for g in groups] == ["regime.kind=replace", "regime.kind=mix"]
     assert R.schema_drift(runs) == ["data.split_seed"]
+
+
+def _with_intervals(run: Path, resolved_ppl: bool) -> None:
+    """Give a made run the intervals `collapse run` writes: ± 1 around test_ppl and a paired change of
+    test perplexity from generation 0 that is (or is not) resolved."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["test_ppl_ci"] = [r["test_ppl"] - 1.0, r["test_ppl"] + 1.0]
+        r["bucket_shift_ci"] = {b: ([v - 0.5, v + 0.5] if v is not None else [None, None])
+                                for b, v in r["bucket_shift"].items()}
+        r["bucket_shift_ci"]["1-10"] = [-1.0, 1.0]  # an unresolved cell for the heatmap
+        d = r["test_ppl"] - rows[0]["test_ppl"]
+        lo, hi = (d - 0.1, d + 0.1) if resolved_ppl else (d - abs(d) - 1.0, d + abs(d) + 1.0)
+        r["changes"] = {} if r["generation"] == 0 else {
+            "from_gen0": {"test_ppl": {"delta": d, "ci95": [lo, hi], "resolved": bool(lo > 0 or hi < 0)}}}
+        r["intervals"] = {"method": "percentile bootstrap", "level": 0.95, "resamples": 1000}
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_one_run_draws_its_own_intervals_and_the_summary_says_what_is_resolved(tmp_path):
+    one = make_run(tmp_path, "solo", 0, "replace")
+    _with_intervals(one, resolved_ppl=True)
+    run = R.load_run(one)
+    gens, mean, lo, hi, _ = R.series(R.Group([run]), metric_getter("test_ppl"))
+    assert lo.tolist() == pytest.approx((mean - 1.0).tolist()) and hi.tolist() == pytest.approx((mean + 1.0).tolist())
+    _, dmean, dlo, dhi, _ = R.series(R.Group([run]), metric_getter("test_ppl"), paired=True)
+    assert np.isnan(dlo[0]) and dlo[1:].tolist() == pytest.approx((dmean[1:] - 0.1).tolist())
+    seeds = [make_run(tmp_path, f"mix_s{s}", s, "mix") for s in (0, 1)]
+    for s, r in enumerate(seeds):
+        _with_intervals(r, resolved_ppl=s == 0)
+    out = tmp_path / "report"
+    assert R.make_report([one, *seeds], out, quiet=True) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    mix = next(e for e in summary if "mix" in e["group"])
+    assert mix["changes"]["test_ppl"]["resolved_runs"] == 1 and len(mix["changes"]["test_ppl"]["within"]) == 2
+    assert [p["changes"]["test_ppl"]["resolved"] for p in mix["per_run"]] == [True, False]
+    md = (out / "summary.md").read_text()
+    assert "(1/2 resolved)" in md and "each run with its own paired 95% interval" in md
+    solo = next(e for e in summary if "replace" in e["group"])
+    d = solo["changes"]["test_ppl"]["mean"]
+    assert f"{d:+.2f} [{d - 0.1:+.2f}, {d + 0.1:+.2f}]*" in md  # one run: its own interval, resolved

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -54,6 +55,76 @@ def test_run_folder_and_metric_keys(tiny_run):
         assert set(row["tail_loss"]) == set(M.BUCKETS) and set(row["bucket_shift"]) == set(M.BUCKETS)
         assert row["test_ppl"] > 1 and row["gen0_ppl_mean"] > 1
     assert "gen" in r.stderr and "test ppl" in r.stderr  # the metrics table is printed
+
+
+def test_intervals_and_paired_changes_in_every_row(tiny_run):
+    """Every generation's row holds intervals over samples and test blocks and (g >= 1) paired changes whose
+    delta is the difference of the two rows' values; the test-perplexity interval recomputed from
+    eval_blocks.npz with the documented resamples; the console prints the change table."""
+    from collapse import stats as S
+    from collapse.seeding import numpy_rng
+
+    out, r = tiny_run
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    cfg = load_config(out / "config.yaml")
+    for row in rows:
+        g = row["generation"]
+        iv = row["intervals"]
+        assert iv["resamples"] == 1000 and iv["units"]["samples"] == cfg.generation.num_sequences
+        assert iv["units"]["test_blocks"] == 32
+        for k in ("test_ppl", "entropy", "coverage", "kl_ref_gen", "gen0_ppl_mean"):
+            lo, hi = row[f"{k}_ci"]
+            assert lo < hi, k
+        assert set(row["bucket_shift_ci"]) == set(M.BUCKETS) and set(row["tail_loss_ci"]) == set(M.BUCKETS)
+        assert (out / f"gen_{g:03d}" / "bootstrap.npz").is_file() and (out / f"gen_{g:03d}" / "eval_blocks.npz").is_file()
+        with np.load(out / f"gen_{g:03d}" / "eval_blocks.npz") as z:
+            sums, counts = z["sums"], z["counts"]
+        assert sums.sum() / counts.sum() == pytest.approx(row["test_nll"], rel=1e-12)
+        w = numpy_rng(cfg.seed, "bootstrap", "test blocks").multinomial(len(sums), np.full(len(sums), 1 / len(sums)),
+                                                                      size=1000)
+        want = np.quantile(np.exp((w @ sums.sum(1)) / (w @ counts.sum(1))), [0.025, 0.975])
+        assert row["test_ppl_ci"] == pytest.approx(want, rel=1e-12)
+        if g == 0:
+            assert row["changes"] == {}
+            continue
+        for since, k in (("from_gen0", 0), ("from_previous", g - 1)):
+            ch = row["changes"][since]
+            base = S.flat_point(rows[k], M.BUCKETS)
+            now = S.flat_point(row, M.BUCKETS)
+            for name in ("test_ppl", "entropy", "tail_loss.1-10", "bucket_shift.1-10"):
+                assert ch[name]["delta"] == pytest.approx(now[name] - base[name], rel=1e-12, abs=1e-12)
+                lo, hi = ch[name]["ci95"]
+                assert ch[name]["resolved"] == (lo > 0 or hi < 0)
+        # the same test blocks every generation: the change's interval is narrower than the value's
+        c = row["changes"]["from_gen0"]["test_ppl"]["ci95"]
+        assert c[1] - c[0] < row["test_ppl_ci"][1] - row["test_ppl_ci"][0]
+    assert "change from generation 0" in r.stderr and "±" in r.stderr
+
+
+def test_a_run_from_before_intervals_gets_them_on_resume(tiny_run, tmp_path):
+    """A finished run whose rows lack intervals (an older collapse): rerunning the same command evaluates
+    and measures again where the weights are at hand, and adds exactly the intervals a new run has."""
+    import shutil
+
+    src, _ = tiny_run
+    out = tmp_path / "old"
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("wandb", "report", ".lock"))
+    before = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for g in range(3):
+        d = out / f"gen_{g:03d}"
+        row = json.loads((d / "metrics.json").read_text())
+        row = {k: v for k, v in row.items() if not k.endswith("_ci") and k not in ("changes", "intervals")}
+        (d / "metrics.json").write_text(json.dumps(row))
+        (d / "bootstrap.npz").unlink()
+        (d / "eval_blocks.npz").unlink()
+    r = run_cli("run", *TINY_RUN, f"out_dir={out}", env={"COLLAPSE_SKIP_REPORT": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "older collapse" in r.stderr
+    assert not re.search(r"gen \d+: train", r.stderr), "nothing is retrained for an interval"
+    assert re.search(r"gen 2: evaluate", r.stderr)
+    after = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(before, after):
+        assert a == b  # the same values and intervals as the run that had them from the start
 
 
 def test_samples_have_the_configured_shape(tiny_run):

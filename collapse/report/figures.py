@@ -144,8 +144,11 @@ def fig_tail_loss(groups: list[Group], buckets: list[str], out: Path) -> Path:
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.8 * nrow + 0.6), layout="constrained", squeeze=False)
     tokens = groups[0].runs[0].rows[0].get("tail_tokens") or {}
     # with several seeds, the seeds' generation-0 models differ more than the generations do: draw each
-    # run's change from its own generation 0 (the tail-loss *curve*), so the bands show the effect's spread
-    paired = any(len(g.runs) > 1 for g in groups)
+    # run's change from its own generation 0 (the tail-loss *curve*), so the bands show the effect's spread;
+    # one run with intervals: its change with the paired interval (the same test blocks every generation),
+    # far narrower than the interval of each value
+    paired = any(len(g.runs) > 1 for g in groups) or any(
+        r.get("changes") for g in groups for run in g.runs for r in run.rows)
     for k, b in enumerate(buckets):
         ax = axes[k // ncol][k % ncol]
         for i, g in enumerate(groups):
@@ -161,7 +164,7 @@ def fig_tail_loss(groups: list[Group], buckets: list[str], out: Path) -> Path:
             for s in ax.spines.values():
                 s.set_linewidth(1.4)
         if k % ncol == 0:
-            ax.set_ylabel("Δ mean NLL vs generation 0\n(nats/token, paired per run)" if paired
+            ax.set_ylabel("Δ mean NLL vs generation 0\n(nats/token, paired)" if paired
                           else "mean NLL (nats/token)")
     for k in range(len(buckets), nrow * ncol):
         axes[k // ncol][k % ncol].set_visible(False)
@@ -172,14 +175,18 @@ def fig_tail_loss(groups: list[Group], buckets: list[str], out: Path) -> Path:
     return save_figure(fig, out, "tail-loss")
 
 
-def _shift_matrix(group: Group, buckets: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _shift_matrix(group: Group, buckets: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Generations, the mean shift per (generation, bucket), and whether its 95% interval includes 0
+    (over seeds, or inside the run for one run; False where there is no interval)."""
     gens_all = sorted({g for r in group.runs for g in r.gens})
     m = np.full((len(gens_all), len(buckets)), np.nan)
+    unresolved = np.zeros(m.shape, dtype=bool)
     for j, b in enumerate(buckets):
-        gens, mean, *_ = series(group, metric_getter(f"bucket_shift.{b}"))
-        for g, v in zip(gens, mean):
+        gens, mean, lo, hi, _ = series(group, metric_getter(f"bucket_shift.{b}"))
+        for g, v, lo_, hi_ in zip(gens, mean, lo, hi):
             m[gens_all.index(int(g)), j] = v
-    return np.array(gens_all), m
+            unresolved[gens_all.index(int(g)), j] = bool(np.isfinite(lo_) and lo_ <= 0 <= hi_)
+    return np.array(gens_all), m, unresolved
 
 
 def fig_bucket_heatmap(groups: list[Group], buckets: list[str], out: Path) -> Path:
@@ -187,17 +194,18 @@ def fig_bucket_heatmap(groups: list[Group], buckets: list[str], out: Path) -> Pa
     from matplotlib.colors import TwoSlopeNorm
 
     mats = [_shift_matrix(g, buckets) for g in groups]
-    vmax = max([np.nanmax(np.abs(m)) for _, m in mats if np.isfinite(m).any()] + [1.0])
+    vmax = max([np.nanmax(np.abs(m)) for _, m, _ in mats if np.isfinite(m).any()] + [1.0])
     norm = TwoSlopeNorm(vcenter=0.0, vmin=-vmax, vmax=vmax)
     ncol = ncols(len(groups), 3)
     nrow = math.ceil(len(groups) / ncol)
-    ngen = max(len(gs) for gs, _ in mats)
+    ngen = max(len(gs) for gs, _, _ in mats)
+    marked = any(u.any() for _, _, u in mats)
     h = max(2.6, 0.32 * ngen + 1.6)
     fig, axes = plt.subplots(nrow, ncol, figsize=(max(6.5, 0.9 * len(buckets) * ncol + 1.6), h * nrow + 0.7),
                              layout="constrained", squeeze=False)
     cmap = plt.get_cmap("RdBu").with_extremes(bad="#dddddd")
     im = None
-    for k, (g, (gens, m)) in enumerate(zip(groups, mats)):
+    for k, (g, (gens, m, unresolved)) in enumerate(zip(groups, mats)):
         ax = axes[k // ncol][k % ncol]
         im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, norm=norm, aspect="auto")
         ax.set_xticks(range(len(buckets)), buckets, rotation=30, ha="right", fontsize=8)
@@ -207,6 +215,10 @@ def fig_bucket_heatmap(groups: list[Group], buckets: list[str], out: Path) -> Pa
         ax.set_title(wrap_text(g.legend, max(2.5, 0.9 * len(buckets)), 9), fontsize=9)
         for (r, c), v in np.ndenumerate(m):
             txt = "n/a" if not np.isfinite(v) else signed(v)
+            if unresolved[r, c]:  # its 95% interval includes 0: in parentheses, over a dotted hatch
+                txt = f"({txt})"
+                ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, hatch="...", edgecolor="0.55",
+                                           linewidth=0))
             dark = np.isfinite(v) and abs(v) > 0.55 * vmax
             ax.text(c, r, txt, ha="center", va="center", fontsize=7 if len(buckets) > 4 else 8,
                     color="white" if dark else "black")
@@ -215,7 +227,8 @@ def fig_bucket_heatmap(groups: list[Group], buckets: list[str], out: Path) -> Pa
     cb = fig.colorbar(im, ax=axes, shrink=0.9)
     cb.set_label("generated vs real share of the bucket (%)\nblue: over-represented, red: under", fontsize=8)
     suptitle(fig, "Token-frequency shift of each generation's samples vs the real text, % per bucket"
-                 + (" (mean over seeds)" if any(len(g.runs) > 1 for g in groups) else ""), fontsize=10)
+                 + (" (mean over seeds)" if any(len(g.runs) > 1 for g in groups) else "")
+                 + ("\n(parentheses, dotted: the 95% interval includes 0)" if marked else ""), fontsize=10)
     return save_figure(fig, out, "bucket-heatmap")
 
 
@@ -240,7 +253,8 @@ def fig_bucket_shift(groups: list[Group], buckets: list[str], out: Path) -> Path
     ci = [abs(v) for s_ in stats.values() for v in s_[1:] if np.isfinite(v)]
     lim = max(min(max(ci + [0.0]), 2.0 * max(means + [0.5])), max(means + [1.0]) * 1.3)
     single = len(groups) == 1
-    label_bars = len(groups) <= 2 and all(len(g.runs) == 1 for g in groups)  # numbers would collide with whiskers
+    whiskers = any(np.isfinite(s_[1]) for s_ in stats.values())
+    label_bars = len(groups) <= 2 and not whiskers  # numbers would collide with whiskers
     for k, g in enumerate(gens):
         ax = axes[k // ncol][k % ncol]
         for gi, grp in enumerate(groups):
@@ -281,7 +295,8 @@ def fig_bucket_shift(groups: list[Group], buckets: list[str], out: Path) -> Path
     for k in range(len(gens), nrow * ncol):
         axes[k // ncol][k % ncol].set_visible(False)
     suptitle(fig, f"Generated vs real token frequencies by rank bucket: {compared_text(groups)}"
-              + (" (whiskers: 95% t-interval over seeds)" if not label_bars and not single else ""), fontsize=10)
+              + ("" if not whiskers else " (whiskers: 95% interval inside the run)" if single and len(groups[0].runs) == 1
+                 else " (whiskers: 95% t-interval over seeds)"), fontsize=10)
     if not single:
         legend_below(fig, axes)
     return save_figure(fig, out, "bucket-shift")

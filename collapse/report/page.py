@@ -170,10 +170,19 @@ def _gens_text(r: Run) -> str:
 
 
 def _pm(m: dict | None, signed: bool = False) -> str:
+    """mean ± over-seed half-width; a change also says in how many runs its own interval excludes 0
+    (one run: that interval, ``*`` when it excludes 0)."""
     if m is None:
         return "—"
     spec = ("+" if signed else "") + m["format"]
-    return f"{m['mean']:{spec}}" + ("" if m["ci95"] is None else f" ± {m['ci95']:{m['format']}}")
+    text = f"{m['mean']:{spec}}" + ("" if m["ci95"] is None else f" ± {m['ci95']:{m['format']}}")
+    within = m.get("within")
+    if within and m["n"] == 1:
+        lo, hi = within[0]["ci95"]
+        text += f" [{lo:{spec}}, {hi:{spec}}]{'*' if within[0].get('resolved') else ''}"
+    elif within:
+        text += f" ({m['resolved_runs']}/{len(within)} resolved)"
+    return text
 
 
 def _summary_tables(summary: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -187,7 +196,24 @@ def _summary_tables(summary: list[dict]) -> list[tuple[str, list[str], list[list
         rows = [[e["group"], str(e["generation"]), str(max((m["n"] for m in e[part].values()), default=0))]
                 + [_pm(e[part].get(k), signed=part == "changes") for k in keys] for e in summary]
         tables.append((title, ["group", "gen", "n"] + [labels[k] for k in keys], rows))
+    keys = list(dict.fromkeys(k for e in summary for p in e.get("per_run", []) for k in p["changes"]))
+    if keys and any(len(e.get("per_run", [])) > 1 for e in summary):  # one run: the table above says it all
+        labels = {k: e["changes"][k]["label"] for e in summary for k in e["changes"]}
+        fmts = {k: e["changes"][k]["format"] for e in summary for k in e["changes"]}
+        rows = [[e["group"], str(p["seed"]), str(e["generation"])]
+                + [_within(p["changes"].get(k), fmts.get(k, ".3f")) for k in keys]
+                for e in summary for p in e.get("per_run", [])]
+        tables.append(("change from generation 0, each run with its own paired 95% interval (* resolved)",
+                       ["group", "seed", "gen"] + [labels.get(k, k) for k in keys], rows))
     return tables
+
+
+def _within(c: dict | None, fmt: str) -> str:
+    if not c or c["ci95"][0] is None:
+        return "—"
+    spec = "+" + fmt
+    return (f"{c['delta']:{spec}} [{c['ci95'][0]:{spec}}, {c['ci95'][1]:{spec}}]"
+            f"{'*' if c['resolved'] else ''}")
 
 
 def summary_markdown(summary: list[dict]) -> str:
@@ -196,7 +222,9 @@ def summary_markdown(summary: list[dict]) -> str:
     for title, head, rows in _summary_tables(summary):
         parts.append(f"**{title}**\n\n| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
                      + "".join("| " + " | ".join(r) + " |\n" for r in rows))
-    return "\n".join(parts) + "\nmean ± half-width of the 95% t-interval over seeds (none for one seed).\n"
+    return "\n".join(parts) + ("\nmean ± half-width of the 95% t-interval over seeds (none for one seed). A change "
+                               "also says in how many runs its paired 95% interval inside the run excludes 0 "
+                               "(resolved); with one run, that interval, * when resolved.\n")
 
 
 def _summary_html(summary: list[dict]) -> str:
@@ -204,7 +232,9 @@ def _summary_html(summary: list[dict]) -> str:
     parts = ['<h2 id="summary">Last generation, mean ± 95% CI over seeds</h2><p class="note">At the last '
              "generation every run of a group finished; ± is the half-width of the 95% t-interval over seeds. "
              "Changes are paired: each run against its own generation 0 (the seeds' generation-0 models differ "
-             "too). Also in <code>summary.json</code> and <code>summary.md</code>.</p>"]
+             "too). A change also says in how many runs its own paired 95% interval (resampled over the run's "
+             "samples or test blocks) excludes 0 — resolved inside that run; with one run, that interval, * when "
+             "resolved. Also in <code>summary.json</code> and <code>summary.md</code>.</p>"]
     for title, head, rows in _summary_tables(summary):
         parts.append(f"<h3>{esc(title[0].upper() + title[1:])}</h3>"
                      '<div class="scroll"><table class="summary"><thead><tr>'
@@ -243,8 +273,15 @@ def format_cell(row: dict, key: str, spec: str, scale: float = 1.0) -> str:
     return format_value(metric_getter(key)(row), spec, scale)
 
 
+TRUTH_COLUMNS = [("kl_truth", "KL truth‖model (nats/token)", ".4f", 1.0),
+                 ("mass_forgotten", "true mass forgotten (%)", ".2f", 100.0),
+                 ("gini_simpson", "Gini–Simpson", ".4f", 1.0)]
+
+
 def _table_html(run: Run, tail_buckets: list[str], shift_buckets: list[str]) -> str:
     cols = table_columns(tail_buckets, shift_buckets)
+    if any("kl_truth" in r for r in run.rows):  # a synthetic source: the figures against the known truth
+        cols += TRUTH_COLUMNS
     head = "".join(f'<th scope="col">{html.escape(h)}</th>' for _, h, _, _ in cols)
     body = []
     for r in run.rows:

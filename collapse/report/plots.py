@@ -138,10 +138,13 @@ def save_figure(fig, out: Path, stem: str) -> Path:
 def band_note(groups: list[Group]) -> str:
     """What the shaded bands are (the seed counts and the t factor), or "" when no group has several seeds."""
     ns = sorted({len(g.runs) for g in groups if len(g.runs) > 1})
+    single = any(len(g.runs) == 1 for g in groups)
+    own = "95% interval inside the run (over its samples or test blocks)" if single else ""
     if not ns:
-        return ""
+        return f"Shaded: {own}." if own else ""
     return (f"Shaded: 95% t-interval over seeds (n={'/'.join(map(str, ns))}; "
-            f"t={t975(ns[0] - 1):.1f}{' — wide with so few seeds' if ns[0] <= 3 else ''}).")
+            f"t={t975(ns[0] - 1):.1f}{' — wide with so few seeds' if ns[0] <= 3 else ''})"
+            + (f"; one run: {own}." if own else "."))
 
 
 def pick_generations(gens: list[int], k: int = MAX_CURVES) -> list[int]:

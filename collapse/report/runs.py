@@ -241,8 +241,14 @@ def metric_getter(key: str) -> Callable[[dict], Any]:
     """A getter for a metrics key, dotted for a nested one: ``tail_loss.1-10`` (split at the first dot)."""
     if "." in key:
         top, sub = key.split(".", 1)
-        return lambda r: (r.get(top) or {}).get(sub)
-    return lambda r: r.get(key)
+
+        def get(r: dict) -> Any:
+            return (r.get(top) or {}).get(sub)
+    else:
+        def get(r: dict) -> Any:
+            return r.get(key)
+    get.key = key  # the within-run interval of a single run's line is looked up by this name
+    return get
 
 
 def present_buckets(groups: list[Group], fld: str, buckets: tuple[str, ...]) -> list[str]:

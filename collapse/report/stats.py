@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from collapse.report.runs import Group, metric_getter
+from collapse.stats import row_change, row_ci
 
 # Two-sided 97.5% quantiles of Student's t, df = 1..30 (above: 1.96 + 2.4/df is within 0.003).
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -42,9 +43,20 @@ def _ci(values: list[float]) -> dict:
             "values": [float(v) for v in a]}
 
 
-def series(group: Group, value: Callable[[dict], Any], paired: bool = False) -> tuple[np.ndarray, ...]:
-    """Per generation: mean over the group's runs, 95% t-interval (lo, hi; NaN where n < 2) and n.
+def within_ci(row: dict, key: str, paired: bool = False) -> tuple[float, float] | None:
+    """A run's own 95% interval of ``key`` in one generation (``collapse.stats``: over samples or test blocks);
+    ``paired``: the interval of its change from generation 0. None where the row has none."""
+    ci = (row_change(row, key) or {}).get("ci95") if paired else row_ci(row, key)
+    if not ci or as_float(ci[0]) is None or as_float(ci[1]) is None:
+        return None
+    return float(ci[0]), float(ci[1])
 
+
+def series(group: Group, value: Callable[[dict], Any], paired: bool = False) -> tuple[np.ndarray, ...]:
+    """Per generation: mean over the group's runs, 95% interval (lo, hi; NaN where there is none) and n.
+
+    Several runs: the t-interval over them (seeds). One run: its own interval inside the run, where the
+    getter names its figure (``metric_getter``) and the row holds it (a run made before intervals has none).
     ``paired``: each run's value minus its own generation 0's, so differences between the seeds'
     generation-0 models drop out of the interval.
     """
@@ -64,6 +76,14 @@ def series(group: Group, value: Callable[[dict], Any], paired: bool = False) -> 
         mean[i], n[i] = c["mean"], c["n"]
         if c["ci95"] is not None:
             lo[i], hi[i] = mean[i] - c["ci95"], mean[i] + c["ci95"]
+    key = getattr(value, "key", None)
+    if len(group.runs) == 1 and key is not None:
+        for i, g in enumerate(gens):
+            if paired and g == 0:  # a change from itself: no interval
+                continue
+            ci = within_ci(group.runs[0].row(int(g)) or {}, key, paired)
+            if ci is not None:
+                lo[i], hi[i] = ci
     return gens, mean, lo, hi, n
 
 
@@ -73,6 +93,8 @@ def summary_metrics(tail_buckets: list[str], shift_buckets: list[str]) -> list[t
     out += [(f"bucket_shift.{b}", f"shift {b} (%)", ".1f") for b in shift_buckets]
     out += [(f"tail_loss.{b}", f"NLL {b}", ".3f") for b in tail_buckets]
     out += [("entropy", "entropy (bits)", ".3f"), ("coverage", "coverage", ".4f"), ("kl_ref_gen", "KL(real‖gen)", ".4f")]
+    # a synthetic source's figures against the truth (absent, hence left out, for real text)
+    out += [("kl_truth", "KL(truth‖model) (nats/token)", ".4f"), ("mass_forgotten", "true mass forgotten", ".4f")]
     return out
 
 
@@ -95,7 +117,21 @@ def summarize(groups: list[Group], tail_buckets: list[str], shift_buckets: list[
             diffs = [v - v0 for v, v0 in now if v is not None and v0 is not None]
             if vals:
                 entry["metrics"][key] = {"label": label, "format": fmt, **_ci(vals)}
+                own = [within_ci(r.row(last) or {}, key) for r in grp.runs]
+                if len(grp.runs) == 1 and own[0] is not None:  # one run: its interval inside the run
+                    entry["metrics"][key]["within"] = [{"ci95": list(own[0])}]
             if diffs and last > 0:
                 entry["changes"][key] = {"label": "Δ " + label, "format": fmt, **_ci(diffs)}
+                within = [row_change(r.row(last) or {}, key) for r in grp.runs]
+                within = [w for w in within if w and w.get("ci95") and w["ci95"][0] is not None]
+                if within:  # each run's own paired interval: is the change resolved inside that run?
+                    entry["changes"][key]["within"] = [{"ci95": w["ci95"], "resolved": w["resolved"]} for w in within]
+                    entry["changes"][key]["resolved_runs"] = sum(w["resolved"] for w in within)
+        entry["per_run"] = [
+            {"run": r.name, "seed": r.config.get("seed"),
+             "changes": {key: row_change(r.row(last) or {}, key) for key, _, _ in summary_metrics(tail_buckets,
+                                                                                                shift_buckets)
+                         if row_change(r.row(last) or {}, key) is not None}}
+            for r in grp.runs] if last > 0 else []
         out.append(entry)
     return out

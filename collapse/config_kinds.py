@@ -1,0 +1,80 @@
+"""Config of the synthetic source (``data.synthetic``) and of the n-gram model (``model.ngram``), and the check
+that refuses keys which mean nothing for the n-gram. Kept apart from ``config.py``, which imports them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from collapse.errors import ConfigError
+from collapse.fields import _f
+
+
+@dataclass
+class SyntheticConfig:
+    vocab: int = _f(1000, "Symbols of the synthetic source (one token id each; the tokenizer adds the separator).")
+    order: int = _f(1, "Markov order: 0 = independent tokens, 1 = each token depends on the one before, 2 = on two "
+                       "(order 2 holds a vocab^3 table: vocab at most 200).")
+    zipf: float = _f(1.1, "Zipf exponent s of the base unigram distribution (p_i proportional to i^-s).")
+    concentration: float = _f(100.0, "Total Dirichlet concentration of each transition row (row ~ Dirichlet(c * "
+                                     "base unigram)): small = peaked, predictable rows; large = rows near the base.")
+    documents: int = _f(2000, "Documents sampled for the train / validation / test splits (data.val_fraction, "
+                              "data.test_fraction).")
+    doc_tokens: int = _f(128, "Tokens per document (each document starts in the stationary distribution).")
+    truth_documents: int = _f(256, "Fresh documents drawn from the source to estimate kl_truth (the same every "
+                                   "generation).")
+    seed: int = _f(0, "Seed of the transition tables and of the documents (fixed across run seeds).")
+
+    def __post_init__(self) -> None:
+        if self.vocab < 2:
+            raise ConfigError(f"data.synthetic.vocab={self.vocab} is out of range: a source needs at least 2 symbols.")
+        if self.order not in (0, 1, 2):
+            raise ConfigError(f"data.synthetic.order={self.order} is out of range: use 0, 1 or 2.")
+        if self.order == 2 and self.vocab > 200:
+            raise ConfigError(f"data.synthetic.order=2 holds a vocab^3 transition table: use data.synthetic.vocab<=200 "
+                              f"(not {self.vocab}) or order 1.")
+        if not self.zipf > 0 or not math.isfinite(self.zipf):
+            raise ConfigError(f"data.synthetic.zipf={self.zipf} is out of range: use a positive Zipf exponent "
+                              "(1.0-1.2 is like text).")
+        if not self.concentration > 0 or not math.isfinite(self.concentration):
+            raise ConfigError(f"data.synthetic.concentration={self.concentration} is out of range: use a positive "
+                              "number.")
+        for k in ("documents", "doc_tokens", "truth_documents"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"data.synthetic.{k}={getattr(self, k)} is out of range: use at least 1.")
+        if self.documents < 3:
+            raise ConfigError("data.synthetic.documents must be at least 3 (train, validation and test each need one).")
+        if self.seed < 0:
+            raise ConfigError(f"data.synthetic.seed={self.seed} is out of range: use 0 or more.")
+
+
+@dataclass
+class NGramConfig:
+    n: int = _f(2, "Order of the count-based model: 1 = unigram, 2 = bigram, 3 = trigram.")
+    add_k: float = _f(0.0, "Add-k smoothing of every count (0 = pure maximum likelihood: an unseen event has "
+                           "probability 0 and an infinite loss).")
+
+    def __post_init__(self) -> None:
+        if self.n not in (1, 2, 3):
+            raise ConfigError(f"model.ngram.n={self.n} is out of range: use 1 (unigram), 2 (bigram) or 3 (trigram).")
+        if not self.add_k >= 0 or not math.isfinite(self.add_k):
+            raise ConfigError(f"model.ngram.add_k={self.add_k} is out of range: use 0 (maximum likelihood) or more.")
+
+
+# keys that mean nothing for the count-based n-gram model (it counts; nothing is fine-tuned or decoded by beams)
+NGRAM_MEANINGLESS = ("train.method", "train.init", "train.select", "train.epochs", "train.lr", "train.batch_size",
+                     "train.grad_accum", "train.warmup_ratio", "train.weight_decay", "train.max_grad_norm",
+                     "train.mixed_precision", "train.lora", "train.gen0_epochs", "model.scratch", "model.dtype",
+                     "model.revision", "model.trust_remote_code", "generation.num_beams", "generation.engine")
+
+
+def check_explicit_keys(cfg: Any, explicit: list[str]) -> None:
+    """Keys set by the user (YAML or command line) that cannot act with the chosen model: one error line."""
+    if cfg.model.name_or_path != "ngram":
+        return
+    bad = [k for k in explicit if any(k == m or k.startswith(m + ".") for m in NGRAM_MEANINGLESS)]
+    if bad:
+        raise ConfigError(f"{', '.join(bad)} mean{'s' if len(bad) == 1 else ''} nothing for model.name_or_path=ngram "
+                          "(it is trained by counting its regime's training set): remove "
+                          f"{'it' if len(bad) == 1 else 'them'}; only model.ngram.n and model.ngram.add_k set it.")
