@@ -208,13 +208,13 @@ def check_scratch_fits(cfg: Config, docs: list[str]) -> None:
 
 
 def wandb_mode(cfg: Config) -> str:
-    from collapse.tracking import have_api_key
+    from collapse.tracking import resolve_mode
 
-    if cfg.wandb.mode == "disabled":
-        return "disabled"
-    if cfg.wandb.mode == "online" and not have_api_key() and os.environ.get("WANDB_MODE") != "online":
-        return "offline (wandb.mode=online but no API key: `wandb sync` later)"
-    return f"{cfg.wandb.mode}, project {cfg.wandb.project}"
+    mode, why = resolve_mode(cfg.wandb.mode)
+    if mode == "disabled":
+        return "disabled" + (f" ({why})" if why else "")
+    note = f" ({why}" + ("; the `wandb sync` command is printed at the end)" if mode == "offline" else ")") if why else ""
+    return f"{mode}{note}, project {cfg.wandb.project}"
 
 
 def _world(accelerator) -> str:

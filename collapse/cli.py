@@ -3,7 +3,7 @@
     collapse measure [CONFIG.yaml] [key=value ...] [--check]
     collapse run     [CONFIG.yaml] [key=value ...] [--check]
     collapse report  RUN_DIR [RUN_DIR ...] [--out DIR]
-    collapse sweep   [CONFIG.yaml] key=v1,v2 seed=0,1,2 [--out DIR]
+    collapse sweep   [CONFIG.yaml] key=v1,v2 seed=0,1,2 [--out DIR] [--wandb-sweep FILE]
     collapse keys    (every config key with its default and meaning)
 
 User errors print one line (``error: ...``) and exit with code 2.
@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     for p_ in (m, r):
         p_.add_argument("--check", action="store_true", help="check config, data, model, out_dir, disk and W&B in "
                         "seconds, print the plan and exit (writes nothing)")
+    r.add_argument("--under", metavar="DIR", default=None, help="out_dir = DIR/<the key=value overrides>, the folder "
+                   "`collapse sweep` gives that point of a grid (what a W&B sweep's agents run)")
     rep = sub.add_parser("report", help="plots and report.html from one or more run folders")
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR")
     rep.add_argument("--out", default=None, help="output folder (default: RUN_DIR/report for one run, "
@@ -75,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--launcher", default=None,
                     help='how to start each run, e.g. "accelerate launch --num_processes 2 -m collapse"')
     sw.add_argument("--dry-run", action="store_true", help="validate and list the runs without starting them")
+    sw.add_argument("--wandb-sweep", metavar="FILE", default=None, help="write the grid as a W&B sweep "
+                    "configuration (run it with `wandb sweep FILE` and `wandb agent`) instead of running it")
     sub.add_parser("keys", help="list every config key with its default and meaning")
     sub.add_parser("bench", add_help=False,
                    help="speed benchmarks: collapse bench [--device cpu|cuda] [--quick] [--out F]")
@@ -115,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "run":
             cfg = _load("run", args.args)
+            if args.under:
+                from collapse.sweep import point_name
+
+                cfg.out_dir = str(Path(args.under) / point_name([tuple(o.split("=", 1)) for o in _split_args(args.args)[1]]))
             from collapse.run import Run, run_loop
 
             return _show_plan(Run.prepare(cfg, show_progress=False, check_only=True)) if args.check else run_loop(cfg)
@@ -122,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             from collapse.sweep import run_sweep
 
             config, items = _split_args(args.args)
-            return run_sweep(config, items, args.out, args.launcher, args.dry_run)
+            return run_sweep(config, items, args.out, args.launcher, args.dry_run, args.wandb_sweep)
         if args.command == "report":
             from collapse.report import make_report
 

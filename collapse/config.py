@@ -245,13 +245,23 @@ class StatsConfig:
 
 @dataclass
 class WandbConfig:
-    mode: str = _f("disabled", "`disabled` | `offline` | `online` (online falls back to offline without an API key).",
-                   choices=("disabled", "offline", "online"))
+    mode: str = _f("auto", "`auto`: online when logged in to W&B (WANDB_API_KEY or a netrc entry for the W&B host), "
+                   "else offline, with the `wandb sync` command printed at the end; the WANDB_MODE environment "
+                   "variable, when set, decides instead. `disabled` | `offline` | `online` (online falls back to "
+                   "offline without an API key). Never a prompt.", choices=("auto", "disabled", "offline", "online"))
     project: str = _f("collapse", "W&B project.")
     entity: str | None = _f(None, "W&B entity (team or user).")
-    group: str | None = _f(None, "W&B group, e.g. one per regime, to compare seeds.")
+    group: str | None = _f(None, "W&B group, e.g. one per regime, to compare seeds (`collapse sweep` sets one per sweep).")
     tags: list[str] = _f([], "W&B tags.")
     name: str | None = _f(None, "W&B run name (default: the run folder's name).")
+    log_weights: bool = _f(True, "Upload each generation's weights (LoRA adapter or model) in its W&B artifact. "
+                           "false: weight artifacts hold only what they were made from (a small JSON), so the lineage "
+                           "stays and nothing large is uploaded.")
+    log_every: int = _f(1, "Optimizer steps between points of the training curves (train/loss, train/lr, ...).")
+
+    def __post_init__(self) -> None:
+        if self.log_every < 1:
+            raise ConfigError(f"wandb.log_every={self.log_every} is out of range: use 1 or more.")
 
 
 @dataclass

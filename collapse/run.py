@@ -55,6 +55,7 @@ from collapse.modeling import check_fits, load_model, set_threads, vocab_size
 from collapse.ngram import train as ngram_train
 from collapse.ngram import zero_prob_tokens
 from collapse.regimes import regime_training_set
+from collapse.run_tracking import TrainCurve, log_generation, log_report, log_run_corpus, log_run_model, relog_finished
 from collapse.rundir import (
     BOOTSTRAP,
     EVAL_BLOCKS,
@@ -74,7 +75,7 @@ from collapse.rundir import (
 from collapse.runtime import StageClock, fmt_bytes, fmt_pct, fmt_s, make_accelerator
 from collapse.scratch import TOKENS_FILE
 from collapse.seeding import numpy_rng
-from collapse.tracking import NullLogger, close_quietly, log_generation, make_logger, new_run_id
+from collapse.tracking import NullLogger, StepAxis, close_quietly, make_logger, new_run_id, train_steps, wants_wandb
 from collapse.train import finetune
 from collapse.truth import add_truth, kl_truth, truth_shift_boot
 
@@ -92,10 +93,10 @@ def run_loop(cfg: Config, show_progress: bool = True) -> int:
         for g in range(cfg.generations + 1):
             model = run.weights(g, base)  # model g: kept once trained here, else read from disk when needed
             if g > 0:
-                run.stage("train", g, train_stage, base, prev, model, then=run.prune)
+                run.stage("train", g, train_stage, base, prev, model, then=run.after_train)
             prev = None  # model g-1 is not needed after training g
             run.stage("evaluate", g, evaluate_stage, model)
-            run.stage("generate", g, generate_stage, model)
+            run.stage("generate", g, generate_stage, model, then=run.log_corpus)
             run.stage("measure", g, measure_stage, base, then=run.log_generation)
             prev = model if run.ckpt.continues_previous else None
         model = prev = None  # the report needs no model
@@ -132,7 +133,8 @@ def train_stage(run: Run, g: int, base, prev: Weights | None, model: Weights) ->
         if prev is not None:
             prev.model = None  # model g-1 is not needed any more
         stats = finetune(trainee, rows, run.data.val_blocks, cfg.train, run.accelerator, key=(cfg.seed, g, "train"),
-                         show_progress=run.show, desc=f"gen {g} train", on_step=lambda s: fault.point("train", g, s))
+                         show_progress=run.show, desc=f"gen {g} train", on_step=lambda s: fault.point("train", g, s),
+                         curve=TrainCurve(run.logger, g))
     model.model = run.ckpt.save(trainee, g, run.is_main)
     if run.is_main:
         write_json(run.dir(g) / "train.json", {
@@ -282,7 +284,8 @@ def gen0_stage(run: Run, g: int, model: Weights) -> str:
     tcfg.epochs = run.cfg.train.gen0_epochs
     trainee = run.ckpt.trainable(copy.deepcopy(run.model0), 0)
     stats = finetune(trainee, run.data.real_rows, run.data.val_blocks, tcfg, run.accelerator,
-                     key=(run.cfg.seed, 0, "train"), show_progress=run.show, desc="gen 0 fine-tune on real")
+                     key=(run.cfg.seed, 0, "train"), show_progress=run.show, desc="gen 0 fine-tune on real",
+                     curve=TrainCurve(run.logger, 0))
     model.model = run.ckpt.save_gen0(trainee, run.is_main)
     if run.is_main:
         write_json(run.dir(0) / "train.json", stats)
@@ -384,7 +387,7 @@ class Run:
         if not self.cfg.train.gen0_epochs:
             return self.model0
         model = Weights(self.ckpt.load_gen0)
-        self.stage("train", 0, gen0_stage, model)
+        self.stage("train", 0, gen0_stage, model, then=self.log_model)
         return model()
 
     def boot_weights(self, unit: str, n: int) -> S.Weights:
@@ -398,12 +401,22 @@ class Run:
     def prune(self, g: int) -> None:
         self.ckpt.prune(g, self.is_main)
 
+    def after_train(self, g: int) -> None:
+        self.log_model(g)  # before pruning: the artifact copies the weights
+        self.prune(g)
+
+    def log_model(self, g: int) -> None:
+        log_run_model(self, g)
+
+    def log_corpus(self, g: int) -> None:
+        log_run_corpus(self, g)
+
     def log_generation(self, g: int) -> None:
         if isinstance(self.logger, NullLogger):  # other processes, or W&B disabled: nothing to read back
             return
         d = self.dir(g)
         log_generation(self.logger, read_json(d / "metrics.json"), np.load(d / "gen0_ppl.npy", allow_pickle=False),
-                       d / "samples.parquet", g, PPL_BINS)
+                       d / "samples.parquet", g, PPL_BINS, pretrain=Path(self.model_ref) / "scratch.json")
 
     # ---- the run folder and the logger
 
@@ -462,7 +475,7 @@ class Run:
                     np.save(fh, self.data.ref_counts, allow_pickle=False)
             m.data.setdefault("base_model", self.model_ref)
             m.data["world_size"] = acc.num_processes  # of the latest (re)start
-            if cfg.wandb.mode != "disabled" and not m.data.get("wandb_run_id"):
+            if wants_wandb(cfg.wandb) and not m.data.get("wandb_run_id"):
                 m.data["wandb_run_id"] = new_run_id()  # before wandb.init: a killed run resumes the same W&B run
             m.save(self.is_main)
             if self.resuming:  # idempotent; repairs a metrics.jsonl damaged after the fact
@@ -471,7 +484,7 @@ class Run:
     def _open_logger(self) -> None:
         cfg, out, m, G = self.cfg, self.out, self.manifest, self.cfg.generations
         self.logger = make_logger(cfg.wandb, out, cfg.to_dict(), self.is_main, run_id=m.data.get("wandb_run_id"),
-                                  resume=self.resuming)
+                                  resume=self.resuming, axis=StepAxis(train_steps(out)))
         if self.is_main and getattr(self.logger, "id", None) and m.data.get("wandb_run_id") != self.logger.id:
             m.data["wandb_run_id"] = self.logger.id
             m.save(self.is_main)
@@ -483,12 +496,7 @@ class Run:
                  f"{self.accelerator.device.type}; disk ≈ {fmt_bytes(per_gen)} per generation, {fmt_bytes(total)} "
                  "for the run")
         if self.resuming and not isinstance(self.logger, NullLogger):
-            # the killed process may not have flushed its last rows: log the finished generations again,
-            # from the first step the W&B server lacks (online: starting_step; offline it is 0)
-            first = getattr(getattr(self.logger, "run", None), "starting_step", 0)
-            for g in range(first if isinstance(first, int) else 0, G + 1):
-                if m.done(g, "measure"):
-                    self.log_generation(g)
+            relog_finished(self)  # what the killed process may not have flushed, and the W&B run lacks
         self.clock = StageClock(total_stages=4 * (G + 1) - 1 + (1 if cfg.train.gen0_epochs else 0), log=log)
 
     def finish(self) -> None:
@@ -506,6 +514,7 @@ class Run:
 
                 make_report([self.out], self.out / "report", quiet=True)
                 log.info(f"report: {self.out / 'report' / 'report.html'}")
+                log_report(self.logger, self.out / "report" / "report.html", G)
             except Exception as e:  # noqa: BLE001 - the run's data are safe; the report can be redrawn
                 log.warning(f"the report could not be drawn ({e}); run `collapse report {self.out}` to retry.")
         log.info(f"done in {fmt_s(time.perf_counter() - self.t_start)}: {self.out}/metrics.jsonl")

@@ -7,6 +7,13 @@ are fixed. Each point runs as its own `python -m collapse run` process (memory i
 runs; a killed sweep reruns finished points as no-ops thanks to resume=auto) in
 ``<parent>/<key>=<value>,<key>=<value>``. The report groups points that differ only in the seed.
 A YAML may also hold the grid itself under a top-level ``sweep:`` mapping of key -> list of values.
+
+The runs of one sweep share a W&B group (``wandb.group``, default: the parent folder's name). With
+``--wandb-sweep FILE`` nothing runs here: FILE is a W&B sweep configuration of the same grid (method ``grid``,
+one parameter per axis, the command ``collapse run`` of FILE's ``.base.yaml`` (the config and fixed overrides,
+resolved), the point's ``key=value`` pairs and ``--under <parent>``, which names the run's folder as this sweep
+would), so a team can fan the grid out over machines: ``wandb sweep FILE``, then ``wandb agent <id>`` on each,
+from this folder.
 """
 
 from __future__ import annotations
@@ -95,8 +102,39 @@ def _run_child(cmd: list[str], grace_s: float = 60.0) -> int:
         return 130
 
 
+def sweep_group(parent_dir: Path) -> str:
+    """The W&B group of a sweep's runs: the parent folder's name (a name YAML would read as a number or a
+    boolean gets a prefix, so ``wandb.group=<name>`` stays a string)."""
+    name = Path(parent_dir).resolve().name or "sweep"
+    return name if isinstance(yaml.safe_load(name), str) else f"sweep-{name}"
+
+
+def _agent_value(v: str):
+    """An axis value as W&B's agent will pass it back (``f"{key}={value}"``): native when that gives the same
+    text (so W&B sees numbers as numbers), else the text itself."""
+    x = yaml.safe_load(v)
+    return x if not isinstance(x, bool) and isinstance(x, (int, float, str)) and str(x) == v else v
+
+
+def wandb_sweep_config(axes: list[tuple[str, list[str]]], base_yaml: str, parent_dir: Path, project: str,
+                       entity: str | None, group: str) -> dict:
+    """The W&B sweep configuration of a grid: its runs are the `collapse run`s `collapse sweep` would start."""
+    if not axes:
+        raise ConfigError("--wandb-sweep needs at least one axis (key=v1,v2): a W&B grid of one point is a run.")
+    return {
+        "name": group,
+        "project": project,
+        **({"entity": entity} if entity else {}),
+        "program": "collapse",  # a label: the command below runs `python -m collapse run`
+        "method": "grid",
+        "parameters": {k: {"values": [_agent_value(v) for v in vals]} for k, vals in axes},
+        "command": ["${env}", "${interpreter}", "-m", "collapse", "run", base_yaml, "${args_no_hyphens}",
+                    "--under", str(parent_dir)],
+    }
+
+
 def run_sweep(config: str | None, items: list[str], parent: str | None = None, launcher: str | None = None,
-              dry_run: bool = False) -> int:
+              dry_run: bool = False, wandb_sweep: str | None = None) -> int:
     from collapse.report import make_report
 
     grid = None
@@ -115,10 +153,27 @@ def run_sweep(config: str | None, items: list[str], parent: str | None = None, l
         write_text(cfg_path, yaml.safe_dump(raw, sort_keys=False))
     base = load_config(cfg_path, base_items)
     parent_dir = Path(parent or base.out_dir)
+    group = base.wandb.group or sweep_group(parent_dir)
+    if base.wandb.group is None:  # the runs of one sweep share a W&B group
+        base_items.append(f"wandb.group={group}")
     points = list(itertools.product(*[[(k, v) for v in vals] for k, vals in axes])) or [()]
     # validate every point before running any, so a typo fails in a second, not after hours
     for assign in points:
         load_config(cfg_path, base_items + [f"{k}={v}" for k, v in assign])
+    if wandb_sweep is not None:
+        # the fixed part in one file, so the command line holds the point alone (--under names the folder by it)
+        base_yaml = str(Path(wandb_sweep).with_suffix(".base.yaml"))
+        write_text(base_yaml, "# the config every run of the W&B sweep " + str(wandb_sweep) + " starts from\n"
+                   + load_config(cfg_path, base_items).to_yaml())
+        doc = wandb_sweep_config(axes, base_yaml, parent_dir, base.wandb.project, base.wandb.entity, group)
+        head = (f"# W&B sweep of {len(points)} `collapse run`s into {parent_dir} (W&B group {group}), written by\n"
+                f"#   collapse sweep {' '.join([*([config] if config else []), *items])}\n"
+                "# Start it with `wandb sweep <this file>`, then `wandb agent <entity/project/sweep id>` on each machine,\n"
+                "# from the folder this was written in (the paths below are relative to it).\n")
+        write_text(wandb_sweep, head + yaml.safe_dump(doc, sort_keys=False))
+        log.info(f"W&B sweep of {len(points)} runs written to {wandb_sweep}: `wandb sweep {wandb_sweep}`, then "
+                 "`wandb agent <sweep id>` on each machine")
+        return 0
     log.info(f"sweep: {len(points)} runs into {parent_dir} ({', '.join(f'{k} × {len(v)}' for k, v in axes) or 'one point'})")
     run_dirs = []
     t0 = time.perf_counter()

@@ -60,12 +60,16 @@ def _trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def finetune(model, rows: np.ndarray, val_blocks: np.ndarray, cfg, accelerator, key: tuple,
-             show_progress: bool = True, desc: str = "train", on_step=None) -> dict:
+             show_progress: bool = True, desc: str = "train", on_step=None, curve=None) -> dict:
     """Train ``model`` (its trainable parameters) on ``rows`` [N, L] for ``cfg.epochs`` epochs.
 
     After each epoch the mean NLL on the REAL validation blocks is computed; with ``select=best_val``
     the trainable weights of the best epoch are restored at the end (the paper's choice), with
     ``last`` the final ones stay. Raises TrainingError on a non-finite loss.
+
+    The result's ``curve`` holds every step's loss, learning rate and gradient norm (when clipping is on).
+    ``curve`` (optional) is told them as they are read back (``curve.steps(rows, tokens_per_s)``, every
+    CHECK_EVERY steps: no extra wait for the device) and each epoch's validation NLL (``curve.epoch(row)``).
     """
     from tqdm.auto import tqdm
 
@@ -86,7 +90,7 @@ def finetune(model, rows: np.ndarray, val_blocks: np.ndarray, cfg, accelerator, 
     steps_per_epoch = math.ceil(len(rows) / global_batch)
     total = steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_ratio * total))
-    history = []
+    history, points = [], []
     best = (float("inf"), None, -1)
     # No step waits for the device: the rows live on it (one copy, not one per step), each epoch's order is
     # one upload, and the step losses stay there until a check every CHECK_EVERY steps and at the epoch's
@@ -96,16 +100,20 @@ def finetune(model, rows: np.ndarray, val_blocks: np.ndarray, cfg, accelerator, 
     t0 = time.perf_counter()
     step = 0
     tokens = 0
+    t_seen, tokens_seen = t0, 0  # the tokens/s of each stretch between two looks at the losses
     # the bar is closed (its line cleared) even when training fails, so an error line stands alone
     with tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
               disable=not (show_progress and accelerator.is_main_process)) as bar:
         for epoch in range(cfg.epochs):
             order = torch.as_tensor(epoch_order(len(rows), global_batch, *key, "epoch", epoch), device=accelerator.device)
             losses = torch.zeros(steps_per_epoch, dtype=torch.float32, device=accelerator.device)
+            norms = torch.full((steps_per_epoch,), float("nan"), dtype=torch.float32, device=accelerator.device)
+            lrs = []
             checked = 0
             for s in range(steps_per_epoch):
+                lrs.append(lr_at(step, total, cfg.lr, warmup))
                 for g in opt.param_groups:
-                    g["lr"] = lr_at(step, total, cfg.lr, warmup)
+                    g["lr"] = lrs[-1]
                 chunk = order[s * global_batch:(s + 1) * global_batch]
                 for a in range(cfg.grad_accum):
                     sub = chunk[a * micro * world:(a + 1) * micro * world]
@@ -119,12 +127,20 @@ def finetune(model, rows: np.ndarray, val_blocks: np.ndarray, cfg, accelerator, 
                     losses[s] += loss.detach().float() / cfg.grad_accum
                     tokens += batch.numel() * world
                 if cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                    norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                    if isinstance(norm, torch.Tensor):
+                        norms[s] = norm.detach().float()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
                 if (s + 1) % CHECK_EVERY == 0 or s + 1 == steps_per_epoch:
                     _check_finite(losses, checked, s + 1, step - (s + 1), epoch, desc, cfg.lr)
+                    seen = _read_back(losses, norms, lrs, checked, s + 1, step - (s + 1), epoch + 1)
+                    points += seen
+                    now = time.perf_counter()
+                    if curve is not None:
+                        curve.steps(seen, (tokens - tokens_seen) / max(now - t_seen, 1e-9))
+                    t_seen, tokens_seen = now, tokens
                     checked = s + 1
                     bar.set_postfix(loss=f"{losses[s].item():.3f}", refresh=False)
                 bar.update(1)
@@ -133,6 +149,9 @@ def finetune(model, rows: np.ndarray, val_blocks: np.ndarray, cfg, accelerator, 
             losses = losses.cpu().numpy()
             val = mean_nll(pmodel, val_blocks, accelerator=accelerator)
             history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses.astype(np.float64))), "val_nll": val})
+            if curve is not None:
+                curve.epoch({**history[-1], "step": step})
+            t_seen = time.perf_counter()  # validation is not training time
             if val < best[0] and cfg.select == "best_val":
                 best = (val, _trainable_state(accelerator.unwrap_model(pmodel)), epoch + 1)
             pmodel.train()
@@ -150,4 +169,13 @@ def finetune(model, rows: np.ndarray, val_blocks: np.ndarray, cfg, accelerator, 
     accelerator.free_memory()
     return {"history": history, "epoch_selected": chosen,
             "train_loss": history[chosen - 1]["train_loss"], "val_nll": history[chosen - 1]["val_nll"],
-            "steps": step, "seconds": dt, "tokens_per_s": tokens / dt if dt > 0 else 0.0}
+            "steps": step, "seconds": dt, "tokens_per_s": tokens / dt if dt > 0 else 0.0, "curve": points}
+
+
+def _read_back(losses: torch.Tensor, norms: torch.Tensor, lrs: list[float], start: int, stop: int, first_step: int,
+               epoch: int) -> list[dict]:
+    """Steps ``start:stop`` of this epoch as curve points (step counted from 1 over the whole fine-tune)."""
+    both = torch.stack([losses[start:stop], norms[start:stop]]).cpu().tolist()
+    return [{"step": first_step + start + i + 1, "epoch": epoch, "loss": loss, "lr": lrs[start + i],
+             "grad_norm": None if math.isnan(norm) else norm}
+            for i, (loss, norm) in enumerate(zip(*both))]

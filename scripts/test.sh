@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 MARK="not slow and not gpu"
 if [ "${COLLAPSE_SLOW:-0}" = "1" ]; then MARK="not gpu"; fi
 exec python3 -m pytest -q -m "$MARK" "$@"

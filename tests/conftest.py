@@ -15,7 +15,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "offline")
+# wandb.mode=auto (the default) follows WANDB_MODE: tests that do not test W&B skip it (a W&B run costs seconds);
+# those that do set wandb.mode=offline, which wins over it
+os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -40,8 +42,10 @@ def _cache(tmp_path_factory):
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None):
-    """Run `python -m collapse ...` in a subprocess; returns CompletedProcess with text output."""
+    """Run `python -m collapse ...` in a subprocess; returns CompletedProcess with text output.
+    ``env`` adds to the environment; a None value removes that variable."""
     e = dict(os.environ)
     e.update(env or {})
+    e = {k: v for k, v in e.items() if v is not None}
     return subprocess.run([sys.executable, "-m", "collapse", *args], capture_output=True, text=True, timeout=timeout,
                           env=e, cwd=cwd or REPO)

@@ -21,7 +21,7 @@ _SERVER = r"""
 import json, os, sys, traceback
 sys.path.insert(0, os.getcwd())
 import collapse.cli, collapse.run, collapse.check, collapse.data, collapse.evaluate, collapse.train
-import collapse.generate, collapse.fastgen, collapse.tracking, collapse.metrics, collapse.modeling, collapse.runtime
+import collapse.generate, collapse.fastgen, collapse.tracking, collapse.run_tracking, collapse.metrics, collapse.modeling, collapse.runtime
 import accelerate, datasets, peft, pyarrow.parquet, safetensors.torch, transformers, wandb
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerFast
 from transformers.pytorch_utils import Conv1D

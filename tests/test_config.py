@@ -107,10 +107,18 @@ def test_wrong_type(item, key):
     ("measure.samples=0", "measure.samples"),
     ("generation.top_p=0", "generation.top_p"),
     ("regime.kind=forget", "regime.kind"),
+    ("wandb.mode=sometimes", "wandb.mode"),
+    ("wandb.log_every=0", "wandb.log_every"),
 ])
 def test_out_of_range(item, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, [item])
+
+
+def test_wandb_defaults_to_auto_and_uploads_weights():
+    w = load_config(None).wandb
+    assert (w.mode, w.log_weights, w.log_every) == ("auto", True, 1)
+    assert load_config(REPO / "configs" / "tiny.yaml").wandb.mode == "auto"  # the embedded default too
 
 
 def test_bad_override_syntax_and_missing_file(tmp_path):
@@ -129,5 +137,6 @@ def test_fingerprint():
     for item in ("seed=1", "generation.temperature=0.5", "regime.kind=mix", "model.scratch.d_model=64",
                  "data.source=other.txt"):
         assert load_config(None, [item]).fingerprint() != base.fingerprint(), item
-    for item in ("wandb.mode=offline", "wandb.tags=[x]", "out_dir=elsewhere", "resume=never", "overwrite=true"):
+    for item in ("wandb.mode=offline", "wandb.tags=[x]", "wandb.log_weights=false", "wandb.log_every=5",
+                 "out_dir=elsewhere", "resume=never", "overwrite=true"):
         assert load_config(None, [item]).fingerprint() == base.fingerprint(), item

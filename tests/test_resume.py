@@ -408,13 +408,12 @@ def test_wandb_resumes_the_same_run_and_no_secret_is_written(cli, reference, tmp
     assert len(files) == 2 and all(f.name == f"run-{run_id}.wandb" for f in files), files
     assert all(f.parent.name.startswith("offline-run-") and run_id in f.parent.name for f in files)
     assert wait_until_finished(files[-1]), f"no exit record: {describe(files[-1])}"
-    steps = [sorted({h["_step"] for h in read_history(f, strict=False) if "test_ppl" in h}) for f in files]
-    assert sorted(set(steps[0]) | set(steps[1])) == [0, 1, 2]
-    assert steps[1] == [0, 1, 2]  # the resumed segment re-logged what the killed one may not have flushed
+    gens = [[h["generation"] for h in read_history(f, strict=False) if "test_ppl" in h] for f in files]
+    assert sorted(gens[0] + gens[1]) == [0, 1, 2]  # each generation once: what the killed one lost is logged again
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     for h in read_history(files[-1]):
         if "test_ppl" in h:
-            assert h["test_ppl"] == pytest.approx(rows[h["_step"]]["test_ppl"], rel=1e-12)
+            assert h["test_ppl"] == pytest.approx(rows[h["generation"]]["test_ppl"], rel=1e-12)
 
     for secret in SECRETS.values():
         for r in (r1, r2):
@@ -422,6 +421,37 @@ def test_wandb_resumes_the_same_run_and_no_secret_is_written(cli, reference, tmp
         for p in out.rglob("*"):
             if p.is_file() and not p.is_symlink():
                 assert secret.encode() not in p.read_bytes(), f"{secret} written to {p}"
+
+
+def test_wandb_resume_logs_each_row_and_artifact_once(cli, tmp_path):
+    """Killed in generation 2's fine-tune after the W&B service flushed part of the run to disk: the resumed
+    process logs exactly what the killed segment lacks (no row twice, none lost) and each artifact once."""
+    from wandb_offline import find_run_files, read_artifacts, read_history, wait_until_finished
+
+    out = tmp_path / "out"
+    more = ("train.batch_size=1", "wandb.mode=offline")  # 128 training steps a generation: > 2 blocks of rows
+    r1 = cli(out, *more, env={"COLLAPSE_FAULT": "train:2:100"})
+    assert r1.returncode == -signal.SIGKILL, r1.stderr[-2000:]
+    r2 = cli(out, *more)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    files = find_run_files(out)
+    assert len(files) == 2 and wait_until_finished(files[1])
+    killed, resumed = (read_history(f, strict=False) for f in files)
+    assert len(killed) > 100, "the killed segment holds no rows: this test would not test the skipping"
+    steps = [h["_step"] for h in killed + resumed]
+    assert steps == list(range(len(steps))), "a W&B step logged twice, lost, or out of order"
+    assert resumed[0]["_step"] == killed[-1]["_step"] + 1
+    train = [h["train/step"] for h in killed + resumed if "train/loss" in h]
+    total = sum(json.loads((out / f"gen_{g:03d}" / "train.json").read_text())["steps"] for g in (1, 2))
+    assert train == list(range(1, total + 1))
+    assert sorted(h["generation"] for h in killed + resumed if "test_ppl" in h) == [0, 1, 2]
+    curve = json.loads((out / "gen_002" / "train.json").read_text())["curve"]
+    by_step = {h["train/step"]: h["train/loss"] for h in killed + resumed if "train/loss" in h}
+    first2 = total - len(curve)  # generation 2's curve: killed part and redone part agree with train.json
+    assert [by_step[first2 + c["step"]] for c in curve] == [c["loss"] for c in curve]
+    names = [a["name"] for f in files for a in read_artifacts(f, strict=False) if a["type"] != "run_table"]
+    assert len(names) == len(set(names)) == 6, names  # model and corpus of generations 0..2, once each
+    assert any(n.endswith("corpus-g0") for n in [a["name"] for a in read_artifacts(files[0], strict=False)])
 
 
 # ---------------------------------------------------------------------- cheap checks, in process

@@ -27,8 +27,10 @@ KEYS = {"generation", "test_ppl", "tail_loss", "bucket_shift", "kl_ref_gen", "js
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
     wdir = out.parent
-    r = run_cli("run", *TINY_RUN, f"out_dir={out}", "wandb.mode=offline", "wandb.group=g1", "wandb.tags=[t1,t2]",
-                env={"WANDB_DIR": str(wdir)})
+    # no W&B setting and no login (no key, no netrc, no WANDB_MODE): wandb.mode=auto logs offline
+    args = [a for a in TINY_RUN if not a.startswith("wandb.mode=")]
+    r = run_cli("run", *args, f"out_dir={out}", "wandb.group=g1", "wandb.tags=[t1,t2]",
+                env={"WANDB_DIR": str(wdir), "WANDB_MODE": None, "WANDB_API_KEY": None, "NETRC": str(wdir / "no-netrc")})
     assert r.returncode == 0, r.stderr[-3000:]
     return out, r
 
@@ -174,28 +176,116 @@ def test_lora_weights_trained_and_differ_between_generations(tiny_run):
     assert any(not torch.equal(a1[k], a2[k]) for k in a1)
 
 
-def test_wandb_offline_run_logged_per_generation(tiny_run):
-    from wandb_offline import find_run_files, read_config, read_history, read_run_info
+def _wandb_file(out):
+    from wandb_offline import describe, find_run_files, wait_until_finished
 
-    out, _ = tiny_run
     files = find_run_files(out)  # W&B files live in the run folder (out_dir/wandb)
-    assert len(files) == 1  # exactly one W&B run for one `collapse run`
-    hist = read_history(files[0])
-    steps = sorted({h["_step"] for h in hist if "test_ppl" in h})
-    assert steps == [0, 1, 2]
-    rows = {json.loads(line)["generation"]: json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()}
+    assert len(files) == 1, files  # exactly one W&B run for one `collapse run`
+    assert wait_until_finished(files[0]), describe(files[0])
+    return files[0]
+
+
+def _rows(out):
+    return {json.loads(line)["generation"]: json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()}
+
+
+def test_wandb_offline_run_logged_per_generation(tiny_run):
+    from wandb_offline import read_config, read_history, read_metric_axes, read_run_info
+
+    out, r = tiny_run
+    f = _wandb_file(out)
+    hist = read_history(f)
+    assert sorted(h["generation"] for h in hist if "test_ppl" in h) == [0, 1, 2]
+    rows = _rows(out)
     for h in hist:
         if "test_ppl" not in h:
             continue
-        g = h["_step"]
+        g = h["generation"]
         assert h["test_ppl"] == pytest.approx(rows[g]["test_ppl"])
         assert h["tail_loss/1-10"] == pytest.approx(rows[g]["tail_loss"]["1-10"])
         assert h["bucket_shift/11-100"] == pytest.approx(rows[g]["bucket_shift"]["11-100"])
-        assert "gen0_ppl_hist" in {k.split("/")[0] for k in h} or any(
-            "gen0_ppl_hist" in k for hh in hist for k in hh)
-    assert read_config(files[0])["seed"] == 0
-    info = read_run_info(files[0])
+        assert h["gen0_ppl_hist"]["_type"] == "histogram"
+    steps = [h["_step"] for h in hist]
+    assert steps == sorted(set(steps)), steps  # one row per W&B step, in order
+    axes = read_metric_axes(f)  # per-generation series against `generation`, training curves against train/step
+    assert axes["test_ppl"] == axes["tail_loss/1-10"] == axes["bucket_shift/1-10"] == "generation"
+    assert axes["train/loss"] == axes["train/lr"] == axes["train/grad_norm"] == axes["val/nll"] == "train/step"
+    assert read_config(f)["seed"] == 0
+    info = read_run_info(f)
     assert info["group"] == "g1" and sorted(info["tags"]) == ["t1", "t2"]
+    assert f"wandb sync {f.parent}" in r.stderr.splitlines()[-1]  # the last line: how to upload it
+    pre = next(h for h in hist if h.get("generation") == 0 and "test_ppl" in h)["charts/pretrain_table"]
+    assert pre["_type"] == "table-file" and pre["nrows"] >= 2  # generation 0's pre-training curve (scratch.json)
+
+
+def test_wandb_training_curves_continue_across_generations(tiny_run):
+    from wandb_offline import read_history
+
+    out, _ = tiny_run
+    hist = read_history(_wandb_file(out))
+    train = {g: json.loads((out / f"gen_{g:03d}" / "train.json").read_text()) for g in (1, 2)}
+    points = [h for h in hist if "train/loss" in h]
+    assert [h["train/step"] for h in points] == list(range(1, train[1]["steps"] + train[2]["steps"] + 1))
+    for g in (1, 2):
+        mine = [h for h in points if h["train/generation"] == g]
+        assert len(mine) == train[g]["steps"] == len(train[g]["curve"]) > 4  # every step (wandb.log_every=1)
+        assert [h["train/loss"] for h in mine] == [c["loss"] for c in train[g]["curve"]]  # the same numbers
+        assert [h["train/lr"] for h in mine] == [c["lr"] for c in train[g]["curve"]]
+        assert all(h["train/grad_norm"] > 0 and h["train/tokens_per_s"] > 0 for h in mine)
+        val = [h for h in hist if "val/nll" in h and h["train/generation"] == g]
+        assert [h["val/nll"] for h in val] == [e["val_nll"] for e in train[g]["history"]]  # one per epoch
+    loss = [c["loss"] for c in train[1]["curve"]]
+    assert min(loss) < loss[0]  # a curve, not a constant
+
+
+def test_wandb_artifacts_carry_the_lineage(tiny_run):
+    from wandb_offline import read_artifacts, read_run_info
+
+    out, _ = tiny_run
+    f = _wandb_file(out)
+    rid = read_run_info(f)["run_id"]
+    arts = {a["name"]: a for a in read_artifacts(f) if a["type"] != "run_table"}
+    want = {f"{rid}-{w}-g{g}" for w in ("model", "corpus") for g in range(3)} | {f"{rid}-report"}
+    assert set(arts) == want and len([a for a in read_artifacts(f) if a["type"] != "run_table"]) == len(want)
+    for g in range(3):
+        c = arts[f"{rid}-corpus-g{g}"]
+        assert c["type"] == "dataset" and c["metadata"]["made_from"]["model"] == f"{rid}-model-g{g}"
+        assert c["files"]["samples.parquet"] == (out / f"gen_{g:03d}" / "samples.parquet").stat().st_size
+        m = arts[f"{rid}-model-g{g}"]
+        assert m["type"] == "model" and m["metadata"]["generation"] == g
+        if g == 0:  # the shipped base model: named, not uploaded
+            assert m["metadata"]["made_from"]["base_model"] and set(m["files"]) == {"made_from.json"}
+        else:
+            assert m["metadata"]["made_from"]["corpora"] == [f"{rid}-corpus-g{g - 1}"]
+            assert m["metadata"]["made_from"]["starting_weights"] == f"{rid}-model-g0"
+            adapter = out / f"gen_{g:03d}" / "adapter" / "adapter_model.safetensors"
+            if adapter.is_file():  # keep_checkpoints may prune it after the run; the artifact keeps it
+                assert m["files"]["adapter_model.safetensors"] == adapter.stat().st_size
+            assert "adapter_model.safetensors" in m["files"]
+    report = arts[f"{rid}-report"]
+    assert report["files"]["report.html"] == (out / "report" / "report.html").stat().st_size
+
+
+def test_wandb_charts_one_per_question(tiny_run):
+    from wandb_offline import read_history
+
+    out, _ = tiny_run
+    f = _wandb_file(out)
+    files = f.parent / "files"
+    rows = _rows(out)
+    for h in (h for h in read_history(f) if "test_ppl" in h):
+        g = h["generation"]
+        for key in ("charts/bucket_shift_heatmap", "charts/test_ppl"):  # images per generation
+            assert h[key]["_type"] == "image-file" and (files / h[key]["path"]).stat().st_size > 1000
+        table = json.loads((files / h["charts/tail_loss_table"]["path"]).read_text())  # all buckets, one chart
+        lines = {}
+        for row in table["data"]:
+            rec = dict(zip(table["columns"], row))
+            lines.setdefault(rec["lineKey"], []).append((rec["step"], rec["lineVal"]))
+        buckets = [b for b, v in rows[g]["tail_loss"].items() if v is not None]
+        assert sorted(lines) == sorted(buckets) and len(buckets) >= 3
+        for b in buckets:
+            assert lines[b] == [(k, pytest.approx(rows[k]["tail_loss"][b])) for k in range(g + 1)]
 
 
 # ---------------------------------------------------------------------- regimes

@@ -137,3 +137,50 @@ def test_ctrl_c_stops_the_sweep_and_its_run_cleanly(tmp_path, whom):
     # the run stopped in the stage it was in: batch 1 of generation 1 never started
     assert not (out / "seed=0" / "gen_001" / "shards" / "b000001.parquet").exists()
     assert not (out / "seed=0" / "gen_001" / "samples.parquet").exists()
+
+
+def test_wandb_sweep_file_is_the_grid_and_its_command_runs_a_point(tmp_path):
+    """--wandb-sweep writes a W&B grid sweep whose command, expanded as `wandb agent` does, is the `collapse run`
+    of that point: same config, the folder `collapse sweep` would use, and the sweep's W&B group."""
+    import shlex
+    import subprocess
+    import sys
+
+    from wandb_offline import find_run_files, read_run_info, wait_until_finished
+
+    parent, f = tmp_path / "grid", tmp_path / "sweep.yaml"
+    items = [*TINY_RUN, "generations=1", "wandb.mode=offline", "seed=0,1", "generation.temperature=0.7,1.0"]
+    r = run_cli("sweep", *items, "--out", str(parent), "--wandb-sweep", str(f), timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not parent.exists() or not any(parent.iterdir())  # nothing ran here
+    doc = yaml.safe_load(f.read_text())
+    assert doc["method"] == "grid" and doc["name"] == "grid" and doc["project"] == "collapse"
+    assert doc["parameters"] == {"seed": {"values": [0, 1]}, "generation.temperature": {"values": [0.7, 1.0]}}
+    cmd = doc["command"]
+    assert cmd[:5] == ["${env}", "${interpreter}", "-m", "collapse", "run"] and cmd[-2:] == ["--under", str(parent)]
+    assert cmd[5:] == [str(tmp_path / "sweep.base.yaml"), "${args_no_hyphens}", "--under", str(parent)]
+    assert yaml.safe_load((tmp_path / "sweep.base.yaml").read_text())["wandb"]["group"] == "grid"
+    # the agent's expansion (wandb/wandb_agent.py): ${env} -> /usr/bin/env, ${interpreter} -> python, and
+    # ${args_no_hyphens} -> f"{key}={value}" per parameter
+    point = {"seed": 1, "generation.temperature": 0.7}
+    argv = []
+    for c in cmd:
+        argv += {"${env}": [], "${interpreter}": [sys.executable],
+                 "${args_no_hyphens}": [f"{k}={v}" for k, v in point.items()]}.get(c, [c])
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=REPO,
+                         env={**__import__("os").environ, "COLLAPSE_SKIP_REPORT": "1", "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, shlex.join(argv) + "\n" + run.stderr[-3000:]
+    out = parent / "seed=1,generation.temperature=0.7"  # the folder `collapse sweep` names this point
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["generation"] == 1
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["seed"] == 1 and cfg["generation"]["temperature"] == 0.7 and cfg["wandb"]["group"] == "grid"
+    (w,) = find_run_files(out)
+    assert wait_until_finished(w) and read_run_info(w)["group"] == "grid"
+    # the local sweep runs the same points with the same group
+    r = run_cli("sweep", *items, "--out", str(parent), "--dry-run", timeout=120)
+    assert r.returncode == 0 and f"out_dir={out}" in r.stderr and "wandb.group=grid" in r.stderr
+
+
+def test_wandb_sweep_needs_an_axis(tmp_path):
+    r = run_cli("sweep", "seed=1", "--out", str(tmp_path), "--wandb-sweep", str(tmp_path / "s.yaml"), timeout=120)
+    assert r.returncode == 2 and "needs at least one axis" in r.stderr

@@ -397,3 +397,225 @@ def test_wait_until_finished_times_out_on_header_only(tmp_path):
     assert list(wo.iter_records(p)) == []
     assert wo.wait_until_finished(p, timeout=0.1) is False
     assert "records: none (header only)" in wo.describe(p) and "exit record: no" in wo.describe(p)
+
+
+# --------------------------------------------------------------------------
+# collapse's W&B logger: which mode, and the online call sequence (no W&B server can be reached here, so
+# online runs are a stand-in for the wandb module that records every call)
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_login(tmp_path, monkeypatch):
+    """No W&B credentials: no key, an empty netrc, no WANDB_MODE."""
+    for k in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_MODE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    return tmp_path / "netrc"
+
+
+def test_auto_mode_follows_login_and_wandb_mode(no_login, monkeypatch):
+    from collapse.tracking import logged_in, resolve_mode
+
+    assert not logged_in() and resolve_mode("auto")[0] == "offline"
+    assert resolve_mode("online") == ("offline", "no W&B API key (WANDB_API_KEY or netrc)")
+    no_login.write_text("machine example.com login user password abc\n")
+    assert not logged_in()
+    no_login.write_text("machine api.wandb.ai login user password " + "k" * 40 + "\n")
+    assert logged_in() and resolve_mode("auto")[0] == "online"
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
+    assert not logged_in()  # a key for another host does not log in to this one
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert logged_in() and resolve_mode("auto")[0] == "online"
+    for env, want in (("disabled", "disabled"), ("offline", "offline"), ("dryrun", "offline"), ("online", "online")):
+        monkeypatch.setenv("WANDB_MODE", env)
+        assert resolve_mode("auto")[0] == want
+    assert resolve_mode("offline")[0] == "offline" and resolve_mode("disabled")[0] == "disabled"
+
+
+def test_unknown_wandb_mode_is_one_line_exit_2():
+    from conftest import run_cli
+
+    r = run_cli("run", "wandb.mode=sometimes", "--check", timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["error: wandb.mode='sometimes' is not one of: auto, disabled, offline, "
+                                             "online."]
+
+
+class _Obj:
+    def __init__(self, *a, **k):
+        self.a, self.k = a, k
+
+
+class StandIn:
+    """The parts of the wandb module collapse.tracking and collapse.run_tracking use; every call lands in ``calls``."""
+
+    def __init__(self, starting_step: int = 0):
+        self.calls: list[tuple] = []
+        self.starting_step = starting_step
+        self.Table = self.Histogram = self.Image = _Obj
+        stand_in = self
+
+        class Artifact:
+            def __init__(self, name, type, metadata=None):
+                self.name, self.type, self.metadata, self.files = name, type, metadata, []
+
+            def add_file(self, p):
+                self.files.append(Path(p).name)
+
+            def add_dir(self, p):
+                self.files += sorted(x.name for x in Path(p).iterdir())
+
+            def wait(self):
+                stand_in.calls.append(("wait", self.name))
+                return self
+
+        class Plot:
+            @staticmethod
+            def line_series(**k):
+                return _Obj(**k)
+
+        self.Artifact, self.plot = Artifact, Plot
+
+    def Settings(self, **k):  # noqa: N802 - the wandb name
+        return k
+
+    def login(self, *a, **k):  # never: it may prompt
+        raise AssertionError("wandb.login called")
+
+    def init(self, **k):
+        stand_in = self
+        name = k.get("job_type") or "main"
+
+        class Run:
+            id = k.get("id") or f"id-{name}"
+            starting_step = stand_in.starting_step if name == "main" else 0
+
+            def define_metric(self, key, **kw):
+                pass
+
+            def log(self, data, step):
+                stand_in.calls.append(("log", name, step, sorted(data)))
+
+            def log_artifact(self, art):
+                stand_in.calls.append(("log_artifact", k.get("name"), art.name))
+
+            def use_artifact(self, art):
+                stand_in.calls.append(("use_artifact", k.get("name"), getattr(art, "name", art)))
+
+            def finish(self, exit_code=0):
+                stand_in.calls.append(("finish", k.get("name")))
+
+        self.calls.append(("init", k["mode"], k.get("name"), k.get("job_type"), k.get("group")))
+        return Run()
+
+
+def _fake_run_folder(out: Path, gens: int) -> None:
+    for g in range(gens + 1):
+        d = out / f"gen_{g:03d}"
+        (d / "adapter").mkdir(parents=True)
+        (d / "adapter" / "adapter_model.safetensors").write_bytes(b"w" * 10)
+        (d / "samples.parquet").write_bytes(b"p" * 10)
+        if g:
+            (d / "train.json").write_text(json.dumps({"steps": 3, "rows_by_source": {str(g - 1): 64},
+                                                      "val_nll": 1.0, "train_loss": 1.1}))
+
+
+def _online(tmp_path, monkeypatch, wb, **kw):
+    from collapse.tracking import StepAxis, WandbLogger, train_steps
+
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    return WandbLogger(mode="auto", project="p", entity=None, group="grp", tags=[], name="run", run_dir=tmp_path,
+                       config={}, run_id="rid", axis=StepAxis(train_steps(tmp_path)), wandb_module=wb, **kw)
+
+
+def test_online_lineage_call_sequence(tmp_path, monkeypatch):
+    """Online, each generation and each fine-tune is a short run that USES its inputs and LOGS its output, in
+    the order the recursion makes them: W&B's lineage graph then draws corpus g -> model g+1 -> corpus g+1."""
+    from collapse.config import load_config
+    from collapse.run_tracking import log_corpus, log_model, log_report
+
+    cfg = load_config(None, ["generations=2"])
+    _fake_run_folder(tmp_path, 2)
+    wb = StandIn()
+    lg = _online(tmp_path, monkeypatch, wb)
+    assert lg.mode == "online" and wb.calls[0] == ("init", "online", "run", None, "grp")
+    log_model(lg, tmp_path, 0, None, cfg, "base/model")  # what Run.log_corpus does: model g first, then corpus g
+    log_corpus(lg, tmp_path, 0, 64, cfg.generation)
+    for g in (1, 2):
+        log_model(lg, tmp_path, g, tmp_path / f"gen_{g:03d}" / "adapter", cfg, "base/model")
+        log_model(lg, tmp_path, g, tmp_path / f"gen_{g:03d}" / "adapter", cfg, "base/model")  # a second call: no-op
+        log_corpus(lg, tmp_path, g, 64, cfg.generation)
+    (tmp_path / "report.html").write_text("<html>")
+    log_report(lg, tmp_path / "report.html", 2)
+    lg.close()
+    seq = [c for c in wb.calls if c[0] in ("init", "use_artifact", "log_artifact", "finish")]
+    want = [("init", "online", "run", None, "grp"),
+            ("log_artifact", "run", "rid-model-g0")]
+    for g in range(3):
+        if g:
+            want += [("init", "online", f"run-train-g{g}", "train", "grp"),
+                     ("use_artifact", f"run-train-g{g}", f"rid-corpus-g{g - 1}"),
+                     ("use_artifact", f"run-train-g{g}", "rid-model-g0"),
+                     ("log_artifact", f"run-train-g{g}", f"rid-model-g{g}"),
+                     ("finish", f"run-train-g{g}")]
+        want += [("init", "online", f"run-generate-g{g}", "generate", "grp"),
+                 ("use_artifact", f"run-generate-g{g}", f"rid-model-g{g}"),
+                 ("log_artifact", f"run-generate-g{g}", f"rid-corpus-g{g}"),
+                 ("finish", f"run-generate-g{g}")]
+    want += [("log_artifact", "run", "rid-report"), ("finish", "run")]
+    assert seq == want
+    # lineage order and an acyclic graph: every artifact is logged once, before any run uses it, and no run
+    # uses what it logged itself
+    logged = [c[2] for c in seq if c[0] == "log_artifact"]
+    assert len(logged) == len(set(logged))
+    for i, c in enumerate(seq):
+        if c[0] == "use_artifact":
+            maker = next(x for x in seq[:i] if x[0] == "log_artifact" and x[2] == c[2])
+            assert maker[1] != c[1]
+    assert ("wait", "rid-model-g0") in wb.calls  # a used artifact is committed before it is used
+
+
+def test_online_resume_logs_from_wandbs_starting_step(tmp_path, monkeypatch):
+    from collapse.config import load_config
+    from collapse.run_tracking import log_model
+
+    _fake_run_folder(tmp_path, 2)
+    wb = StandIn(starting_step=5)  # the server holds steps 0..4: gen 0's row, gen 1's 3 steps, gen 1's row
+    lg = _online(tmp_path, monkeypatch, wb, resume=True)
+    for g in range(3):
+        for s in range(1, (3 if g else 0) + 1):
+            lg.log_train({"train/loss": 1.0}, g, s)
+        lg.log({"test_ppl": 2.0}, g)
+    logged = [(c[2], "generation" in c[3]) for c in wb.calls if c[0] == "log"]
+    assert logged == [(5, False), (6, False), (7, False), (8, True)]  # gen 2's steps and row; nothing twice
+    log_model(lg, tmp_path, 2, tmp_path / "gen_002" / "adapter", load_config(None, []), "base")
+    uses = [c[2] for c in wb.calls if c[0] == "use_artifact"]
+    assert uses == ["rid-corpus-g1:latest", "rid-model-g0:latest"]  # logged by the killed process: by name
+
+
+def test_a_failing_artifact_upload_does_not_stop_the_run(tmp_path, monkeypatch):
+    import logging
+
+    from collapse.config import load_config
+    from collapse.run_tracking import log_corpus, log_model
+
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda rec: said.append(rec.getMessage())
+    logging.getLogger("collapse").addHandler(handler)  # the CLI's set-up may stop propagation to caplog
+    monkeypatch.setattr(handler, "level", logging.WARNING)
+    _fake_run_folder(tmp_path, 0)
+    wb = StandIn()
+    lg = _online(tmp_path, monkeypatch, wb)
+
+    def refuse(art):
+        raise OSError("no space left on device")
+
+    lg.run.log_artifact = refuse
+    log_model(lg, tmp_path, 0, None, load_config(None, []), "base")  # logged by the main run: refused
+    log_corpus(lg, tmp_path, 0, 64, load_config(None, []).generation)  # the run goes on
+    assert "rid-model-g0" not in lg.artifacts_logged and "rid-corpus-g0" in lg.artifacts_logged
+    logging.getLogger("collapse").removeHandler(handler)
+    assert said == ["W&B: artifact rid-model-g0 not logged (OSError: no space left on device)."]

@@ -81,6 +81,13 @@ How wandb 0.31 stores values (observed)
 * Summary: many incremental ``summary`` records (nested_key, like history)
   plus internal ``_wandb/runtime`` entries; later wins.
 
+* Artifacts: ``run.log_artifact`` writes an ``artifact`` record (``name``, ``type``, ``metadata`` as JSON,
+  ``aliases``, ``digest``, and a ``manifest`` whose ``contents`` list each file's ``path``, ``digest``,
+  ``size`` and ``local_path``: the staging copy that ``wandb sync`` uploads).  ``wandb.Table`` values are
+  logged as ``run_table`` artifacts too.  :func:`read_artifacts`.
+* ``run.define_metric(name, step_metric=x)`` writes a ``metric`` record (``name``, ``step_metric``).
+  :func:`read_metric_axes`.
+
 Resumed offline runs on disk (wandb 0.31.0, verified)
 -----------------------------------------------------
 Offline, ``wandb.init(id=X, resume="allow"|"must"|"never"|None)`` never
@@ -120,8 +127,10 @@ __all__ = [
     "find_run_file",
     "find_run_files",
     "iter_records",
+    "read_artifacts",
     "read_config",
     "read_history",
+    "read_metric_axes",
     "read_history_all",
     "read_run_info",
     "read_summary",
@@ -602,3 +611,34 @@ def read_run_info(path: str | Path, *, strict: bool = True) -> dict[str, Any]:
     info["exit_code"] = exit_code
     info["n_run_records"] = n_run
     return info
+
+
+def read_artifacts(path: str | Path, *, strict: bool = True) -> list[dict[str, Any]]:
+    """One dict per ``artifact`` record, in file order: ``name``, ``type``, ``metadata`` (decoded JSON, {} if
+    none), ``aliases``, ``digest``, ``files`` ({path in the artifact: size}) and ``local_paths`` ({path: the
+    staged copy})."""
+    out = []
+    for rec in iter_records(_resolve(path), strict=strict):
+        if rec.WhichOneof("record_type") != "artifact":
+            continue
+        a = rec.artifact
+        out.append({
+            "name": a.name,
+            "type": a.type,
+            "metadata": json.loads(a.metadata) if a.metadata else {},
+            "aliases": list(a.aliases),
+            "digest": a.digest,
+            "files": {e.path: e.size for e in a.manifest.contents},
+            "local_paths": {e.path: e.local_path for e in a.manifest.contents},
+        })
+    return out
+
+
+def read_metric_axes(path: str | Path, *, strict: bool = True) -> dict[str, str]:
+    """``{metric name: its step metric}`` from the ``metric`` records (``define_metric``); a metric defined
+    without a step metric maps to ``""``; later definitions win."""
+    axes: dict[str, str] = {}
+    for rec in iter_records(_resolve(path), strict=strict):
+        if rec.WhichOneof("record_type") == "metric" and rec.metric.name:
+            axes[rec.metric.name] = rec.metric.step_metric
+    return axes
