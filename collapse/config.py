@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from collapse.config_kinds import NGramConfig, SyntheticConfig, check_explicit_keys
+from collapse.config_kinds import NGramConfig, StatsConfig, SyntheticConfig, check_explicit_keys
 from collapse.errors import ConfigError
 from collapse.fields import _f
 
@@ -229,18 +229,6 @@ class EvalConfig:
     block_size: int | None = _f(None, "Test perplexity block length; null = prompt_tokens + new_tokens.")
     batch_size: int = _f(64, "Blocks per forward pass in evaluation.")
     max_blocks: int | None = _f(None, "Evaluate at most this many test (and validation) blocks (null = all).")
-
-
-@dataclass
-class StatsConfig:
-    resamples: int = _f(1000, "Bootstrap resamples behind every 95% interval and paired change (0 = no intervals).")
-    level: float = _f(0.95, "Coverage of the intervals (the `ci95` keys keep their name at any level).")
-
-    def __post_init__(self) -> None:
-        if self.resamples < 0 or 0 < self.resamples < 100:
-            raise ConfigError(f"stats.resamples={self.resamples} is out of range: use 0 (no intervals) or at least 100.")
-        if not 0.5 <= self.level < 1.0:
-            raise ConfigError(f"stats.level={self.level} is out of range: use a coverage in [0.5, 1), e.g. 0.95.")
 
 
 @dataclass

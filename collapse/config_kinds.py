@@ -1,5 +1,6 @@
-"""Config of the synthetic source (``data.synthetic``) and of the n-gram model (``model.ngram``), and the check
-that refuses keys which mean nothing for the n-gram. Kept apart from ``config.py``, which imports them."""
+"""Config of the synthetic source (``data.synthetic``), of the n-gram model (``model.ngram``) and of the
+intervals (``stats``), and the check that refuses keys which mean nothing for the n-gram. Kept apart from
+``config.py``, which imports them."""
 
 from __future__ import annotations
 
@@ -78,3 +79,15 @@ def check_explicit_keys(cfg: Any, explicit: list[str]) -> None:
         raise ConfigError(f"{', '.join(bad)} mean{'s' if len(bad) == 1 else ''} nothing for model.name_or_path=ngram "
                           "(it is trained by counting its regime's training set): remove "
                           f"{'it' if len(bad) == 1 else 'them'}; only model.ngram.n and model.ngram.add_k set it.")
+
+
+@dataclass
+class StatsConfig:
+    resamples: int = _f(1000, "Bootstrap resamples behind every 95% interval and paired change (0 = no intervals).")
+    level: float = _f(0.95, "Coverage of the intervals (the `ci95` keys keep their name at any level).")
+
+    def __post_init__(self) -> None:
+        if self.resamples < 0 or 0 < self.resamples < 100:
+            raise ConfigError(f"stats.resamples={self.resamples} is out of range: use 0 (no intervals) or at least 100.")
+        if not 0.5 <= self.level < 1.0:
+            raise ConfigError(f"stats.level={self.level} is out of range: use a coverage in [0.5, 1), e.g. 0.95.")

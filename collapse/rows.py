@@ -1,0 +1,142 @@
+"""One generation's row of ``metrics.jsonl``: its figures, their intervals and paired changes, and the
+console table printed at the end of a run.
+
+``metrics_row`` gathers what the stages wrote (evaluation, distribution metrics of the samples, their
+gen-0 perplexity, training); ``interval_part`` adds every figure's 95% interval and the paired changes
+from generation 0 and the previous generation (``collapse.stats``); ``metrics_table`` prints rows.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from collapse import metrics as M
+from collapse import stats as S
+from collapse.io import read_json, write_json
+from collapse.rundir import BOOTSTRAP, EVAL_BLOCKS
+from collapse.truth import truth_shift_boot
+
+PPL_BINS = np.logspace(0, 4, 81)  # gen0_ppl histogram edges, shared by all generations (1 .. 10^4)
+
+
+def metrics_row(g: int, ev: dict, ref_counts: np.ndarray, gen_ids: np.ndarray, ppl: np.ndarray, d: Path) -> dict:
+    """One generation's row of metrics.jsonl: evaluation, distribution metrics, gen0 perplexity, training."""
+    dm = M.distribution_metrics(ref_counts, M.counts(gen_ids, len(ref_counts)), gen_seqs=gen_ids)
+    bs = dm.pop("bucket_shift")
+    train = read_json(d / "train.json") if (d / "train.json").is_file() else {}
+    q = np.quantile(ppl, [0.05, 0.25, 0.5, 0.75, 0.95]) if len(ppl) else [None] * 5
+    hist, _ = np.histogram(np.clip(ppl, PPL_BINS[0], PPL_BINS[-1]), bins=PPL_BINS)
+    return {
+        "generation": g,
+        "test_ppl": ev["test_ppl"],
+        "test_nll": ev["test_nll"],
+        "tail_loss": ev["tail_loss"],
+        "tail_tokens": ev["tail_tokens"],
+        "bucket_shift": {k: v["shift_pct"] for k, v in bs.items()},
+        "bucket_share": {k: {"ref_share": v["ref_share"], "gen_share": v["gen_share"]} for k, v in bs.items()},
+        **dm,
+        "gen0_ppl_mean": float(np.mean(ppl)) if len(ppl) else None,
+        "gen0_ppl_quantiles": {"q05": q[0], "q25": q[1], "q50": q[2], "q75": q[3], "q95": q[4]},
+        "gen0_ppl_hist": {"edges": PPL_BINS.tolist(), "counts": hist.tolist()},
+        "num_samples": int(len(gen_ids)),
+        "train_loss": train.get("train_loss"),
+        "val_nll": train.get("val_nll"),
+        "train_rows": train.get("rows"),
+        "train_real_rows": train.get("real_rows"),
+    }
+
+
+def interval_part(run, g: int, row: dict, gen_ids: np.ndarray, ppl: np.ndarray) -> dict:
+    """Intervals of every figure of generation g and its paired changes from generation 0 and g-1.
+
+    The units: samples (sample i continues real prompt i in every generation) and test blocks (the same
+    blocks every generation). Both are resampled with the same weights in every generation, drawn from
+    (seed, "bootstrap", unit): a change is the difference of two figures under the same resample.
+    """
+    st, d = run.cfg.stats, run.dir(g)
+    if not st.resamples:
+        return {"intervals": None}
+    t0 = time.perf_counter()
+    names = M.BUCKETS
+    W = run.boot_weights("samples", len(gen_ids))
+    We, sums, counts = None, None, None
+    if (d / EVAL_BLOCKS).is_file():
+        with np.load(d / EVAL_BLOCKS, allow_pickle=False) as z:
+            sums, counts = z["sums"], z["counts"]
+        We = run.boot_weights("test blocks", len(sums))
+    ref = run.data.ref_counts
+    r = M.ranks(ref)
+    corpus = S.Corpus(gen_ids, len(ref), run.data.bucket_of, len(names))
+    boot = S.generation_boot(W, corpus, ref, run.data.bucket_of, (r >= 1) & (r <= 100), names, ppl, We, sums, counts)
+    truth_shift_boot(boot, run.data.truth, names)  # a synthetic row's shifts are against the TRUE shares: theirs too
+    point = S.flat_point(row, names)
+    out = S.row_intervals(point, boot, names, st.level)
+    out["changes"] = {}
+    for label, k in (("from_gen0", 0), ("from_previous", g - 1)):
+        dk = run.dir(k)
+        if g > 0 and (dk / BOOTSTRAP).is_file():
+            out["changes"][label] = S.changes(point, boot, S.flat_point(read_json(dk / "metrics.json"), names),
+                                              S.load_boot(dk / BOOTSTRAP), st.level)
+    S.save_boot(d / BOOTSTRAP, boot)
+    out["intervals"] = {"method": METHOD, "level": st.level, "resamples": st.resamples,
+                        "units": {"samples": int(len(gen_ids)), "test_blocks": None if sums is None else int(len(sums))}}
+    # the cost, for the benchmark: beside the row, not in it (a resumed run's rows equal an uninterrupted one's)
+    write_json(d / "intervals.json", {"seconds": round(time.perf_counter() - t0, 3)})
+    return out
+
+
+METHOD = ("percentile bootstrap (shares, shifts, losses, means); delete-half jackknife (entropy, KL, JS, coverage, "
+          "tail mass, distinct-n)")
+
+
+# the console table's columns: (heading, figure under the flat names of collapse.stats, format)
+TABLE = (("test ppl", "test_ppl", "{:.2f}"), ("NLL 1-10", "tail_loss.1-10", "{:.3f}"),
+         ("NLL 1001+", "tail_loss.1001-10000", "{:.3f}"), ("shift 1-10", "bucket_shift.1-10", "{:+.1f}%"),
+         ("shift 101-1k", "bucket_shift.101-1000", "{:+.1f}%"), ("shift 1001+", "bucket_shift.1001-10000", "{:+.1f}%"),
+         ("KL", "kl_ref_gen", "{:.4f}"), ("coverage", "coverage", "{:.3f}"), ("entropy", "entropy", "{:.3f}"),
+         ("gen0 ppl", "gen0_ppl_mean", "{:.1f}"))
+CHANGE_COLUMNS = ("test_ppl", "tail_loss.1001-10000", "bucket_shift.1-10", "bucket_shift.1001-10000", "entropy")
+
+
+def _columns(head: list[str], rows: list[list[str]]) -> list[str]:
+    w = [max(len(x) for x in col) for col in zip(head, *rows)]
+    return [" ".join(f"{x:>{n}}" for x, n in zip(r, w)) for r in (head, *rows)]
+
+
+def metrics_table(rows: list[dict]) -> str:
+    """The console tables printed at the end of a run (shifts in %, NLL in nats, KL and entropy in bits).
+
+    Each value with ± half the width of its 95% interval (over samples or test blocks); then the main
+    figures' changes from generation 0 with their paired intervals, ``*`` where the interval excludes 0.
+    """
+    body = []
+    for r in rows:
+        point, cells = S.flat_point(r, M.BUCKETS), [str(r["generation"])]
+        for _, k, fmt in TABLE:
+            v, ci = point.get(k), S.row_ci(r, k)
+            pct = "%" if "%" in fmt else ""
+            text = "—" if v is None else fmt.format(v).rstrip("%")
+            if v is not None and ci and ci[0] is not None:
+                text += "±" + fmt.format((ci[1] - ci[0]) / 2).lstrip("+").rstrip("%")
+            cells.append(text + (pct if v is not None else ""))
+        body.append(cells)
+    lines = _columns(["gen", *(h for h, *_ in TABLE)], body)
+    changed = [r for r in rows if (r.get("changes") or {}).get("from_gen0")]
+    if changed:
+        cols = [c for c in TABLE if c[1] in CHANGE_COLUMNS]
+        body = []
+        for r in changed:
+            ch, cells = r["changes"]["from_gen0"], [str(r["generation"])]
+            for _, k, fmt in cols:
+                c = ch.get(k)
+                f = fmt.replace("{:", "{:+").replace("++", "+").rstrip("%")
+                cells.append("—" if c is None or c["ci95"][0] is None else
+                             f"{f.format(c['delta'])} [{f.format(c['ci95'][0])}, {f.format(c['ci95'][1])}]"
+                             f"{'*' if c['resolved'] else ' '}")
+            body.append(cells)
+        lines += ["", "change from generation 0 with its 95% paired interval (* resolved: the interval excludes 0)",
+                  *_columns(["gen", *(h for h, *_ in cols)], body)]
+    return "\n".join(lines)
