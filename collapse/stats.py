@@ -183,7 +183,8 @@ class Corpus:
         b = np.pad(buckets, (0, max(0, self.C.shape[1] - len(buckets))), constant_values=nb - 1)[: self.C.shape[1]]
         self.B = np.asarray(self.C @ sp.csr_matrix((np.ones(len(b)), (np.arange(len(b)), b)),
                                                    shape=(len(b), nb)).toarray())  # (n, buckets)
-        self.grams_T = {k: ngram_units(rows, k).T.tocsr() for k in (1, 2)}  # (n-gram types, n)
+        # (n-gram types, n); the unigram counts are C itself, not a second np.unique over the tokens
+        self.grams_T = {1: self.C.T.tocsr(), 2: ngram_units(rows, 2).T.tocsr()}
         self.grams_total = {k: np.full(self.n, max(rows.shape[1] - k + 1, 0), dtype=np.float64) for k in (1, 2)}
 
 
