@@ -96,7 +96,7 @@ def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = Fals
     from collapse.check import check_measure
     from collapse.data import measure_windows, split_ids
     from collapse.generate import generate_corpus
-    from collapse.modeling import load_model, set_threads
+    from collapse.modeling import decode_rows, load_model, set_threads
     from collapse.report import plot_bucket_shift
     from collapse.runtime import make_accelerator
     from collapse.scratch import TOKENS_FILE
@@ -159,9 +159,9 @@ def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = Fals
         write_text(out / "config.yaml", cfg.to_yaml())
         write_parquet(out / "continuations.parquet", {
             "prompt_ids": prompts, "generated_ids": gen, "reference_ids": refs,
-            "prompt_text": tok.batch_decode(prompts.tolist()),
-            "generated_text": tok.batch_decode(gen.tolist()),
-            "reference_text": tok.batch_decode(refs.tolist()),
+            "prompt_text": decode_rows(tok, prompts),
+            "generated_text": decode_rows(tok, gen),
+            "reference_text": decode_rows(tok, refs),
         })
         plot_bucket_shift(result["bucket_shift"], out / "buckets.png",
                           title=f"Token frequencies of {half}-token continuations vs the true second halves\n"
@@ -180,8 +180,8 @@ def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = Fals
                          if k.endswith("_ci") and isinstance(v, list) and v[i] is not None})
         logger.log(flat, step=0)
         logger.log_image("buckets", out / "buckets.png", step=0)
-        texts = tok.batch_decode(prompts[:20].tolist()), tok.batch_decode(gen[:20].tolist()), \
-            tok.batch_decode(refs[:20].tolist())
+        texts = decode_rows(tok, prompts[:20]), decode_rows(tok, gen[:20]), \
+            decode_rows(tok, refs[:20])
         logger.log_table("continuations", ["prompt", "generated", "reference"], [list(r) for r in zip(*texts)],
                          step=0)
         logger.close()

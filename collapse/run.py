@@ -50,7 +50,7 @@ from collapse.errors import CollapseError, DataError
 from collapse.evaluate import evaluate_blocks, sequence_ppl
 from collapse.generate import generate_corpus
 from collapse.io import atomic_path, read_json, write_json, write_parquet, write_text
-from collapse.modeling import check_fits, load_model, set_threads, vocab_size
+from collapse.modeling import check_fits, decode_rows, load_model, set_threads, vocab_size
 from collapse.ngram import train as ngram_train
 from collapse.ngram import zero_prob_tokens
 from collapse.regimes import regime_training_set
@@ -175,7 +175,7 @@ def generate_stage(run: Run, g: int, model: Weights) -> str:
     def sink(b: int, prompt_rows: np.ndarray, gen_rows: np.ndarray) -> None:
         idx = np.arange(b * gc.batch_size, b * gc.batch_size + len(gen_rows), dtype=np.int64)
         write_parquet(shard_path(d, b), {"sample_index": idx, "prompt_ids": prompt_rows, "token_ids": gen_rows,
-                                         "text": tok.batch_decode(gen_rows.tolist())})
+                                         "text": decode_rows(tok, gen_rows)})
         fault.point("generate", g, b)
 
     generate_corpus(m, run.data.prompts, gc.new_tokens, gc, key=(run.cfg.seed, g, "generate"), sink=sink,

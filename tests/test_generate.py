@@ -152,3 +152,28 @@ def test_generate_corpus_batches_are_independent_of_skips():
     assert sorted(full) == [0, 1, 2] and sorted(part) == [1, 2]
     assert all(np.array_equal(full[b], part[b]) for b in part)
     assert full[2].shape == (2, 6)  # the ragged last batch
+
+
+def test_decode_rows_gives_batch_decodes_strings():
+    """The fast decode of corpora gives transformers' strings exactly: the shipped BPE tokenizer (special tokens
+    kept), the synthetic word tokenizer, and a WordPiece one whose decode cleans spaces (transformers' path)."""
+    from pathlib import Path
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    import collapse
+    from collapse.modeling import decode_rows
+    from collapse.synthetic import word_tokenizer
+
+    wp = Tokenizer(models.WordPiece(vocab={"[UNK]": 0, "a": 1, ",": 2, "b": 3, "##c": 4, ".": 5}, unk_token="[UNK]"))
+    wp.pre_tokenizer = pre_tokenizers.Whitespace()
+    wp.decoder = decoders.WordPiece(cleanup=False)  # the spaces before punctuation: transformers cleans them
+    wordpiece = PreTrainedTokenizerFast(tokenizer_object=wp, unk_token="[UNK]", clean_up_tokenization_spaces=True)
+    rng = np.random.default_rng(0)
+    for tok in (AutoTokenizer.from_pretrained(Path(collapse.__file__).parent / "gen0"), word_tokenizer(40), wordpiece):
+        rows = rng.integers(0, len(tok), size=(64, 24))
+        assert decode_rows(tok, rows) == tok.batch_decode(rows.tolist())
+    rows = np.array([[1, 2, 3, 4, 5]])
+    assert wordpiece.backend_tokenizer.decode_batch(rows.tolist()) == ["a , bc ."]
+    assert decode_rows(wordpiece, rows) == ["a, bc."]  # cleaned up as transformers does
