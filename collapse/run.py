@@ -345,7 +345,8 @@ class Run:
             return
         d = self.dir(g)
         log_generation(self.logger, read_json(d / "metrics.json"), np.load(d / "gen0_ppl.npy", allow_pickle=False),
-                       d / "samples.parquet", g, PPL_BINS, pretrain=Path(self.model_ref) / "scratch.json")
+                       d / "samples.parquet", g, PPL_BINS, pretrain=Path(self.model_ref) / "scratch.json",
+                       generations=self.cfg.generations)
 
     # ---- the run folder and the logger
 

@@ -4,7 +4,8 @@
   logs a finished one again from its train.json (a resumed run);
 * artifacts with their lineage: :func:`log_model` (model g: the adapter or model, made from the corpora it was
   trained on and its starting weights), :func:`log_corpus` (corpus g, made from model g), :func:`log_report`;
-* :func:`log_generation`: one generation's row and the charts over generations 0..g.
+* :func:`log_generation`: one generation's row and the charts over generations 0..g (the two image charts at
+  :func:`image_generations` only: a long run draws six, not one per generation).
 
 Each function is a no-op with W&B off (a ``NullLogger``) and logs nothing the W&B run already holds.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,6 @@ import numpy as np
 from collapse.stats import interval_series
 
 log = logging.getLogger("collapse")
-
-
 
 
 class TrainCurve:
@@ -119,8 +119,20 @@ def log_report(logger, report_html: Path, generations: int) -> None:
                                                        for g in range(generations + 1)]}})
 
 
+IMAGES_PER_RUN = 5  # a draw of both images takes ~0.7 s on 2 cores: a 20-generation n-gram run takes 20 s
+
+
+def image_generations(generations: int, most: int = IMAGES_PER_RUN) -> list[int]:
+    """The generations whose W&B row carries the heatmap and perplexity images: every one of a run of up to
+    ``most`` generations; of a longer one every k-th and the last, at most ``most`` + 1 (each image shows
+    generations 0..g, so the last holds the whole run; drawing both at every generation of a 20-generation
+    n-gram run took longer than the run itself)."""
+    k = max(1, math.ceil(generations / most))
+    return sorted({*range(0, generations + 1, k), generations})
+
+
 def _figures(out: Path, g: int, folder: Path) -> dict[str, Path]:
-    """The report's bucket-shift heatmap and test-perplexity plot over generations 0..g of this run."""
+    """The report's bucket-shift heatmap and test-perplexity plot over generations 0..g of this run (PNG only)."""
     from collapse.report.figures import fig_bucket_heatmap, fig_test_ppl
     from collapse.report.plots import RC, mpl
     from collapse.report.runs import group_runs, load_run, present_buckets
@@ -130,15 +142,15 @@ def _figures(out: Path, g: int, folder: Path) -> dict[str, Path]:
     groups = group_runs([run])
     buckets = present_buckets(groups, "bucket_shift", run.buckets)
     with mpl().rc_context(RC):
-        return {"charts/bucket_shift_heatmap": fig_bucket_heatmap(groups, buckets, folder),
-                "charts/test_ppl": fig_test_ppl(groups, folder)}
+        return {"charts/bucket_shift_heatmap": fig_bucket_heatmap(groups, buckets, folder, formats=("png",)),
+                "charts/test_ppl": fig_test_ppl(groups, folder, formats=("png",))}
 
 
 def log_generation(logger, row: dict, ppl: np.ndarray, samples_path: Path, g: int, bins: np.ndarray,
-                   pretrain: Path | None = None) -> None:
+                   pretrain: Path | None = None, generations: int | None = None) -> None:
     """One generation's row: scalars and bucket series, the gen0-perplexity histogram, a few sample texts,
     and the charts over generations 0..g (tail loss of every bucket on one chart; the heatmap and the test
-    perplexity as images). With generation 0, ``pretrain`` (a scratch model's scratch.json): its pre-training
+    perplexity as images, at :func:`image_generations` of a run of ``generations``). With generation 0, ``pretrain`` (a scratch model's scratch.json): its pre-training
     curve, validation and training loss by step, as one chart (``charts/pretrain``)."""
     if logger.has_generation(g):
         return  # W&B disabled, or a resumed run whose W&B run has this generation already: nothing to draw
@@ -175,6 +187,8 @@ def log_generation(logger, row: dict, ppl: np.ndarray, samples_path: Path, g: in
                              xname="pre-training step")
         except Exception as e:  # noqa: BLE001
             log.debug(f"W&B: pre-training curve not logged ({e})")
+    if generations is not None and g not in image_generations(generations):
+        return
     import tempfile
 
     try:

@@ -288,6 +288,18 @@ def test_wandb_charts_one_per_question(tiny_run):
             assert lines[b] == [(k, pytest.approx(rows[k]["tail_loss"][b])) for k in range(g + 1)]
 
 
+def test_wandb_images_thin_out_over_long_runs():
+    from collapse.run_tracking import image_generations
+
+    for G in range(0, 6):  # up to 5 generations (the default run): every one
+        assert image_generations(G) == list(range(G + 1))
+    for G in (6, 11, 19, 20, 37, 100, 1000):
+        gens = image_generations(G)
+        steps = np.diff(gens)
+        assert gens[0] == 0 and gens[-1] == G and len(gens) <= 6  # the last image holds the whole run
+        assert len(set(steps[:-1])) <= 1 and 0 < steps[-1] <= steps[0]  # evenly spaced, then the last
+
+
 # ---------------------------------------------------------------------- regimes
 
 

@@ -125,10 +125,11 @@ def suptitle(fig, text: str, fontsize: float = 10) -> None:
     fig.suptitle(textwrap.fill(text, width), fontsize=fontsize)
 
 
-def save_figure(fig, out: Path, stem: str) -> Path:
-    """Write ``stem.png`` and ``stem.svg`` (no date in the SVG: the same figure gives the same file)."""
+def save_figure(fig, out: Path, stem: str, formats: tuple[str, ...] = ("png", "svg")) -> Path:
+    """Write ``stem.png`` and ``stem.svg`` (no date in the SVG: the same figure gives the same file); ``formats``
+    ("png",): the PNG alone (W&B's per-generation images: the SVG doubles the time of a figure)."""
     plt = mpl()
-    for ext in ("png", "svg"):
+    for ext in formats:
         with atomic_path(out / f"{stem}.{ext}") as tmp:
             fig.savefig(tmp, format=ext, dpi=DPI, metadata={"Date": None} if ext == "svg" else None)
     plt.close(fig)
