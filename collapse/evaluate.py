@@ -32,6 +32,20 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+CPU_FORWARD_TOKENS = 2048
+
+
+def forward_rows(model, device: torch.device, batch_size: int, length: int) -> int:
+    """Rows per forward pass of the measurements below: ``batch_size`` on a GPU (and for the n-gram, which
+    looks its probabilities up); on a CPU at most ``CPU_FORWARD_TOKENS`` tokens (16 rows of 128), so that a
+    pass's activations stay in cache memory. Measured on the 2-core machine, the shipped model scoring
+    2048 x 128 tokens: 16 rows 1.4x faster than 64 (4 and 8 as fast as 16). The figures do not depend on it
+    (tested bit for bit): every row is computed alone."""
+    if device.type != "cpu" or getattr(model, "logits_are_log_probs", False):
+        return max(1, batch_size)
+    return max(1, min(batch_size, CPU_FORWARD_TOKENS // max(length, 1)))
+
+
 def token_nll(model, blocks: torch.Tensor, start: int = 1) -> torch.Tensor:
     """NLL (nats) of tokens ``start..L-1`` of each block given the tokens before it: [B, L-start], float32.
 
@@ -79,8 +93,9 @@ def evaluate_blocks(model, blocks: np.ndarray, bucket_of: np.ndarray, batch_size
     bucket_t = torch.as_tensor(bucket_of, dtype=torch.long)
     bsums = torch.zeros(len(blocks) * nb if per_block else 0, dtype=torch.float64)
     bcounts = torch.zeros_like(bsums)
-    for i in range(0, len(idx), batch_size):
-        rows = idx[i:i + batch_size]
+    step = forward_rows(model, dev, batch_size, blocks.shape[1])
+    for i in range(0, len(idx), step):
+        rows = idx[i:i + step]
         b = torch.as_tensor(blocks[rows], dtype=torch.long)
         nll = token_nll(model, b.to(dev)).double().cpu()
         tb = bucket_t[b[:, 1:]]
@@ -139,8 +154,9 @@ def sequence_ppl(model, seqs: np.ndarray, start: int, batch_size: int = 64, acce
     dev = _device(model)
     idx = _shard(len(seqs), accelerator)
     out = torch.zeros(len(seqs), dtype=torch.float64)
-    for i in range(0, len(idx), batch_size):
-        rows = idx[i:i + batch_size]
+    step = forward_rows(model, dev, batch_size, seqs.shape[1])
+    for i in range(0, len(idx), step):
+        rows = idx[i:i + step]
         b = torch.as_tensor(seqs[rows], dtype=torch.long, device=dev)
         nll = token_nll(model, b, start).double().mean(dim=1).cpu()
         out[torch.as_tensor(rows)] = nll

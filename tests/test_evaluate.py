@@ -90,3 +90,23 @@ def test_evaluate_blocks_equals_a_direct_computation(build):
         else:
             assert got["tail_loss"][name] is None, name
     assert filled >= 3 and got["tail_loss"]["10001+"] is None  # a 300-type vocabulary has no rank 10001
+
+
+def test_cpu_forward_chunks_do_not_change_the_figures(monkeypatch):
+    """On a CPU the measurements run a few rows per forward (cache-sized); any chunking gives the same
+    figures, bit for bit: each row is computed alone, and the sums run in float64 in row order."""
+    import collapse.evaluate as E
+
+    m = _gpt2().eval()
+    seqs = np.random.default_rng(0).integers(3, 300, size=(37, 16))
+    bucket_of = np.random.default_rng(1).integers(0, 5, size=512)
+    got = []
+    for tokens in (10_000, 16, 48):  # all rows in one pass; one row per pass; three rows per pass
+        monkeypatch.setattr(E, "CPU_FORWARD_TOKENS", tokens)
+        assert E.forward_rows(m, torch.device("cpu"), 64, 16) == min(64, max(1, tokens // 16))
+        got.append((E.sequence_ppl(m, seqs, 5, batch_size=64),
+                    E.evaluate_blocks(m, seqs, bucket_of, batch_size=64, per_block=True)))
+    for ppl, ev in got[1:]:
+        assert np.array_equal(ppl, got[0][0])
+        assert np.array_equal(ev["block_sums"], got[0][1]["block_sums"]) and ev["test_nll"] == got[0][1]["test_nll"]
+    assert E.forward_rows(m, torch.device("cuda"), 64, 16) == 64  # a GPU takes the whole batch
