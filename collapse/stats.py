@@ -225,12 +225,15 @@ def corpus_boot(wts: Weights, gen: Corpus, ref: np.ndarray | Corpus, head: np.nd
         for k, v in _unigram_figures(r, g, head, alpha).items():
             half[k][i:i + chunk] = v
         half["distinct_1"][i:i + chunk] = (g > 0).sum(1) / (w @ gen.grams_total[1])
-        pairs = w @ gen.grams_total[2]  # 0 when units are one token long: no bigram, distinct-2 is 0
-        half["distinct_2"][i:i + chunk] = np.divide(types_present(gen.bigrams_T, w > 0), pairs,
-                                                    out=np.zeros_like(pairs), where=pairs > 0)
+    pairs = H @ gen.grams_total[2]  # 0 when units are one token long: no bigram, distinct-2 is 0
+    half["distinct_2"] = np.divide(types_present(gen.bigrams_T, H > 0), pairs, out=np.zeros_like(pairs),
+                                   where=pairs > 0)
     for k, v in half.items():
         out[k] = v[0] + wts.scale * (v[1:] - v[1:].mean())
     return out
+
+
+PRESENT_BYTES = 2**27  # types_present's gathered keep-bits (nnz x bytes per unit) stay under 128 MiB
 
 
 def types_present(G: sp.csr_matrix, keep: np.ndarray) -> np.ndarray:
@@ -242,6 +245,9 @@ def types_present(G: sp.csr_matrix, keep: np.ndarray) -> np.ndarray:
     r = keep.shape[0]
     if G.shape[0] == 0 or G.nnz == 0:
         return np.zeros(r)
+    step = max(64, (PRESENT_BYTES // G.nnz) * 8 // 64 * 64)  # sub-samples at a time: the gathered bits in budget
+    if r > step:
+        return np.concatenate([types_present(G, keep[i:i + step]) for i in range(0, r, step)])
     bits = np.packbits(keep, axis=0)  # (ceil(r / 8), n) bytes
     bits = np.pad(bits, ((0, -len(bits) % 8), (0, 0)))
     words = np.ascontiguousarray(bits.T).view(np.uint64)  # (n, words): unit u's keep-bits

@@ -157,3 +157,25 @@ def test_block_boot_is_the_ratio_of_summed_losses():
     assert out["test_nll"] == pytest.approx([6 / 4, 6 / 4])
     assert out["tail_loss.a"] == pytest.approx([4 / 3, 1.0])
     assert out["test_ppl"] == pytest.approx(np.exp([1.5, 1.5]))
+
+
+def test_types_present_counts_the_types_each_sub_sample_holds(monkeypatch):
+    """The packed-bit count equals the sparse product it replaces: in one pass and in blocks of sub-samples
+    (a small memory budget), with types that no unit holds, and with a single unit."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(3)
+    for budget in (S.PRESENT_BYTES, 64):  # 64 bytes: blocks of 64 sub-samples
+        monkeypatch.setattr(S, "PRESENT_BYTES", budget)
+        for n, types, r in ((50, 200, 130), (1, 7, 9), (300, 40, 1001)):
+            dense = (rng.random((types, n)) < 0.05) * rng.integers(1, 4, (types, n))
+            dense[: types // 10] = 0  # types held by no unit
+            G = sp.csr_matrix(dense.astype(np.float64))
+            keep = rng.random((r, n)) < 0.5
+            want = (np.asarray(G @ keep.T.astype(np.float64)) > 0).sum(0)
+            assert np.array_equal(S.types_present(G, keep), want)
+    G = sp.csr_matrix(np.eye(4))
+    keep = np.zeros((3, 4), bool)
+    keep[1, 2] = True
+    assert S.types_present(G, keep).tolist() == [0, 1, 0]
+    assert S.types_present(sp.csr_matrix((0, 4)), keep).tolist() == [0, 0, 0]
