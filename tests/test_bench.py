@@ -24,7 +24,7 @@ def test_quick_bench_writes_the_documented_json(tmp_path):
     for k in ("cpu", "cores_usable", "torch", "torch_threads", "load_avg"):
         assert k in m, k
     assert m["torch_threads"] == 1
-    assert set(res["parts"]) == {"generation", "beam", "counting", "training"}
+    assert set(res["parts"]) == {"generation", "beam", "counting", "training", "measurement"}
     for name, part in res["parts"].items():
         assert part["rows"], name
         for row in part["rows"]:
@@ -36,6 +36,8 @@ def test_quick_bench_writes_the_documented_json(tmp_path):
         assert {"what", "value", "op", "threshold", "met"} <= set(t)
     assert res["parts"]["counting"]["info"]["same_counts"] is True
     assert res["parts"]["counting"]["info"]["same_bucket_shift"] is True
+    meas = res["parts"]["measurement"]["info"]  # the faster measurements give the former results exactly
+    assert meas["same_perplexities"] is True and meas["same_distinct_2"] is True
     gen = res["parts"]["generation"]
     assert "project / HF per-prompt" in gen["ratios"] and "after / before (this change, total)" in gen["ratios"]
     assert gen["info"]["bf16_weights_adopted"] is False

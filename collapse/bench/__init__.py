@@ -7,6 +7,8 @@ CPU mode (default) measures, in one process on one machine, with the same inputs
    commit (Gumbel-max over the whole batch -> float64 inverse CDF, decoded in chunks of 64 rows);
 2. token counting: ``metrics.counts`` + ``bucket_shift`` vs ``collections.Counter`` over 10^7 ids;
 3. training tokens/s: ``train.finetune`` (LoRA, fixed-length rows) vs a padded-batch HF loop;
+3b. the measure stage's two largest costs, before and after: gen-0 perplexity at 16 vs 64 rows per forward,
+   distinct-2 over the half-samples by packed bits vs a sparse product (same results, checked);
 4. end-to-end wall time and peak RSS of the embedded default ``collapse run`` (subprocess);
 5. peak RSS against corpus size (1x, 4x, 16x samples; subprocess each).
 
@@ -25,7 +27,7 @@ import sys
 import time
 
 from collapse.bench.counting import bench_counting
-from collapse.bench.cpu import Inputs, bench_beam, bench_generation, bench_training
+from collapse.bench.cpu import Inputs, bench_beam, bench_generation, bench_measurement, bench_training
 from collapse.bench.cuda import cuda_main
 from collapse.bench.e2e import bench_e2e, bench_memory
 from collapse.bench.harness import SCHEMA, load_average, machine_info, print_table, say, write_json
@@ -49,7 +51,7 @@ def cpu_main(args) -> dict:
     q = args.quick
     reps = args.repeats or (2 if q else 5)
     inp = None
-    if {"generation", "beam", "training"} & set(parts):
+    if {"generation", "beam", "training", "measurement"} & set(parts):
         say("inputs (model, tokenizer, real blocks)")
         inp = Inputs(q)
         res["scratch_model"] = inp.scratch
@@ -68,6 +70,10 @@ def cpu_main(args) -> dict:
         say("part 3: training")
         res["parts"]["training"] = bench_training(inp, reps if q else max(3, reps - 2), n_rows=64 if q else 768,
                                                   batch=16 if q else 32)
+    if "measurement" in parts:
+        say("part 3b: the measurements")
+        res["parts"]["measurement"] = bench_measurement(inp, reps, n_rows=64 if q else 2048,
+                                                        resamples=100 if q else 1000)
     if "e2e" in parts:
         say("part 4: end to end (subprocess)")
         res["parts"]["e2e"] = bench_e2e(q, timeout=args.timeout)
@@ -86,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes (for tests): checks the plumbing, not speed")
     p.add_argument("--parts", default=None,
-                   help="cpu: comma list of generation,beam,counting,training,e2e,memory (default: all; --quick: "
-                        "all but e2e and memory)")
+                   help="cpu: comma list of generation,beam,counting,training,measurement,e2e,memory "
+                        "(default: all; --quick: all but e2e and memory)")
     p.add_argument("--out", default="bench.json", help="JSON output path")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--batch", type=int, default=256, help="cpu: generation batch size")
@@ -105,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.parts is None:
-        args.parts = ("generation,beam,counting,training" if args.quick
-                      else "generation,beam,counting,training,e2e,memory")
+        args.parts = ("generation,beam,counting,training,measurement" if args.quick
+                      else "generation,beam,counting,training,measurement,e2e,memory")
     t0 = time.perf_counter()
     res = cuda_main(args) if args.device == "cuda" or args.dry_run_cpu else cpu_main(args)
     res["load_avg_after"] = load_average()

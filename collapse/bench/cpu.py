@@ -1,5 +1,6 @@
-"""CPU parts 1, 1b and 3 of the benchmark: generation (with the sampler before/after rows and the sampler
-probe), beam search and training, on the model, tokenizer and real token blocks of :class:`Inputs`."""
+"""CPU parts 1, 1b, 3 and 3b of the benchmark: generation (with the sampler before/after rows and the sampler
+probe), beam search, training and the measurements, on the model, tokenizer and real token blocks of
+:class:`Inputs`."""
 
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ class Inputs:
         L = self.prompt_tokens + self.new_tokens
         blocks = concat_blocks(ids, L, self.eos)
         order = np.random.default_rng(seed).permutation(len(blocks))
-        self.prompts = blocks[order, : self.prompt_tokens]  # real text blocks, shuffled
+        self.blocks = blocks[order]  # real text blocks of prompt + continuation length, shuffled
+        self.prompts = self.blocks[:, : self.prompt_tokens]
         self.rows = concat_blocks(ids, self.new_tokens if not quick else 32, self.eos)  # fixed-length training rows
         self.val_blocks = blocks[:8] if quick else blocks[:32]
 
@@ -347,3 +349,59 @@ def bench_training(inp: Inputs, repeats: int, n_rows: int, batch: int) -> dict:
     return {"rows": rows_out, "ratios": {"finetune / padded loop (real tokens/s)": ratio},
             "info": {"rows": n_rows, "row_tokens": L, "pad_share_first_batch": pad_share[0] if pad_share else None,
                      "warmup_steps_excluded": warm, "threads": torch.get_num_threads()}}
+
+
+# ---------------------------------------------------------------------- part 3b: the measurements
+
+
+def bench_measurement(inp: Inputs, repeats: int, n_rows: int, resamples: int = 1000) -> dict:
+    """What each generation's measure stage spends most on, before and after, on the same inputs:
+    (a) gen-0 perplexity of n_rows prompt + continuation blocks, 16 rows per forward pass (what a CPU runs
+    now) against 64 (the evaluation batch, as before); (b) distinct-2 over the delete-half resamples: the
+    packed keep-bits of :func:`collapse.stats.types_present` against the sparse product it replaced."""
+    import collapse.evaluate as E
+    from collapse import stats as S
+
+    seqs = inp.blocks[:n_rows]
+    L = seqs.shape[1]
+    start = inp.prompt_tokens
+    out: dict = {}
+
+    def rows(k):
+        def f():
+            saved = E.CPU_FORWARD_TOKENS
+            E.CPU_FORWARD_TOKENS = k * L
+            try:
+                out[k] = E.sequence_ppl(inp.model, seqs, start, batch_size=64)
+            finally:
+                E.CPU_FORWARD_TOKENS = saved
+        return f
+
+    t = interleaved({"16": rows(16), "64": rows(64)}, repeats)
+    gen = seqs[:, start:]
+    G = S.Corpus(gen, int(gen.max()) + 1, np.zeros(int(gen.max()) + 1, np.int64), 1).bigrams_T
+    W = S.draw_weights(len(gen), np.random.default_rng(0), resamples)
+    keep = np.vstack([np.ones((1, len(gen)), bool), W.half > 0])
+    got: dict = {}
+
+    def packed():
+        got["packed"] = S.types_present(G, keep)
+
+    def sparse():  # the former code: a float product per chunk of 125 resamples
+        got["sparse"] = np.concatenate([(np.asarray(G @ keep[i:i + 125].T.astype(np.float64)) > 0).sum(0)
+                                        for i in range(0, len(keep), 125)])
+
+    tp = interleaved({"packed": packed, "sparse": sparse}, repeats)
+    tokens = n_rows * (L - start)
+    rows_out = [result_row(f"gen-0 perplexity, 16 rows of {L} tokens per forward (CPU now)", t["16"], tokens),
+                result_row(f"gen-0 perplexity, 64 rows of {L} tokens per forward (before)", t["64"], tokens),
+                result_row(f"distinct-2 over {resamples} half-samples: packed keep-bits (now)", tp["packed"],
+                           len(keep), unit="resamples"),
+                result_row(f"distinct-2 over {resamples} half-samples: sparse product (before)", tp["sparse"],
+                           len(keep), unit="resamples")]
+    return {"rows": rows_out,
+            "ratios": {"16 / 64 rows per forward (speed)": median(t["64"]) / median(t["16"]),
+                       "packed / sparse (speed)": median(tp["sparse"]) / median(tp["packed"])},
+            "info": {"rows": n_rows, "row_tokens": L, "scored_from": start, "bigram_types": int(G.shape[0]),
+                     "same_perplexities": bool(np.array_equal(out[16], out[64])),
+                     "same_distinct_2": bool(np.array_equal(got["packed"], got["sparse"]))}}
