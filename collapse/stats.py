@@ -143,13 +143,15 @@ def _unigram_figures(ref: np.ndarray, gen: np.ndarray, head: np.ndarray, alpha: 
     with np.errstate(divide="ignore", invalid="ignore"):
         ent = -np.where(pg > 0, pg * np.log2(np.where(pg > 0, pg, 1.0)), 0.0).sum(1)
     seen = ref > 0
+    with np.errstate(divide="ignore", invalid="ignore"):  # an empty row (a half-sample of no unit): NaN
+        tail = gen[:, ~head].sum(1) / gs[:, 0]
     return {
         "kl_ref_gen": np.maximum(0.0, _log2_ratio_sum(p, q, sup)),
         "kl_gen_ref": np.maximum(0.0, _log2_ratio_sum(q, p, sup)),
         "js": np.clip(js, 0.0, 1.0),
         "entropy": ent,
         "coverage": ((gen > 0) & seen).sum(1) / np.maximum(seen.sum(1), 1),
-        "tail_mass": gen[:, ~head].sum(1) / gs[:, 0],
+        "tail_mass": tail,
     }
 
 
@@ -224,16 +226,23 @@ def corpus_boot(wts: Weights, gen: Corpus, ref: np.ndarray | Corpus, head: np.nd
         r = np.asarray(RtT @ w.T).T if paired_ref else ref_row
         for k, v in _unigram_figures(r, g, head, alpha).items():
             half[k][i:i + chunk] = v
-        half["distinct_1"][i:i + chunk] = (g > 0).sum(1) / (w @ gen.grams_total[1])
-    pairs = H @ gen.grams_total[2]  # 0 when units are one token long: no bigram, distinct-2 is 0
-    half["distinct_2"] = np.divide(types_present(gen.bigrams_T, H > 0), pairs, out=np.zeros_like(pairs),
-                                   where=pairs > 0)
+        # distinct-n: the half-sample's own n-grams over its own n-grams (its units, not their weights: the
+        # weight n/keep that keeps a share's scale would halve a count of types over a count of tokens)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            half["distinct_1"][i:i + chunk] = (g > 0).sum(1) / ((w > 0) @ gen.grams_total[1])
+    if gen.bigrams_T.shape[0] == 0:  # units one token long: no bigram, distinct-2 is 0
+        half["distinct_2"] = np.zeros(len(H))
+    else:  # a half-sample with no unit (n = 1): no figure (NaN), as for every other scalar
+        with np.errstate(divide="ignore", invalid="ignore"):
+            half["distinct_2"] = types_present(gen.bigrams_T, H > 0) / ((H > 0) @ gen.grams_total[2])
+    empty = H.sum(1) == 0  # a half-sample of no unit (n = 1) has no figures: no interval, never "resolved"
     for k, v in half.items():
+        v[empty] = np.nan
         out[k] = v[0] + wts.scale * (v[1:] - v[1:].mean())
     return out
 
 
-PRESENT_BYTES = 2**27  # types_present's gathered keep-bits (nnz x bytes per unit) stay under 128 MiB
+PRESENT_BYTES = 2**27  # types_present's working arrays per block of sub-samples stay under about 128 MiB
 
 
 def types_present(G: sp.csr_matrix, keep: np.ndarray) -> np.ndarray:
@@ -245,7 +254,8 @@ def types_present(G: sp.csr_matrix, keep: np.ndarray) -> np.ndarray:
     r = keep.shape[0]
     if G.shape[0] == 0 or G.nnz == 0:
         return np.zeros(r)
-    step = max(64, (PRESENT_BYTES // G.nnz) * 8 // 64 * 64)  # sub-samples at a time: the gathered bits in budget
+    # sub-samples at a time: the gathered bits (nnz / 8 bytes each) and the unpacked counts (types bytes each)
+    step = max(64, PRESENT_BYTES // (G.nnz // 8 + G.shape[0] + 1) // 64 * 64)
     if r > step:
         return np.concatenate([types_present(G, keep[i:i + step]) for i in range(0, r, step)])
     bits = np.packbits(keep, axis=0)  # (ceil(r / 8), n) bytes
