@@ -57,7 +57,6 @@ from collapse.regimes import regime_training_set
 from collapse.rows import PPL_BINS, interval_part, metrics_row, metrics_table
 from collapse.run_tracking import (
     TrainCurve,
-    log_final_images,
     log_generation,
     log_report,
     log_run_corpus,
@@ -446,17 +445,13 @@ class Run:
         if not self.is_main:
             return
         log.info("\n" + metrics_table([read_json(gen_dir(self.out, g) / "metrics.json") for g in range(G + 1)]))
-        report = None
         if os.environ.get("COLLAPSE_SKIP_REPORT") != "1":
             try:
                 from collapse.report import make_report
 
                 make_report([self.out], self.out / "report", quiet=True)
-                report = self.out / "report"
-                log.info(f"report: {report / 'report.html'}")
+                log.info(f"report: {self.out / 'report' / 'report.html'}")
+                log_report(self.logger, self.out / "report" / "report.html", G)
             except Exception as e:  # noqa: BLE001 - the run's data are safe; the report can be redrawn
                 log.warning(f"the report could not be drawn ({e}); run `collapse report {self.out}` to retry.")
-        log_final_images(self.logger, self.out, G, report)
-        if report is not None:
-            log_report(self.logger, report / "report.html", G)
         log.info(f"done in {fmt_s(time.perf_counter() - self.t_start)}: {self.out}/metrics.jsonl")

@@ -5,7 +5,7 @@
 * artifacts with their lineage: :func:`log_model` (model g: the adapter or model, made from the corpora it was
   trained on and its starting weights), :func:`log_corpus` (corpus g, made from model g), :func:`log_report`;
 * :func:`log_generation`: one generation's row and the charts over generations 0..g (the two image charts at
-  :func:`image_generations` only: a long run draws six, not one per generation).
+  :func:`image_generations` only: a long run draws at most six, not one per generation).
 
 Each function is a no-op with W&B off (a ``NullLogger``) and logs nothing the W&B run already holds.
 """
@@ -187,33 +187,13 @@ def log_generation(logger, row: dict, ppl: np.ndarray, samples_path: Path, g: in
                              xname="pre-training step")
         except Exception as e:  # noqa: BLE001
             log.debug(f"W&B: pre-training curve not logged ({e})")
-    if generations is not None and (g not in image_generations(generations) or g == generations):
-        return  # the last generation's images are the report's own figures (:func:`log_final_images`)
+    if generations is not None and g not in image_generations(generations):
+        return
     import tempfile
 
     try:
         with tempfile.TemporaryDirectory(prefix="collapse-wandb-") as tmp:
             for key, path in _figures(out, g, Path(tmp)).items():
-                logger.log_image(key, path, step=g)
-    except Exception as e:  # noqa: BLE001
-        log.debug(f"W&B: figures not logged ({e})")
-
-
-def log_final_images(logger, out: Path, g: int, report: Path | None) -> None:
-    """The last generation's heatmap and test-perplexity images: the report's PNGs of them (the same figures,
-    drawn once), or drawn here when there is no report (``COLLAPSE_SKIP_REPORT``, a report that failed)."""
-    if logger.has_generation(g):  # W&B disabled, or a resumed run whose W&B run holds them already
-        return
-    made = {"charts/bucket_shift_heatmap": "bucket-heatmap.png", "charts/test_ppl": "test-ppl.png"}
-    if report is not None and all((Path(report) / f).is_file() for f in made.values()):
-        for key, f in made.items():
-            logger.log_image(key, Path(report) / f, step=g)
-        return
-    import tempfile
-
-    try:
-        with tempfile.TemporaryDirectory(prefix="collapse-wandb-") as tmp:
-            for key, path in _figures(Path(out), g, Path(tmp)).items():
                 logger.log_image(key, path, step=g)
     except Exception as e:  # noqa: BLE001
         log.debug(f"W&B: figures not logged ({e})")
