@@ -89,13 +89,19 @@ def _tokenizer(source: str, cfg: ModelConfig):
 def decode_rows(tok, rows) -> list[str]:
     """``tok.batch_decode(rows)``, the same strings, straight from the Rust tokenizer where that is what
     transformers would return: ``batch_decode`` first checks every id of every row in Python (about 2 s of a
-    4096 × 64 corpus). Slow tokenizers, and fast ones whose decode cleans up spaces, take transformers' path."""
+    4096 x 64 corpus). Slow tokenizers, classes that decode their own way (Whisper, CPM...) and fast ones whose
+    decode would clean up spaces take transformers' path."""
+    from transformers import PreTrainedTokenizerFast as Fast
+
     rows = rows.tolist() if hasattr(rows, "tolist") else [list(r) for r in rows]
     backend = getattr(tok, "backend_tokenizer", None)
+    plain = isinstance(tok, Fast) and all(getattr(type(tok), m) is getattr(Fast, m)
+                                          for m in ("decode", "batch_decode", "_decode"))
+    # transformers >= 5.7 skips the clean-up for BPE unless forced; older 5.x (no such flag) cleans up
     cleans = bool(getattr(tok, "clean_up_tokenization_spaces", False)) and not (
         backend is not None and type(backend.model).__name__ == "BPE"
-        and not getattr(tok, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False))
-    if backend is None or cleans:
+        and not getattr(tok, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", True))
+    if backend is None or not plain or cleans:
         return tok.batch_decode(rows)
     return backend.decode_batch(rows, skip_special_tokens=False)
 

@@ -170,10 +170,19 @@ def test_decode_rows_gives_batch_decodes_strings():
     wp.pre_tokenizer = pre_tokenizers.Whitespace()
     wp.decoder = decoders.WordPiece(cleanup=False)  # the spaces before punctuation: transformers cleans them
     wordpiece = PreTrainedTokenizerFast(tokenizer_object=wp, unk_token="[UNK]", clean_up_tokenization_spaces=True)
+    gen0 = Path(collapse.__file__).parent / "gen0"
+    bpe = AutoTokenizer.from_pretrained(gen0)
+
+    class OwnDecode(type(bpe)):  # a class that decodes its own way (as Whisper's and CPM's do)
+        def _decode(self, *args, **kwargs):
+            return "<" + super()._decode(*args, **kwargs) + ">"
+
     rng = np.random.default_rng(0)
-    for tok in (AutoTokenizer.from_pretrained(Path(collapse.__file__).parent / "gen0"), word_tokenizer(40), wordpiece):
+    for tok in (bpe, AutoTokenizer.from_pretrained(gen0, clean_up_tokenization_spaces=True),
+                OwnDecode.from_pretrained(gen0), word_tokenizer(40), wordpiece):
         rows = rng.integers(0, len(tok), size=(64, 24))
         assert decode_rows(tok, rows) == tok.batch_decode(rows.tolist())
+    assert decode_rows(OwnDecode.from_pretrained(gen0), rows[:1])[0].startswith("<")
     rows = np.array([[1, 2, 3, 4, 5]])
     assert wordpiece.backend_tokenizer.decode_batch(rows.tolist()) == ["a , bc ."]
     assert decode_rows(wordpiece, rows) == ["a, bc."]  # cleaned up as transformers does
