@@ -39,8 +39,9 @@ def forward_rows(model, device: torch.device, batch_size: int, length: int) -> i
     """Rows per forward pass of the measurements below: ``batch_size`` on a GPU (and for the n-gram, which
     looks its probabilities up); on a CPU at most ``CPU_FORWARD_TOKENS`` tokens (16 rows of 128), so that a
     pass's activations stay in cache memory. Measured on the 2-core machine, the shipped model scoring
-    2048 x 128 tokens: 16 rows 1.4x faster than 64 (4 and 8 as fast as 16). The figures do not depend on it
-    (tested bit for bit): every row is computed alone."""
+    2048 x 128 tokens: 16 rows 1.4x faster than 64 (4 and 8 as fast as 16; ``scripts/bench.py``, part 3b). The
+    figures came out bit-identical for every chunking tried (``tests/test_evaluate.py``, the benchmark): the
+    sums run in row order, and the CPU kernels gave each row the same result whatever the rows beside it."""
     if device.type != "cpu" or getattr(model, "logits_are_log_probs", False):
         return max(1, batch_size)
     return max(1, min(batch_size, CPU_FORWARD_TOKENS // max(length, 1)))
