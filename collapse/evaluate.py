@@ -134,9 +134,11 @@ def mean_nll(model, blocks: np.ndarray, batch_size: int = 64, accelerator=None) 
     dev = _device(model)
     idx = _shard(len(blocks), accelerator)
     tot = torch.zeros(2, dtype=torch.float64)
+    step = forward_rows(model, dev, batch_size, blocks.shape[1])
     for i in range(0, len(idx), batch_size):
-        b = torch.as_tensor(blocks[idx[i:i + batch_size]], dtype=torch.long, device=dev)
-        nll = token_nll(model, b).double()
+        rows = idx[i:i + batch_size]  # summed per batch as before (the same float64 sums), computed in steps
+        nll = torch.cat([token_nll(model, torch.as_tensor(blocks[rows[j:j + step]], dtype=torch.long, device=dev))
+                         for j in range(0, len(rows), step)]).double()
         tot += torch.stack([nll.sum(), torch.tensor(float(nll.numel()), dtype=torch.float64, device=nll.device)]).cpu()
     tot = _allreduce(tot, accelerator)
     model.train(was_training)

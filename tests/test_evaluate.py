@@ -93,8 +93,9 @@ def test_evaluate_blocks_equals_a_direct_computation(build):
 
 
 def test_cpu_forward_chunks_do_not_change_the_figures(monkeypatch):
-    """On a CPU the measurements run a few rows per forward (cache-sized); any chunking gives the same
-    figures, bit for bit: each row is computed alone, and the sums run in float64 in row order."""
+    """On a CPU the measurements and the validation loss run a few rows per forward (cache-sized); any
+    chunking gives the same figures, bit for bit: each row's NLL comes out the same, the sums run in float64
+    in row order, and the validation loss still sums whole batches."""
     import collapse.evaluate as E
 
     m = _gpt2().eval()
@@ -105,8 +106,9 @@ def test_cpu_forward_chunks_do_not_change_the_figures(monkeypatch):
         monkeypatch.setattr(E, "CPU_FORWARD_TOKENS", tokens)
         assert E.forward_rows(m, torch.device("cpu"), 64, 16) == min(64, max(1, tokens // 16))
         got.append((E.sequence_ppl(m, seqs, 5, batch_size=64),
-                    E.evaluate_blocks(m, seqs, bucket_of, batch_size=64, per_block=True)))
-    for ppl, ev in got[1:]:
-        assert np.array_equal(ppl, got[0][0])
+                    E.evaluate_blocks(m, seqs, bucket_of, batch_size=64, per_block=True),
+                    E.mean_nll(m, seqs, batch_size=8)))
+    for ppl, ev, val in got[1:]:
+        assert np.array_equal(ppl, got[0][0]) and val == got[0][2]
         assert np.array_equal(ev["block_sums"], got[0][1]["block_sums"]) and ev["test_nll"] == got[0][1]["test_nll"]
     assert E.forward_rows(m, torch.device("cuda"), 64, 16) == 64  # a GPU takes the whole batch
