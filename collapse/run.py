@@ -449,7 +449,7 @@ class Run:
             try:
                 from collapse.report import make_report
 
-                make_report([self.out], self.out / "report", quiet=True)
+                make_report([self.out], self.out / "report", quiet=True, vector=False)  # SVG: `collapse report`
                 log.info(f"report: {self.out / 'report' / 'report.html'}")
                 log_report(self.logger, self.out / "report" / "report.html", G)
             except Exception as e:  # noqa: BLE001 - the run's data are safe; the report can be redrawn

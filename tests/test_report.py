@@ -158,6 +158,19 @@ def test_every_image_exists_and_is_a_png(four_runs):
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries behind
 
 
+def test_png_only_report_links_no_vector_figure_and_leaves_none_stale(four_runs, tmp_path):
+    """`collapse run`'s own report (vector=False) draws the PNGs alone; an SVG left by an earlier
+    `collapse report` in that folder is removed, not linked beside a PNG of newer data."""
+    runs, full = four_runs
+    out = tmp_path / "report"
+    assert R.make_report(runs, out, quiet=True) == 0
+    assert len(list(out.glob("*.svg"))) == len(R.FIGURES) and "SVG</a>" in (out / "report.html").read_text()
+    assert R.make_report(runs[:2], out, quiet=True, vector=False) == 0
+    assert not list(out.glob("*.svg")) and "SVG</a>" not in (out / "report.html").read_text()
+    assert sorted(p.stem for p in out.glob("*.png")) == sorted(R.FIGURES)
+    assert (full / "report.html").read_text().count("SVG</a>") == len(R.FIGURES)  # the default: both
+
+
 def test_metrics_table_holds_the_runs_numbers(four_runs):
     runs, out = four_runs
     page = _parse(out / "report.html")

@@ -8,8 +8,9 @@
 
 * ``report.html``: the figures (PNG files beside it, referenced relatively; no network needed), the metrics of
   every generation as a table, example samples from the same real prompt in every generation, each run's config;
-* every figure as PNG and SVG: ``test-ppl``, ``tail-loss``, ``bucket-heatmap``, ``bucket-shift``, ``gen0-ppl``,
-  ``diversity``, ``zipf``.
+* every figure as PNG and SVG (the report at the end of ``collapse run``: PNG alone; ``collapse report`` adds
+  the SVGs): ``test-ppl``, ``tail-loss``, ``bucket-heatmap``, ``bucket-shift``, ``gen0-ppl``, ``diversity``,
+  ``zipf``.
 
 Runs whose configs agree except for ``seed`` (and ``out_dir``, ``wandb.*``, ``resume``, ``overwrite``) form a
 group, drawn as the mean over seeds with a 95% t-interval band; groups are labelled by the config keys in which
@@ -37,6 +38,7 @@ from collapse.errors import DataError
 from collapse.io import write_text
 from collapse.report.figures import FIGURES, draw_figures, plot_bucket_shift
 from collapse.report.page import page_html, summary_markdown
+from collapse.report.plots import FORMATS
 from collapse.report.runs import (
     Group,
     Run,
@@ -55,8 +57,9 @@ __all__ = ["FIGURES", "Group", "Run", "group_runs", "load_run", "make_report", "
 log = logging.getLogger("collapse")
 
 
-def make_report(run_dirs: list[Path], out: Path | None, quiet: bool = False) -> int:
-    """Write ``report.html`` and the figures (PNG + SVG) for the given run folders; returns the exit code (0).
+def make_report(run_dirs: list[Path], out: Path | None, quiet: bool = False, vector: bool = True) -> int:
+    """Write ``report.html`` and the figures (PNG + SVG; ``vector=False``: PNG alone, as at the end of
+    ``collapse run``) for the given run folders; returns the exit code (0).
 
     ``out`` defaults to ``RUN_DIR/report`` for one run and ``./report`` for several. Bad input raises
     :class:`DataError` (exit code 2 from the CLI); see the module docstring.
@@ -79,7 +82,11 @@ def make_report(run_dirs: list[Path], out: Path | None, quiet: bool = False) -> 
     shift_buckets = present_buckets(groups, "bucket_shift", buckets)
     note = log.debug if quiet else log.warning
 
-    figures, errors = draw_figures(groups, tail_buckets, shift_buckets, out, note)
+    token = FORMATS.set(("png", "svg") if vector else ("png",))
+    try:
+        figures, errors = draw_figures(groups, tail_buckets, shift_buckets, out, note)
+    finally:
+        FORMATS.reset(token)
     summary = summarize(groups, tail_buckets, shift_buckets)
     write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     write_text(out / "summary.md", summary_markdown(summary))

@@ -109,7 +109,7 @@ def plot_bucket_shift(bucket_shift: dict, path: str | Path, title: str = "") -> 
 # ---------------------------------------------------------------------- the report's figures over generations
 
 
-def fig_test_ppl(groups: list[Group], out: Path, formats: tuple[str, ...] = ("png", "svg")) -> Path:
+def fig_test_ppl(groups: list[Group], out: Path, formats: tuple[str, ...] | None = None) -> Path:
     plt = mpl()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained")
     ax, dax = axes
@@ -190,7 +190,7 @@ def _shift_matrix(group: Group, buckets: list[str]) -> tuple[np.ndarray, np.ndar
 
 
 def fig_bucket_heatmap(groups: list[Group], buckets: list[str], out: Path,
-                       formats: tuple[str, ...] = ("png", "svg")) -> Path:
+                       formats: tuple[str, ...] | None = None) -> Path:
     plt = mpl()
     from matplotlib.colors import TwoSlopeNorm
 

@@ -137,7 +137,9 @@ def page_html(runs: list[Run], groups: list[Group], figures: dict[str, Path | No
             continue
         parts.append(f'<h3 id="{stem}">{esc(_FIG_TITLES[stem])}</h3><figure>'
                      f'<img src="{esc(png.name)}" alt="{esc(_FIG_TITLES[stem])}">'
-                     f'<figcaption>{_CAPTIONS[stem]} <a href="{esc(stem)}.svg">SVG</a></figcaption></figure>')
+                     f'<figcaption>{_CAPTIONS[stem]}'
+                     + (f' <a href="{esc(stem)}.svg">SVG</a>' if png.with_suffix(".svg").is_file() else "")
+                     + '</figcaption></figure>')
     parts.append('<h2 id="metrics">Metrics per generation</h2><p class="note">test ppl / NLL: on the real test text, '
                  "NLL in "
                  "nats/token (also per frequency bucket); shift: generated vs real share of a frequency bucket (%); "
