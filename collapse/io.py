@@ -138,6 +138,12 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """Arrays in one compressed .npz, written atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+
+
 def write_parquet(path: str | Path, columns: dict[str, Any]) -> None:
     """Write a table of equal-length columns; 2-D int arrays become list<int32> columns."""
     import pyarrow as pa

@@ -354,12 +354,12 @@ def _synthetic_tokenizer_folder(V: int):
 def generation0(cfg, splits, device=None):
     """(model, tokenizer): generation 0 counts the REAL training documents, joined by the separator as the run's
     blocks join them (``cfg``: the ModelConfig)."""
-    from collapse.data import split_ids
+    from collapse.data import tokenize
 
     tok = tokenizer_for(cfg, splits)
     eos = tok.eos_token_id
-    parts = []
-    for ids in split_ids(tok, splits)["train"]:
+    parts = []  # the training split's ids (a synthetic source carries them; else the training split alone)
+    for ids in (splits.ids["train"] if splits.ids is not None else tokenize(tok, splits.train)):
         parts += [ids, np.asarray([eos], dtype=np.int32)]
     flat = np.concatenate(parts)[None]
     model = fit(flat, len(tok), cfg.ngram.n, cfg.ngram.add_k, eos)

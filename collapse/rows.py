@@ -17,7 +17,6 @@ from collapse import metrics as M
 from collapse import stats as S
 from collapse.io import read_json, write_json
 from collapse.rundir import BOOTSTRAP, EVAL_BLOCKS
-from collapse.truth import truth_shift_boot
 
 PPL_BINS = np.logspace(0, 4, 81)  # gen0_ppl histogram edges, shared by all generations (1 .. 10^4)
 
@@ -70,8 +69,9 @@ def interval_part(run, g: int, row: dict, gen_ids: np.ndarray, ppl: np.ndarray) 
     ref = run.data.ref_counts
     r = M.ranks(ref)
     corpus = S.Corpus(gen_ids, len(ref), run.data.bucket_of, len(names))
-    boot = S.generation_boot(W, corpus, ref, run.data.bucket_of, (r >= 1) & (r <= 100), names, ppl, We, sums, counts)
-    truth_shift_boot(boot, run.data.truth, names)  # a synthetic row's shifts are against the TRUE shares: theirs too
+    truth = run.data.truth  # a synthetic row's shifts are against the TRUE shares: its resamples' too
+    boot = S.generation_boot(W, corpus, ref, run.data.bucket_of, (r >= 1) & (r <= 100), names, ppl, We, sums, counts,
+                             ref_share=None if truth is None else np.asarray(truth.bucket_shares(), np.float64))
     point = S.flat_point(row, names)
     out = S.row_intervals(point, boot, names, st.level)
     out["changes"] = {}

@@ -49,7 +49,7 @@ from collapse.data import RealData, real_data, save_split_ids, split_ids
 from collapse.errors import CollapseError, DataError
 from collapse.evaluate import evaluate_blocks, sequence_ppl
 from collapse.generate import generate_corpus
-from collapse.io import atomic_path, read_json, write_json, write_parquet, write_text
+from collapse.io import atomic_path, read_json, write_json, write_npz, write_parquet, write_text
 from collapse.modeling import check_fits, decode_rows, load_model, set_threads, vocab_size
 from collapse.ngram import train as ngram_train
 from collapse.ngram import zero_prob_tokens
@@ -162,8 +162,7 @@ def evaluate_stage(run: Run, g: int, model: Weights) -> str:
     fault.point("evaluate", g, 1)
     blocks = {"sums": ev.pop("block_sums"), "counts": ev.pop("block_counts")}
     if run.is_main:
-        with atomic_path(run.dir(g) / EVAL_BLOCKS) as tmp, open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **blocks)
+        write_npz(run.dir(g) / EVAL_BLOCKS, blocks)
         write_json(run.dir(g) / "eval.json", ev)
     return f"test ppl {ev['test_ppl']:.2f}"
 
@@ -348,7 +347,7 @@ class Run:
         log_run_corpus(self, g)
 
     def log_generation(self, g: int) -> None:
-        if isinstance(self.logger, NullLogger):  # other processes, or W&B disabled: nothing to read back
+        if self.logger.has_generation(g):  # W&B off, another process, or a resumed W&B run that holds it
             return
         d = self.dir(g)
         log_generation(self.logger, read_json(d / "metrics.json"), np.load(d / "gen0_ppl.npy", allow_pickle=False),

@@ -134,16 +134,20 @@ def image_generations(generations: int, most: int = IMAGES_PER_RUN) -> list[int]
 def _figures(out: Path, g: int, folder: Path) -> dict[str, Path]:
     """The report's bucket-shift heatmap and test-perplexity plot over generations 0..g of this run (PNG only)."""
     from collapse.report.figures import fig_bucket_heatmap, fig_test_ppl
-    from collapse.report.plots import RC, mpl
+    from collapse.report.plots import FORMATS, RC, mpl
     from collapse.report.runs import group_runs, load_run, present_buckets
 
     run = load_run(out)
     run.rows = [r for r in run.rows if r["generation"] <= g]
     groups = group_runs([run])
     buckets = present_buckets(groups, "bucket_shift", run.buckets)
-    with mpl().rc_context(RC):
-        return {"charts/bucket_shift_heatmap": fig_bucket_heatmap(groups, buckets, folder, formats=("png",)),
-                "charts/test_ppl": fig_test_ppl(groups, folder, formats=("png",))}
+    token = FORMATS.set(("png",))
+    try:
+        with mpl().rc_context(RC):
+            return {"charts/bucket_shift_heatmap": fig_bucket_heatmap(groups, buckets, folder),
+                    "charts/test_ppl": fig_test_ppl(groups, folder)}
+    finally:
+        FORMATS.reset(token)
 
 
 def log_generation(logger, row: dict, ppl: np.ndarray, samples_path: Path, g: int, bins: np.ndarray,

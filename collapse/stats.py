@@ -339,10 +339,9 @@ def standard_errors(boot: dict[str, np.ndarray]) -> dict[str, float | None]:
 
 def save_boot(path, boot: dict[str, np.ndarray]) -> None:
     """Resampled figures (float64) in one .npz, written atomically."""
-    from collapse.io import atomic_path
+    from collapse.io import write_npz
 
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, **{k: np.asarray(v, np.float64) for k, v in boot.items()})
+    write_npz(path, {k: np.asarray(v, np.float64) for k, v in boot.items()})
 
 
 def load_boot(path) -> dict[str, np.ndarray]:
@@ -377,14 +376,15 @@ def row_change(row: dict, name: str, since: str = "from_gen0") -> dict | None:
 
 def generation_boot(wts: Weights, corpus: Corpus, ref_counts: np.ndarray, buckets: np.ndarray, head: np.ndarray,
                     names: tuple[str, ...], ppl: np.ndarray | None = None, We: Weights | None = None,
-                    block_sums: np.ndarray | None = None, block_counts: np.ndarray | None = None
-                    ) -> dict[str, np.ndarray]:
+                    block_sums: np.ndarray | None = None, block_counts: np.ndarray | None = None,
+                    ref_share: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every figure of one generation under each resample: the samples' figures (``wts``, over samples),
-    their gen-0 perplexity, and the test figures (``We``, over test blocks)."""
+    their gen-0 perplexity, and the test figures (``We``, over test blocks). The bucket shifts are against
+    ``ref_share`` (a synthetic source's TRUE shares, as its row's are), else the shares of ``ref_counts``."""
     from collapse.metrics import bucket_shares
 
     boot = flatten_corpus_boot(corpus_boot(wts, corpus, ref_counts, head), names,
-                               ref_share=bucket_shares(ref_counts, buckets))
+                               ref_share=bucket_shares(ref_counts, buckets) if ref_share is None else ref_share)
     if ppl is not None and len(ppl):
         boot["gen0_ppl_mean"] = wts.boot @ np.asarray(ppl, np.float64) / len(ppl)
     if We is not None and block_sums is not None:

@@ -127,7 +127,6 @@ def logged_in() -> bool:
     return bool(creds and creds[2])
 
 
-have_api_key = logged_in  # the name collapse.check imports
 
 
 def resolve_mode(mode: str) -> tuple[str, str]:
@@ -424,7 +423,7 @@ class WandbLogger:
 
 def make_logger(wcfg, run_dir: Path, config: dict[str, Any], is_main: bool, run_id: str | None = None,
                 resume: bool = False, axis: StepAxis | None = None):
-    if not is_main or resolve_mode(wcfg.mode)[0] == "disabled":
+    if not is_main or not wants_wandb(wcfg):
         return NullLogger()
     return WandbLogger(mode=wcfg.mode, project=wcfg.project, entity=wcfg.entity, group=wcfg.group, tags=wcfg.tags,
                        name=wcfg.name or Path(run_dir).name, run_dir=Path(run_dir), config=config, run_id=run_id,

@@ -97,14 +97,3 @@ def add_truth(row: dict, truth, ev: dict, gen_ids: np.ndarray, vocab: int) -> No
     if truth is not None:
         row.update(bucket_shift_ref=row["bucket_shift"], bucket_share_ref=row["bucket_share"],
                    **truth_row(truth, ev, gen_ids, vocab))
-
-
-def truth_shift_boot(boot: dict, truth, names: tuple[str, ...]) -> None:
-    """Resampled bucket shifts (``collapse.stats``) recomputed against the TRUE shares, as the row's values are."""
-    if truth is None:
-        return
-    true = truth.bucket_shares()
-    for i, b in enumerate(names):
-        share = boot[f"gen_share.{b}"]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            boot[f"bucket_shift.{b}"] = 100.0 * (share / true[i] - 1.0) if true[i] > 0 else np.full(len(share), np.nan)

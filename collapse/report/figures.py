@@ -109,7 +109,7 @@ def plot_bucket_shift(bucket_shift: dict, path: str | Path, title: str = "") -> 
 # ---------------------------------------------------------------------- the report's figures over generations
 
 
-def fig_test_ppl(groups: list[Group], out: Path, formats: tuple[str, ...] | None = None) -> Path:
+def fig_test_ppl(groups: list[Group], out: Path) -> Path:
     plt = mpl()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained")
     ax, dax = axes
@@ -128,7 +128,7 @@ def fig_test_ppl(groups: list[Group], out: Path, formats: tuple[str, ...] | None
     if note:
         dax.text(0.99, 0.02, note, transform=dax.transAxes, ha="right", va="bottom", fontsize=7, color="0.3")
     legend_below(fig, list(axes))
-    return save_figure(fig, out, "test-ppl", formats)
+    return save_figure(fig, out, "test-ppl")
 
 
 _BUCKET_TITLES = {"1-10": "ranks 1-10 (most frequent types)", "11-100": "ranks 11-100", "101-1000": "ranks 101-1000",
@@ -189,8 +189,7 @@ def _shift_matrix(group: Group, buckets: list[str]) -> tuple[np.ndarray, np.ndar
     return np.array(gens_all), m, unresolved
 
 
-def fig_bucket_heatmap(groups: list[Group], buckets: list[str], out: Path,
-                       formats: tuple[str, ...] | None = None) -> Path:
+def fig_bucket_heatmap(groups: list[Group], buckets: list[str], out: Path) -> Path:
     plt = mpl()
     from matplotlib.colors import TwoSlopeNorm
 
@@ -230,7 +229,7 @@ def fig_bucket_heatmap(groups: list[Group], buckets: list[str], out: Path,
     suptitle(fig, "Token-frequency shift of each generation's samples vs the real text, % per bucket"
                  + (" (mean over seeds)" if any(len(g.runs) > 1 for g in groups) else "")
                  + ("\n(parentheses, dotted: the 95% interval includes 0)" if marked else ""), fontsize=10)
-    return save_figure(fig, out, "bucket-heatmap", formats)
+    return save_figure(fig, out, "bucket-heatmap")
 
 
 def fig_bucket_shift(groups: list[Group], buckets: list[str], out: Path) -> Path:

@@ -130,12 +130,12 @@ def suptitle(fig, text: str, fontsize: float = 10) -> None:
 FORMATS: ContextVar[tuple[str, ...]] = ContextVar("collapse_figure_formats", default=("png", "svg"))
 
 
-def save_figure(fig, out: Path, stem: str, formats: tuple[str, ...] | None = None) -> Path:
-    """Write ``stem.png`` and ``stem.svg`` (no date in the SVG: the same figure gives the same file); ``formats``
-    ("png",) (or :data:`FORMATS` set so): the PNG alone, and an older ``stem.svg`` is removed, so a page never
-    links a vector figure of other data (drawing the SVG takes as long as the PNG, 2.5x for a large heatmap)."""
+def save_figure(fig, out: Path, stem: str) -> Path:
+    """Write ``stem.png`` and ``stem.svg`` (no date in the SVG: the same figure gives the same file); with
+    :data:`FORMATS` set to ("png",), the PNG alone, and an older ``stem.svg`` is removed, so a page never links a
+    vector figure of other data (drawing the SVG takes as long as the PNG, 2.5x for a large heatmap)."""
     plt = mpl()
-    formats = formats or FORMATS.get()
+    formats = FORMATS.get()
     if "svg" not in formats:
         (out / f"{stem}.svg").unlink(missing_ok=True)
     for ext in formats:
