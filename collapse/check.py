@@ -154,45 +154,15 @@ def check_data(cfg: Config, plan: Plan) -> None:
 
 
 def check_model(cfg: Config, plan: Plan, device) -> None:
-    """The model's skeleton and tokenizer: a cached scratch model or a local folder / hub id, weights not loaded."""
-    import torch
+    """The model's skeleton and tokenizer (its kind's facts), weights not loaded; with `run`, what must fit."""
+    from collapse.models import kind_for
 
-    from collapse.modeling import check_fits, context_length, load_skeleton
-
-    m = cfg.model
-    if m.name_or_path == "ngram":
-        from collapse.ngram import skeleton, tokenizer_for
-
-        plan.tok = tokenizer_for(m, plan.splits)
-        plan.skeleton = skeleton(len(plan.tok), m.ngram.n, m.ngram.add_k, plan.tok.eos_token_id)
-        plan.add("model", f"ngram n={m.ngram.n}, add_k={m.ngram.add_k:g}: counts of its regime's training set; "
-                          f"tokenizer {len(plan.tok):,} entries")
-        return
-    if m.name_or_path == "scratch":
-        from collapse.scratch import SHIPPED, TOKENS_FILE, build_scratch_model, scratch_folder
-
-        folder = scratch_folder(m.scratch, plan.splits)
-        if (folder / "DONE").is_file():
-            plan.skeleton, plan.tok = load_skeleton(str(folder), m, device)
-            plan.token_cache = folder / TOKENS_FILE
-            where = "shipped generation 0 (collapse/gen0)" if folder == SHIPPED else f"cached in {folder}"
-        else:
-            with torch.device("meta"):
-                tok = getattr(plan.splits, "tokenizer", None)  # the synthetic source's: its size, not vocab_size
-                plan.skeleton = build_scratch_model(m.scratch, len(tok) if tok is not None else m.scratch.vocab_size, 0)
-            steps = (f"until converged, at most {m.scratch.steps} steps" if m.scratch.until == "converged"
-                     else f"{m.scratch.steps} steps")
-            where = f"not built yet: built first (pre-training {steps}), then cached"
-        s = m.scratch
-        label = f"scratch {s.arch} {s.n_layer}×{s.d_model}, {where}"
-    else:
-        plan.skeleton, plan.tok = load_skeleton(m.name_or_path, m, device)
-        label = m.name_or_path
+    kind = kind_for(cfg.model.name_or_path)
+    facts = kind.facts(cfg, plan.splits, device)
+    plan.skeleton, plan.tok, plan.token_cache = facts.skeleton, facts.tokenizer, facts.token_cache
     if plan.command == "run":
-        check_fits(cfg, plan.skeleton)
-    n = sum(p.numel() for p in plan.skeleton.parameters())
-    tok = f"tokenizer {len(plan.tok):,} entries" if plan.tok is not None else "tokenizer built with it"
-    plan.add("model", f"{label}; {n / 1e6:.2f}M parameters, context {context_length(plan.skeleton):,}; {tok}")
+        kind.check_fits(cfg, plan.skeleton)
+    plan.add("model", facts.label)
 
 
 def check_scratch_fits(cfg: Config, docs: list[str]) -> None:
@@ -229,6 +199,7 @@ def check_run(cfg: Config, accelerator) -> Plan:
     from collapse.checkpoints import Checkpoints, disk_estimate
     from collapse.data import real_data, split_ids
     from collapse.modeling import vocab_size
+    from collapse.models import kind_for
     from collapse.runtime import fmt_bytes
 
     plan = Plan("run", main=accelerator.is_main_process, warnings=ineffective_settings(cfg, "run"))
@@ -237,13 +208,13 @@ def check_run(cfg: Config, accelerator) -> Plan:
     check_model(cfg, plan, accelerator.device)
     if cfg.data.source == "synthetic":  # kl_truth reads whole truth documents after a separator
         from collapse.errors import ModelError
-        from collapse.modeling import context_length
+        from collapse.models import context_length
 
         need, ctx = cfg.data.synthetic.doc_tokens + 1, context_length(plan.skeleton)
         if need > ctx:
             raise ModelError(f"data.synthetic.doc_tokens + 1 = {need} exceeds the model's context of {ctx} tokens "
                              "(kl_truth reads whole documents): lower data.synthetic.doc_tokens.")
-    gc, tc = cfg.generation, cfg.train
+    gc = cfg.generation
     if plan.tok is not None:
         plan.ids = split_ids(plan.tok, plan.splits, plan.token_cache)
         plan.data = d = real_data(cfg, plan.ids, plan.tok.eos_token_id, vocab_size(plan.skeleton, plan.tok))
@@ -257,15 +228,7 @@ def check_run(cfg: Config, accelerator) -> Plan:
     per = f"{n_seq:,}" if n_seq else "one per training block"
     plan.add("samples", f"{per} × {gc.new_tokens} tokens from {gc.prompt_tokens}-token real prompts, "
                         f"{cfg.generations} generations, regime {cfg.regime.kind}")
-    lora = ""
-    if cfg.model.name_or_path == "ngram":
-        plan.add("train", f"counting each generation's training set ({cfg.model.ngram.n}-grams)")
-    elif tc.method == "lora":
-        from collapse.modeling import default_targets
-
-        lora = f" r={tc.lora.r} on {','.join(tc.lora.target_modules or default_targets(plan.skeleton))}"
-    if cfg.model.name_or_path != "ngram":
-        plan.add("train", f"{tc.method}{lora} from {tc.init}, {tc.epochs} epochs, lr {tc.lr:g}, batch {tc.batch_size}")
+    plan.add("train", kind_for(cfg.model.name_or_path).training_line(cfg, plan.skeleton))
     if n_seq:
         per_gen, total = disk_estimate(cfg, Checkpoints(cfg, plan.out, accelerator.device), plan.skeleton, n_seq)
         free = _free_bytes(plan.out)
@@ -282,7 +245,7 @@ def check_run(cfg: Config, accelerator) -> Plan:
 def check_measure(cfg: Config, accelerator) -> Plan:
     """Every check `collapse measure` makes before it generates; raises CollapseError, writes nothing."""
     from collapse.errors import ModelError
-    from collapse.modeling import context_length
+    from collapse.models import context_length
 
     plan = Plan("measure", main=accelerator.is_main_process, warnings=ineffective_settings(cfg, "measure"))
     check_out_dir(cfg, plan)

@@ -11,9 +11,9 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from collapse.metrics import BUCKETS
+from collapse.models.kind import kind_of
 
 
 def _shard(n: int, accelerator) -> np.ndarray:
@@ -32,45 +32,14 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-CPU_FORWARD_TOKENS = 2048
-
-
 def forward_rows(model, device: torch.device, batch_size: int, length: int) -> int:
-    """Rows per forward pass of the measurements below: ``batch_size`` on a GPU (and for the n-gram, which
-    looks its probabilities up); on a CPU at most ``CPU_FORWARD_TOKENS`` tokens (16 rows of 128), so that a
-    pass's activations stay in cache memory. Measured on the 2-core machine, the shipped model scoring
-    2048 x 128 tokens: 16 rows 1.4x faster than 64 (4 and 8 as fast as 16; ``scripts/bench.py``, part 3b). The
-    figures came out bit-identical for every chunking tried (``tests/test_evaluate.py``, the benchmark): the
-    sums run in row order, and the CPU kernels gave each row the same result whatever the rows beside it."""
-    if device.type != "cpu" or getattr(model, "logits_are_log_probs", False):
-        return max(1, batch_size)
-    return max(1, min(batch_size, CPU_FORWARD_TOKENS // max(length, 1)))
+    """Rows per forward pass of the measurements below (the model's kind decides: cache-sized on a CPU)."""
+    return kind_of(model).rows_per_forward(model, device, batch_size, length)
 
 
 def token_nll(model, blocks: torch.Tensor, start: int = 1) -> torch.Tensor:
-    """NLL (nats) of tokens ``start..L-1`` of each block given the tokens before it: [B, L-start], float32.
-
-    With ``start > 1`` only the logits that predict those tokens are computed (``logits_to_keep``): the
-    output layer and the softmax over the vocabulary cost more than the trunk of a small model.
-    """
-    if getattr(model, "logits_are_log_probs", False):  # the n-gram: exact log-probabilities of the targets
-        return -model.target_log_probs(blocks, start)  # (probability 0: +inf)
-    L = blocks.shape[1]
-    logits = _logits(model, blocks, L - start + 1)[:, -(L - start + 1):-1]
-    B, T, V = logits.shape
-    # (B*T, V) rows: the transposed (B, V, T) layout takes a slow path (6x on a GPU, 1.7x on a CPU)
-    return F.cross_entropy(logits.float().reshape(B * T, V), blocks[:, start:].reshape(-1),
-                           reduction="none").view(B, T)
-
-
-def _logits(model, blocks: torch.Tensor, keep: int) -> torch.Tensor:
-    """Logits of (at least) the last ``keep`` positions; the full sequence for models without ``logits_to_keep``."""
-    if keep < blocks.shape[1] and getattr(model, "_collapse_keep_ok", True):
-        try:
-            return model(input_ids=blocks, logits_to_keep=keep).logits
-        except TypeError:  # a model whose forward has no logits_to_keep: remember, compute all
-            model._collapse_keep_ok = False
-    return model(input_ids=blocks).logits
+    """NLL (nats) of tokens ``start..L-1`` of each block given the tokens before it: [B, L-start], float32."""
+    return kind_of(model).token_nll(model, blocks, start)
 
 
 @torch.inference_mode()

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from collapse.config import GenerationConfig
+from collapse.models.kind import kind_of
 from collapse.seeding import seeded_generator
 
 
@@ -108,9 +109,9 @@ def sample_batch(model, prompts: torch.Tensor, new_tokens: int, cfg: GenerationC
         u = None
         if cfg.temperature != 0:
             u = torch.rand(new_tokens, B, dtype=torch.float64, generator=generator, device=generator.device).to(dev)
-        if u is not None and hasattr(model, "sample") and cfg.temperature == 1.0 and cfg.top_k == 0 \
-                and cfg.top_p == 1.0 and cfg.repetition_penalty == 1.0:  # the n-gram draws from its counts directly
-            return model.sample(prompts, new_tokens, u, suppress_ids).cpu()
+        own = kind_of(model).sample(model, prompts, new_tokens, cfg, u, suppress_ids)  # a kind's own sampler
+        if own is not None:
+            return own.cpu()
         run = lambda r0, r1: _decode(model, prompts[r0:r1], new_tokens, cfg,  # noqa: E731
                                      None if u is None else u[:, r0:r1], suppress_ids, engines)
     # a chunk of prompts decodes K rows each (its beams)
@@ -174,8 +175,8 @@ def _beam_decode(model, prompts: torch.Tensor, new_tokens: int, cfg: GenerationC
     Same tokens as HF whenever both see the same logits (tested in float32; the GPT-2/OPT engine's logits
     equal HF's to float tolerance, so in bfloat16 a near-tie between two candidates can go the other way;
     the Llama-family engine's are bit-identical to HF's SDPA forward in bfloat16 too).
-    Decoding settings stored with a hub model (``generation_config.no_repeat_ngram_size`` and the like)
-    are not applied: the ``generation.*`` keys define the decoding.
+    Decoding settings stored with a hub model (repetition blocking and the like) are not applied: the
+    ``generation.*`` keys define the decoding.
 
     The steps of HF's ``_beam_search`` when no beam can end early (EOS suppressed): the beams of a prompt
     are K adjacent rows, beam 0 starts at score 0 and the others at -1e9; each step takes ``log_softmax``

@@ -96,10 +96,10 @@ def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = Fals
     from collapse.check import check_measure
     from collapse.data import measure_windows, split_ids
     from collapse.generate import generate_corpus
-    from collapse.modeling import decode_rows, load_model, set_threads
+    from collapse.modeling import decode_rows, set_threads
+    from collapse.models import kind_for
     from collapse.report import plot_bucket_shift
     from collapse.runtime import make_accelerator
-    from collapse.scratch import TOKENS_FILE
     from collapse.tracking import make_logger
 
     t0 = time.perf_counter()
@@ -112,11 +112,12 @@ def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = Fals
         return plan
     for w in plan.warnings if is_main else ():
         log.warning(f"warning: {w}")
-    model, tok, model_ref = load_model(cfg.model, plan.splits, accelerator.device, show_progress,
-                                             accelerator=accelerator)
+    loaded = kind_for(cfg.model.name_or_path).load(cfg.model, plan.splits, accelerator.device, show_progress,
+                                                   accelerator=accelerator)
+    model, tok, model_ref = loaded.model, loaded.tokenizer, loaded.ref
     windows, ids = plan.data, plan.ids  # made by the check where the tokenizer was at hand; else with the scratch
     if windows is None:  # one, just built with its splits' token ids
-        ids = split_ids(tok, plan.splits, Path(model_ref) / TOKENS_FILE)
+        ids = split_ids(tok, plan.splits, loaded.token_cache)
         windows = measure_windows(ids[cfg.measure.split], cfg.measure.window, cfg.measure.samples, cfg.measure.split)
     train_ids = ids["train"] if cfg.measure.rank_by == "train" else None
     half = cfg.measure.window // 2

@@ -1,4 +1,7 @@
-"""Models and tokenizers: hub ids and local folders (the scratch model is built in ``scratch.py``); LoRA attach."""
+"""Transformers models and tokenizers: hub ids and local folders, threads and dtypes, decoding rows, LoRA attach.
+
+The transformer kind (``collapse.models.transformer``) builds on these; the scratch model is built in ``scratch.py``.
+"""
 
 from __future__ import annotations
 
@@ -136,50 +139,8 @@ def load_skeleton(name_or_path: str, cfg: ModelConfig, device: torch.device):
     return model, tok
 
 
-def context_length(model) -> int:
-    c = model.config
-    for k in ("n_positions", "max_position_embeddings", "n_ctx", "max_seq_len", "seq_length"):
-        v = getattr(c, k, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    return 1 << 30
-
-
 def vocab_size(model, tokenizer) -> int:
     return max(int(model.config.vocab_size), len(tokenizer))
-
-
-def check_fits(cfg, model) -> None:
-    """The run's blocks within the model's context; its LoRA targets present in it. Raises ModelError."""
-    ctx = context_length(model)
-    L = cfg.generation.prompt_tokens + cfg.generation.new_tokens
-    if L > ctx:
-        raise ModelError(f"generation.prompt_tokens + generation.new_tokens = {L} exceeds the model's context of "
-                         f"{ctx} tokens: shorten them.")
-    eval_len = cfg.eval.block_size or L
-    if eval_len > ctx:
-        raise ModelError(f"eval.block_size={eval_len} exceeds the model's context of {ctx} tokens.")
-    if cfg.train.method == "lora" and cfg.model.name_or_path != "ngram":  # the n-gram has no layers to adapt
-        lc = cfg.train.lora
-        check_lora_targets(model, lc.target_modules or default_targets(model), lc.modules_to_save)
-
-
-def load_model(cfg: ModelConfig, splits, device: torch.device, show_progress: bool = True, accelerator=None):
-    """(model, tokenizer, folder) for ``model.name_or_path``; the scratch model is shipped, cached or built now
-    (on ``accelerator``'s device and processes when given)."""
-    if cfg.name_or_path == "ngram":  # counted here from the real training split: seconds
-        from collapse.ngram import generation0, tokenizer_folder
-
-        model, tok = generation0(cfg, splits, device)
-        return model, tok, str(tokenizer_folder(cfg, splits, tok))
-    if cfg.name_or_path == "scratch":
-        from collapse.scratch import get_scratch_model
-
-        folder = get_scratch_model(cfg.scratch, splits, show_progress, accelerator=accelerator)
-        model, tok = load_pretrained(str(folder), cfg, device)
-        return model, tok, str(folder)
-    model, tok = load_pretrained(cfg.name_or_path, cfg, device)
-    return model, tok, cfg.name_or_path
 
 
 # ---------------------------------------------------------------------- LoRA

@@ -50,9 +50,8 @@ from collapse.errors import CollapseError, DataError
 from collapse.evaluate import evaluate_blocks, sequence_ppl
 from collapse.generate import generate_corpus
 from collapse.io import atomic_path, read_json, write_json, write_npz, write_parquet, write_text
-from collapse.modeling import check_fits, decode_rows, load_model, set_threads, vocab_size
-from collapse.ngram import train as ngram_train
-from collapse.ngram import zero_prob_tokens
+from collapse.modeling import decode_rows, set_threads, vocab_size
+from collapse.models import TrainJob, kind_for
 from collapse.regimes import regime_training_set
 from collapse.rows import PPL_BINS, interval_part, metrics_row, metrics_table
 from collapse.run_tracking import (
@@ -79,10 +78,8 @@ from collapse.rundir import (
     verify_stages,
 )
 from collapse.runtime import StageClock, fmt_bytes, fmt_pct, fmt_s, make_accelerator
-from collapse.scratch import TOKENS_FILE
 from collapse.seeding import numpy_rng
 from collapse.tracking import NullLogger, StepAxis, close_quietly, make_logger, new_run_id, train_steps, wants_wandb
-from collapse.train import finetune
 from collapse.truth import add_truth, kl_truth
 
 log = logging.getLogger("collapse")
@@ -131,15 +128,13 @@ def train_stage(run: Run, g: int, base, prev: Weights | None, model: Weights) ->
                                     samples=[run.samples(k) for k in range(g)],
                                     real_fraction=cfg.regime.real_fraction, size=cfg.regime.size,
                                     rng=numpy_rng(cfg.seed, g, "regime"))
-    if run.ckpt.ngram:  # the n-gram "trains" by counting: model g = the counts of its regime's training set
-        trainee, stats = ngram_train(run.model0, rows, run.data.val_blocks, cfg.eval.batch_size, run.accelerator)
-    else:
-        trainee = run.ckpt.start(g, base, prev)
-        if prev is not None:
-            prev.model = None  # model g-1 is not needed any more
-        stats = finetune(trainee, rows, run.data.val_blocks, cfg.train, run.accelerator, key=(cfg.seed, g, "train"),
-                         show_progress=run.show, desc=f"gen {g} train", on_step=lambda s: fault.point("train", g, s),
-                         curve=TrainCurve(run.logger, g))
+    trainee = run.ckpt.start(g, base, prev)
+    if prev is not None:
+        prev.model = None  # model g-1 is not needed any more
+    trainee, stats = run.ckpt.kind.train(trainee, TrainJob(
+        rows, run.data.val_blocks, cfg.train, run.accelerator, key=(cfg.seed, g, "train"),
+        batch_size=cfg.eval.batch_size, show_progress=run.show, desc=f"gen {g} train",
+        on_step=lambda s: fault.point("train", g, s), curve=TrainCurve(run.logger, g)))
     model.model = run.ckpt.save(trainee, g, run.is_main)
     if run.is_main:
         write_json(run.dir(g) / "train.json", {
@@ -157,8 +152,9 @@ def evaluate_stage(run: Run, g: int, model: Weights) -> str:
                          per_block=True)
     if run.data.truth is not None:  # the synthetic source: KL to the known truth
         ev.update(kl_truth(m, run.data.truth, run.tok.eos_token_id, (run.cfg.seed, g), run.cfg.eval.batch_size))
-    if run.ckpt.ngram:  # why an add_k=0 model's test perplexity may be infinite
-        ev["test_zero_tokens"] = zero_prob_tokens(m, run.data.test_blocks, run.cfg.eval.batch_size)
+    extras = run.ckpt.kind.evaluation_extras(m, run.data.test_blocks, run.cfg.eval.batch_size)
+    if extras:  # the model kind's own figures (the n-gram: tokens of probability 0), carried into the row
+        ev.update(extras, extras=sorted(extras))
     fault.point("evaluate", g, 1)
     blocks = {"sums": ev.pop("block_sums"), "counts": ev.pop("block_counts")}
     if run.is_main:
@@ -217,10 +213,11 @@ def gen0_stage(run: Run, g: int, model: Weights) -> str:
     """The paper's generation 0: the base model fine-tuned on the REAL training split."""
     tcfg = copy.deepcopy(run.cfg.train)
     tcfg.epochs = run.cfg.train.gen0_epochs
-    trainee = run.ckpt.trainable(copy.deepcopy(run.model0), 0)
-    stats = finetune(trainee, run.data.real_rows, run.data.val_blocks, tcfg, run.accelerator,
-                     key=(run.cfg.seed, 0, "train"), show_progress=run.show, desc="gen 0 fine-tune on real",
-                     curve=TrainCurve(run.logger, 0))
+    trainee = run.ckpt.kind.start(run.cfg, 0, run.model0, None)
+    trainee, stats = run.ckpt.kind.train(trainee, TrainJob(
+        run.data.real_rows, run.data.val_blocks, tcfg, run.accelerator, key=(run.cfg.seed, 0, "train"),
+        batch_size=run.cfg.eval.batch_size, show_progress=run.show, desc="gen 0 fine-tune on real",
+        curve=TrainCurve(run.logger, 0)))
     model.model = run.ckpt.save_gen0(trainee, run.is_main)
     if run.is_main:
         write_json(run.dir(0) / "train.json", stats)
@@ -279,12 +276,13 @@ class Run:
         for w in plan.warnings if accelerator.is_main_process else ():
             log.warning(f"warning: {w}")
         show = show_progress and accelerator.is_main_process
-        model0, tok, model_ref = load_model(cfg.model, plan.splits, accelerator.device, show,
-                                                 accelerator=accelerator)
+        kind = kind_for(cfg.model.name_or_path)
+        loaded = kind.load(cfg.model, plan.splits, accelerator.device, show, accelerator=accelerator)
+        model0, tok, model_ref = loaded.model, loaded.tokenizer, loaded.ref
         data = plan.data
-        if data is None:  # the scratch model was built just now: the checks that needed it
-            check_fits(cfg, model0)
-            ids = split_ids(tok, plan.splits, Path(model_ref) / TOKENS_FILE)
+        if data is None:  # the tokenizer came with the model just built: the checks that needed them
+            kind.check_fits(cfg, model0)
+            ids = split_ids(tok, plan.splits, loaded.token_cache)
             data = real_data(cfg, ids, tok.eos_token_id, vocab_size(model0, tok))
         elif plan.token_cache is not None and not plan.token_cache.is_file() and accelerator.is_main_process:
             with contextlib.suppress(OSError):  # a cache from before tokens.npz: add it (a read-only cache stays)
@@ -400,7 +398,7 @@ class Run:
         self.manifest = m = Manifest.load_or_new(out / "manifest.json", cfg.fingerprint())
         if self.resuming:  # every process checks (read-only) so all agree on what is redone; the main one says it
             for note in verify_stages(m, out, cfg.generations, self.data.n_seq, self.ckpt.subdir,
-                                      self.ckpt.continues_previous):
+                                      self.ckpt.continues_previous, self.ckpt.weights_problem):
                 if self.is_main:
                     log.warning(note)
         acc.wait_for_everyone()

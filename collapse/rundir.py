@@ -228,28 +228,6 @@ def rewrite_metrics_jsonl(out: Path, gens: list[int]) -> None:
 # ---------------------------------------------------------------------- checks on resume
 
 
-def safetensors_problem(folder: Path) -> str | None:
-    """None if every *.safetensors file in ``folder`` is complete (header and data covered), else why not."""
-    from safetensors import safe_open
-
-    if (folder / "counts.npz").is_file():  # the n-gram model's counts (collapse.ngram), not weights
-        try:
-            np.load(folder / "counts.npz", allow_pickle=False).close()
-            return None
-        except Exception as e:  # noqa: BLE001
-            return f"{folder.name}/counts.npz cannot be read ({first_line(e, 120)})"
-    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-    if not files:
-        return f"{folder.name}/ holds no weights"
-    for f in files:
-        try:
-            with safe_open(str(f), "np") as fh:
-                fh.keys()
-        except Exception as e:  # noqa: BLE001 - SafetensorError and OSError
-            return f"{f.relative_to(folder.parent.parent)} cannot be read ({first_line(e, 120)})"
-    return None
-
-
 def _json_problem(d: Path, name: str, key: str) -> str | None:
     try:
         obj = read_json(d / name)
@@ -280,12 +258,13 @@ def _samples_problem(d: Path, n_seq: int) -> str | None:
     return None
 
 
-def stage_problem(stage: str, g: int, out: Path, n_seq: int) -> str | None:
-    """Why the recorded stage ``stage`` of generation g cannot be trusted, or None. Reads metadata only."""
+def stage_problem(stage: str, g: int, out: Path, n_seq: int, weights_problem) -> str | None:
+    """Why the recorded stage ``stage`` of generation g cannot be trusted, or None. Reads metadata only
+    (``weights_problem(folder)``: the model kind's check of a weights folder)."""
     d = gen_dir(out, g)
     if stage == "train":
         if g == 0:  # the fine-tune on real text (train.gen0_epochs)
-            return safetensors_problem(d / "model")
+            return weights_problem(d / "model")
         return _json_problem(d, "train.json", "val_nll")
     if stage == "evaluate":
         return _json_problem(d, "eval.json", "test_ppl")
@@ -324,7 +303,7 @@ def _intervals_problem(d: Path) -> str | None:
 
 
 def verify_stages(manifest: Manifest, out: Path, generations: int, n_seq: int, weights_sub: str,
-                  continues_previous: bool) -> list[str]:
+                  continues_previous: bool, weights_problem) -> list[str]:
     """On resume: un-record every stage whose files are missing or damaged, so it is redone.
 
     A stage found broken is redone with the stages of its generation that read its files (samples ->
@@ -341,7 +320,7 @@ def verify_stages(manifest: Manifest, out: Path, generations: int, n_seq: int, w
         for stage in STAGES:
             if not manifest.done(g, stage):
                 continue
-            why = stage_problem(stage, g, out, n_seq)
+            why = stage_problem(stage, g, out, n_seq, weights_problem)
             if why == OLDER:
                 older[g] = "measure"
                 manifest.clear(g, REDO_WITH[stage])
@@ -352,7 +331,7 @@ def verify_stages(manifest: Manifest, out: Path, generations: int, n_seq: int, w
         if manifest.done(g, "evaluate") and not (gen_dir(out, g) / EVAL_BLOCKS).is_file():
             # evaluated by an older collapse: the per-block losses behind the test intervals are missing;
             # evaluate again where the weights are at hand (never retrain for an interval)
-            if (g == 0 and not manifest.done(0, "train")) or not safetensors_problem(
+            if (g == 0 and not manifest.done(0, "train")) or not weights_problem(
                     gen_dir(out, g) / ("model" if g == 0 else weights_sub)):
                 manifest.clear(g, REDO_WITH["evaluate"])
                 older[g] = "evaluate/measure"
@@ -360,7 +339,7 @@ def verify_stages(manifest: Manifest, out: Path, generations: int, n_seq: int, w
             needed = (not manifest.done(g, "evaluate") or not manifest.done(g, "generate")
                       or (continues_previous and g < generations and not manifest.done(g + 1, "train")))
             if needed:
-                why = safetensors_problem(gen_dir(out, g) / weights_sub)
+                why = weights_problem(gen_dir(out, g) / weights_sub)
                 if why:
                     manifest.clear(g, ("train",))
                     notes.append(f"gen {g}: weights needed to resume: {why}: redoing train")

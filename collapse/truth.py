@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from collapse import metrics as M
+from collapse.models.kind import kind_of
 from collapse.seeding import numpy_rng
 from collapse.stats import mean_ci
 
@@ -34,19 +35,12 @@ def model_log_prob(model, docs: np.ndarray, sep: int | None, batch_size: int = 6
     """log p(x_t | sep, x_<t) [n, T] of every token of ``docs`` under ``model``, the separator excluded."""
     was_training = model.training
     model.eval()
-    dev = next(model.parameters()).device
     out = np.empty(docs.shape, dtype=np.float64)
+    kind = kind_of(model)
     for i in range(0, len(docs), batch_size):
         d = torch.as_tensor(docs[i:i + batch_size], dtype=torch.long)
         x = d if sep is None else torch.cat([torch.full((len(d), 1), sep, dtype=torch.long), d], 1)
-        if hasattr(model, "target_log_probs"):  # the n-gram: its exact log-probabilities, renormalized alike
-            out[i:i + len(d)] = model.target_log_probs(x, x.shape[1] - d.shape[1], drop=sep).double().numpy()
-            continue
-        logits = model(input_ids=x.to(dev)).logits[:, -d.shape[1] - 1:-1].float()
-        if sep is not None:
-            logits[..., sep] = float("-inf")
-        lp = torch.log_softmax(logits, -1).gather(-1, d.to(dev)[..., None])[..., 0]
-        out[i:i + len(d)] = lp.double().cpu().numpy()
+        out[i:i + len(d)] = kind.log_probs_without(model, x, x.shape[1] - d.shape[1], sep).double().cpu().numpy()
     model.train(was_training)
     return out
 
@@ -89,11 +83,11 @@ def truth_row(truth, ev: dict, gen_ids: np.ndarray, vocab: int) -> dict:
 
 
 def add_truth(row: dict, truth, ev: dict, gen_ids: np.ndarray, vocab: int) -> None:
-    """Into a metrics row: the n-gram's ``test_zero_tokens`` (why its test perplexity may be infinite), and with a
-    synthetic source (``truth`` not None) the figures against the truth; the shifts against the training split
-    are kept as ``bucket_shift_ref`` / ``bucket_share_ref``."""
-    if "test_zero_tokens" in ev:
-        row["test_zero_tokens"] = ev["test_zero_tokens"]
+    """Into a metrics row: the model kind's evaluation figures (``eval.json``'s ``extras``: the n-gram's
+    ``test_zero_tokens``), and with a synthetic source (``truth`` not None) the figures against the truth; the
+    shifts against the training split are kept as ``bucket_shift_ref`` / ``bucket_share_ref``."""
+    for k in ev.get("extras", ()):
+        row[k] = ev[k]
     if truth is not None:
         row.update(bucket_shift_ref=row["bucket_shift"], bucket_share_ref=row["bucket_share"],
                    **truth_row(truth, ev, gen_ids, vocab))

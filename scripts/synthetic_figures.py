@@ -37,10 +37,9 @@ def _t95(n: int) -> float:
 
 def law_curves(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """(replace curve, mix curve) for the config of one run of the law sweep (collapse/law.py)."""
-    from collapse import law
     from collapse.config import load_config
     from collapse.data import load_splits, real_data, split_ids
-    from collapse.ngram import generation0
+    from collapse.models.ngram import generation0, law
 
     cfg = load_config(run_dir / "config.yaml", embedded=True)
     splits = load_splits(cfg.data)

@@ -55,7 +55,9 @@ def test_permission_denied_is_one_error(tmp_path, monkeypatch):
 def test_modules_to_save_typo_is_refused_before_generation_0():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from collapse.modeling import check_fits
+    from collapse.models import kind_for
+
+    check_fits = kind_for("scratch").check_fits
 
     with torch.device("meta"):
         model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, bos_token_id=0,
@@ -77,7 +79,7 @@ def test_a_full_fine_tune_reloads_in_the_dtype_it_was_used_in(tmp_path):
     """Resume reloads model g as it was in memory: float32 master weights over a bf16 base stay float32."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from collapse.checkpoints import load_model_dir
+    from collapse.models.transformer import load_model_dir
 
     m = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, bos_token_id=0, eos_token_id=0))
     m.save_pretrained(tmp_path / "f32")

@@ -97,13 +97,14 @@ def test_cpu_forward_chunks_do_not_change_the_figures(monkeypatch):
     chunking gives the same figures, bit for bit: each row's NLL comes out the same, the sums run in float64
     in row order, and the validation loss still sums whole batches."""
     import collapse.evaluate as E
+    import collapse.models.kind as T
 
     m = _gpt2().eval()
     seqs = np.random.default_rng(0).integers(3, 300, size=(37, 16))
     bucket_of = np.random.default_rng(1).integers(0, 5, size=512)
     got = []
     for tokens in (10_000, 16, 48):  # all rows in one pass; one row per pass; three rows per pass
-        monkeypatch.setattr(E, "CPU_FORWARD_TOKENS", tokens)
+        monkeypatch.setattr(T, "CPU_FORWARD_TOKENS", tokens)
         assert E.forward_rows(m, torch.device("cpu"), 64, 16) == min(64, max(1, tokens // 16))
         got.append((E.sequence_ppl(m, seqs, 5, batch_size=64),
                     E.evaluate_blocks(m, seqs, bucket_of, batch_size=64, per_block=True),

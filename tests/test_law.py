@@ -21,11 +21,10 @@ import numpy as np
 import pytest
 import torch
 
-from collapse import law
 from collapse.config import GenerationConfig, load_config
 from collapse.data import load_splits
 from collapse.generate import sample_batch
-from collapse.ngram import NGramCounts, fit, generation0
+from collapse.models.ngram import NGramCounts, fit, generation0, law
 from collapse.regimes import regime_training_set
 from collapse.seeding import numpy_rng, seeded_generator
 

@@ -13,7 +13,7 @@ from conftest import run_cli
 
 from collapse.config import GenerationConfig
 from collapse.generate import _decode, sample_batch
-from collapse.ngram import NGramCounts, fit, load, save, skeleton
+from collapse.models.ngram import NGramCounts, fit, load, save, skeleton
 from collapse.seeding import seeded_generator
 
 

@@ -353,9 +353,9 @@ def _tiny_model():
 
 
 def test_init_base_vs_previous_start_weights():
-    from collapse.checkpoints import starting_model
     from collapse.config import LoraConfig
     from collapse.modeling import attach_lora
+    from collapse.models.transformer import starting_model
 
     base = _tiny_model()
     base_sd = {k: v.clone() for k, v in base.state_dict().items()}

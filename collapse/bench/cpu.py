@@ -363,6 +363,7 @@ def bench_measurement(inp: Inputs, repeats: int, n_rows: int, resamples: int = 1
     import torch
 
     import collapse.evaluate as E
+    import collapse.models.kind as T
     from collapse import stats as S
 
     seqs = inp.blocks[:n_rows]
@@ -372,12 +373,12 @@ def bench_measurement(inp: Inputs, repeats: int, n_rows: int, resamples: int = 1
 
     def rows(k):
         def f():
-            saved = E.CPU_FORWARD_TOKENS
-            E.CPU_FORWARD_TOKENS = k * L
+            saved = T.CPU_FORWARD_TOKENS
+            T.CPU_FORWARD_TOKENS = k * L
             try:
                 out[k] = E.sequence_ppl(inp.model, seqs, start, batch_size=64)
             finally:
-                E.CPU_FORWARD_TOKENS = saved
+                T.CPU_FORWARD_TOKENS = saved
         return f
 
     now = E.forward_rows(inp.model, torch.device("cpu"), 64, L)  # what a CPU runs (16 rows at L = 128)

@@ -3,7 +3,6 @@ and evaluation rows."""
 
 from __future__ import annotations
 
-import copy
 import time
 
 from collapse.bench.cuda_common import Budget, Dev, matmul_params, say_cuda
@@ -55,15 +54,14 @@ def train_bench(model, dev: Dev, budget: Budget, ceil: dict, seq: int, batch: in
 
 def _train_variant(model, dev, acc, key, label, kw, rows, val, batch, seq, warm, mp, ceil, out) -> dict:
 
-    from pathlib import Path
 
-    from collapse.checkpoints import Checkpoints
     from collapse.config import Config, TrainConfig
+    from collapse.models import kind_for
     from collapse.train import finetune
 
     tcfg = TrainConfig(epochs=1, batch_size=batch, select="last", warmup_ratio=0.0, **kw)
     # the weights exactly as `collapse run` makes them trainable (a full fine-tune: float32 master weights)
-    m = Checkpoints(Config(train=tcfg), Path("."), dev.device).trainable(copy.deepcopy(model), 1)
+    m = kind_for("scratch").start(Config(train=tcfg), 1, model, None)
     named0 = [(n, p) for n, p in m.named_parameters() if p.requires_grad and p.dim() == 2]
     probe = [(n, p.detach().clone()) for n, p in named0[:: max(1, len(named0) // 6)]]
     trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)

@@ -12,11 +12,12 @@ as it is (test_ppl and kl_truth are +inf, written as null in JSON) together with
 it (``test_zero_tokens``, ``kl_truth_zero``); no floor is added, since a floor would hide exactly the
 forgetting that collapse is about. Use add_k > 0 for finite figures.
 
-The model is a ``torch.nn.Module`` whose "logits" are the log-probabilities, so evaluation, generation
-(HF's forward through its cache: the cache is the last n-1 tokens), per-sample perplexity and KL to truth
-run the same code as for a transformer, with the same seeds and shards. Sampling draws from
-``softmax(log p)`` = p (float32), the EOS id suppressed as for every model. It is saved as one
-``counts.npz`` (atomic) per generation.
+The model is a ``torch.nn.Module`` whose "logits" are the log-probabilities, so generation with any
+decoding setting runs the shared decode loop (HF's forward through its cache: the cache is the last n-1
+tokens) with the same seeds and shards; its kind (``collapse.models.ngram``) scores targets exactly and
+samples plain temperature-1 draws straight from the counts. Sampling draws from ``softmax(log p)`` = p
+(float32), the EOS id suppressed as for every model. It is saved as one ``counts.npz`` (atomic) per
+generation. Imports numpy, torch and collapse.io only.
 """
 
 from __future__ import annotations
@@ -131,8 +132,6 @@ def _empty_table() -> tuple[np.ndarray, ...]:
 
 class NGramLM(torch.nn.Module):
     """An :class:`NGramCounts` behind a causal-LM forward: ``logits`` are log p (``-inf`` where p = 0)."""
-
-    logits_are_log_probs = True  # normalized already: evaluation reads target_log_probs (collapse.evaluate.token_nll)
 
     def __init__(self, counts: NGramCounts, eos_token_id: int | None = None):
         super().__init__()
@@ -269,98 +268,3 @@ class NGramLM(torch.nn.Module):
 
 def fit(rows: np.ndarray, vocab: int, n: int, add_k: float, eos_token_id: int | None) -> NGramLM:
     return NGramLM(NGramCounts.fit(rows, vocab, n, add_k, eos_token_id), eos_token_id).eval()
-
-
-def train(model0: NGramLM, rows: np.ndarray, val_blocks: np.ndarray, batch_size: int = 64,
-          accelerator=None) -> tuple[NGramLM, dict]:
-    """One generation's "training": count ``rows`` with generation 0's settings; the stats a fine-tune reports
-    (validation NLL on the REAL validation blocks)."""
-    import time
-
-    from collapse.evaluate import mean_nll
-
-    t0 = time.perf_counter()
-    c = model0.config
-    model = fit(rows, c.vocab_size, c.ngram_n, c.add_k, c.eos_token_id)
-    val = mean_nll(model, val_blocks, batch_size, accelerator)
-    dt = time.perf_counter() - t0
-    return model, {"history": [], "epoch_selected": 0, "train_loss": None, "val_nll": val, "steps": 0,
-                   "seconds": dt, "tokens_per_s": rows.size / dt if dt > 0 else 0.0}
-
-
-def skeleton(vocab: int, n: int, add_k: float, eos_token_id: int | None) -> NGramLM:
-    """An n-gram model with no counts yet: its shape for the checks (vocabulary, context)."""
-    return NGramLM(NGramCounts(vocab, n, add_k, np.zeros(vocab, np.int64), [_empty_table() for _ in range(n - 1)]),
-                   eos_token_id)
-
-
-def save(model: NGramLM, folder: Path) -> None:
-    model.counts.save(folder)
-
-
-def load(folder: Path, eos_token_id: int | None, device=None) -> NGramLM:
-    m = NGramLM(NGramCounts.load(folder), eos_token_id).eval()
-    return m.to(device) if device is not None else m
-
-
-def zero_prob_tokens(model: NGramLM, blocks: np.ndarray, batch_size: int = 64) -> int:
-    """Tokens of ``blocks`` (positions 1..L-1) to which the model gives probability 0 (infinite loss)."""
-    n = 0
-    for i in range(0, len(blocks), batch_size):
-        n += int(torch.isinf(model.target_log_probs(torch.as_tensor(blocks[i:i + batch_size]))).sum())
-    return n
-
-
-def tokenizer_for(cfg, splits):
-    """The n-gram's tokenizer (``cfg``: the ModelConfig): the synthetic source's; else the scratch model's (shipped,
-    cached, or a byte-level BPE trained now on the training split, without building the model)."""
-    if getattr(splits, "tokenizer", None) is not None:
-        return splits.tokenizer
-    from collapse.scratch import scratch_folder, train_tokenizer
-
-    folder = scratch_folder(cfg.scratch, splits)
-    if (folder / "DONE").is_file():
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(folder))
-    return train_tokenizer(splits.train, cfg.scratch.vocab_size)
-
-
-def tokenizer_folder(cfg, splits, tok) -> str:
-    """Where the n-gram's tokenizer is saved (the run's ``base_model``): the synthetic source's in the cache, or
-    the scratch model's folder; `ngram` where it lives in memory only (a BPE trained for this run)."""
-    if getattr(splits, "tokenizer", None) is not None:
-        return str(_synthetic_tokenizer_folder(len(tok) - 1))  # the symbols, then the separator
-    from collapse.scratch import scratch_folder
-
-    folder = scratch_folder(cfg.scratch, splits)
-    return str(folder) if (folder / "DONE").is_file() else "ngram"
-
-
-def _synthetic_tokenizer_folder(V: int):
-    """The synthetic source's word-level tokenizer saved like any Hugging Face tokenizer, once, in the cache: so
-    the report and anyone else can decode an n-gram run's samples."""
-    from collapse.io import atomic_dir
-    from collapse.scratch import cache_root
-    from collapse.synthetic import word_tokenizer
-
-    folder = cache_root() / "synthetic" / f"tokenizer-{V}"
-    if not (folder / "tokenizer.json").is_file():
-        with atomic_dir(folder, replace=False) as tmp:
-            word_tokenizer(V).save_pretrained(tmp)
-    return folder
-
-
-def generation0(cfg, splits, device=None):
-    """(model, tokenizer): generation 0 counts the REAL training documents, joined by the separator as the run's
-    blocks join them (``cfg``: the ModelConfig)."""
-    from collapse.data import tokenize
-
-    tok = tokenizer_for(cfg, splits)
-    eos = tok.eos_token_id
-    parts = []  # the training split's ids (a synthetic source carries them; else the training split alone)
-    for ids in (splits.ids["train"] if splits.ids is not None else tokenize(tok, splits.train)):
-        parts += [ids, np.asarray([eos], dtype=np.int32)]
-    flat = np.concatenate(parts)[None]
-    model = fit(flat, len(tok), cfg.ngram.n, cfg.ngram.add_k, eos)
-    return (model.to(device) if device is not None else model), tok
