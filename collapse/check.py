@@ -18,16 +18,23 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from collapse.config import Config
 from collapse.errors import ConfigError
+
+if TYPE_CHECKING:  # types only: the checks import what they use when they use it
+    import numpy as np
+
+    from collapse.data import RealData, Splits
+    from collapse.models.kind import ModelFacts
 
 log = logging.getLogger("collapse")
 
 
 @dataclass
 class Plan:
-    """What a command is about to do: lines for ``--check``, warnings, and what the checks already loaded."""
+    """What a command is about to do, as facts: lines for ``--check``, warnings, and the out_dir's state."""
 
     command: str
     main: bool = True  # the main process (prints the plan)
@@ -36,12 +43,6 @@ class Plan:
     out: Path | None = None
     resuming: bool = False
     wipe: bool = False
-    splits: object = None
-    skeleton: object = None  # the model's shapes on the meta device
-    tok: object = None  # None: the scratch model (and its tokenizer) is still to be built
-    token_cache: Path | None = None  # a cached scratch model's tokens.npz (it may be missing: older caches)
-    ids: dict | None = None  # every split's token ids, where the tokenizer was at hand
-    data: object = None  # collapse.data.RealData, where the tokenizer was at hand
 
     def add(self, what: str, text: str) -> None:
         self.lines.append((what, text))
@@ -51,6 +52,20 @@ class Plan:
         head = f"collapse {self.command} --check: ready (nothing was written)"
         body = [f"  {w:<{width}}  {t}" for w, t in self.lines]
         return "\n".join([head, *body, *(f"  warning: {w}" for w in self.warnings)])
+
+
+@dataclass
+class Checked:
+    """What the checks read on the way, handed explicitly to the loading step so nothing is read twice.
+
+    ``ids`` (every split's token ids) and ``data`` (the run's blocks, or the measure's windows) are there where
+    the tokenizer was at hand; where it comes with a model still to be built (``facts.tokenizer is None``),
+    the loading step makes them with it."""
+
+    splits: Splits
+    facts: ModelFacts
+    ids: dict[str, list[np.ndarray]] | None = None
+    data: RealData | np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------- settings that cannot act
@@ -138,10 +153,10 @@ def _check_out_dir(cfg: Config, plan: Plan) -> None:
 # ---------------------------------------------------------------------- data and model
 
 
-def check_data(cfg: Config, plan: Plan) -> None:
+def check_data(cfg: Config, plan: Plan) -> Splits:
     from collapse.data import load_splits
 
-    plan.splits = s = load_splits(cfg.data)
+    s = load_splits(cfg.data)
     field_note = "" if cfg.data.source == "kjv" else f", text field `{cfg.data.text_field}`"
     if cfg.data.source == "synthetic":
         from collapse.synthetic import source
@@ -151,18 +166,19 @@ def check_data(cfg: Config, plan: Plan) -> None:
                       f"{src.entropy_rate:.3f} nats/token)")
     plan.add("data", f"{cfg.data.source}{field_note}: {len(s.train):,} train / {len(s.validation):,} validation / "
                      f"{len(s.test):,} test documents")
+    return s
 
 
-def check_model(cfg: Config, plan: Plan, device) -> None:
+def check_model(cfg: Config, plan: Plan, splits: Splits, device) -> ModelFacts:
     """The model's skeleton and tokenizer (its kind's facts), weights not loaded; with `run`, what must fit."""
     from collapse.models import kind_for
 
     kind = kind_for(cfg.model.name_or_path)
-    facts = kind.facts(cfg, plan.splits, device)
-    plan.skeleton, plan.tok, plan.token_cache = facts.skeleton, facts.tokenizer, facts.token_cache
+    facts = kind.facts(cfg, splits, device)
     if plan.command == "run":
-        kind.check_fits(cfg, plan.skeleton)
+        kind.check_fits(cfg, facts.skeleton)
     plan.add("model", facts.label)
+    return facts
 
 
 def check_scratch_fits(cfg: Config, docs: list[str]) -> None:
@@ -194,7 +210,7 @@ def _world(accelerator) -> str:
 # ---------------------------------------------------------------------- the two commands
 
 
-def check_run(cfg: Config, accelerator) -> Plan:
+def check_run(cfg: Config, accelerator) -> tuple[Plan, Checked]:
     """Every check `collapse run` makes before its first stage; raises CollapseError, writes nothing."""
     from collapse.checkpoints import Checkpoints, disk_estimate
     from collapse.data import real_data, split_ids
@@ -204,20 +220,21 @@ def check_run(cfg: Config, accelerator) -> Plan:
 
     plan = Plan("run", main=accelerator.is_main_process, warnings=ineffective_settings(cfg, "run"))
     check_out_dir(cfg, plan)
-    check_data(cfg, plan)
-    check_model(cfg, plan, accelerator.device)
+    splits = check_data(cfg, plan)
+    checked = Checked(splits, check_model(cfg, plan, splits, accelerator.device))
+    skel, tok = checked.facts.skeleton, checked.facts.tokenizer
     if cfg.data.source == "synthetic":  # kl_truth reads whole truth documents after a separator
         from collapse.errors import ModelError
         from collapse.models import context_length
 
-        need, ctx = cfg.data.synthetic.doc_tokens + 1, context_length(plan.skeleton)
+        need, ctx = cfg.data.synthetic.doc_tokens + 1, context_length(skel)
         if need > ctx:
             raise ModelError(f"data.synthetic.doc_tokens + 1 = {need} exceeds the model's context of {ctx} tokens "
                              "(kl_truth reads whole documents): lower data.synthetic.doc_tokens.")
     gc = cfg.generation
-    if plan.tok is not None:
-        plan.ids = split_ids(plan.tok, plan.splits, plan.token_cache)
-        plan.data = d = real_data(cfg, plan.ids, plan.tok.eos_token_id, vocab_size(plan.skeleton, plan.tok))
+    if tok is not None:
+        checked.ids = split_ids(tok, splits, checked.facts.token_cache)
+        checked.data = d = real_data(cfg, checked.ids, tok.eos_token_id, vocab_size(skel, tok))
         n_seq = d.n_seq
         plan.add("blocks", f"{len(d.real_rows):,} real training rows of {d.real_rows.shape[1]} tokens; "
                            f"{len(d.val_blocks):,} validation and {len(d.test_blocks):,} test blocks of "
@@ -228,9 +245,9 @@ def check_run(cfg: Config, accelerator) -> Plan:
     per = f"{n_seq:,}" if n_seq else "one per training block"
     plan.add("samples", f"{per} × {gc.new_tokens} tokens from {gc.prompt_tokens}-token real prompts, "
                         f"{cfg.generations} generations, regime {cfg.regime.kind}")
-    plan.add("train", kind_for(cfg.model.name_or_path).training_line(cfg, plan.skeleton))
+    plan.add("train", kind_for(cfg.model.name_or_path).training_line(cfg, skel))
     if n_seq:
-        per_gen, total = disk_estimate(cfg, Checkpoints(cfg, plan.out, accelerator.device), plan.skeleton, n_seq)
+        per_gen, total = disk_estimate(cfg, Checkpoints(cfg, plan.out, accelerator.device), skel, n_seq)
         free = _free_bytes(plan.out)
         plan.add("disk", f"≈ {fmt_bytes(per_gen)} per generation, {fmt_bytes(total)} for the run"
                          + (f"; {fmt_bytes(free)} free" if free is not None else ""))
@@ -239,36 +256,37 @@ def check_run(cfg: Config, accelerator) -> Plan:
                                  f"{fmt_bytes(total)}.")
     plan.add("W&B", wandb_mode(cfg))
     plan.add("processes", _world(accelerator))
-    return plan
+    return plan, checked
 
 
-def check_measure(cfg: Config, accelerator) -> Plan:
+def check_measure(cfg: Config, accelerator) -> tuple[Plan, Checked]:
     """Every check `collapse measure` makes before it generates; raises CollapseError, writes nothing."""
     from collapse.errors import ModelError
     from collapse.models import context_length
 
     plan = Plan("measure", main=accelerator.is_main_process, warnings=ineffective_settings(cfg, "measure"))
     check_out_dir(cfg, plan)
-    check_data(cfg, plan)
+    splits = check_data(cfg, plan)
     if cfg.model.name_or_path == "scratch":  # before a scratch model would be built for nothing
-        check_scratch_fits(cfg, plan.splits[cfg.measure.split])
-    check_model(cfg, plan, accelerator.device)
-    w, ctx = cfg.measure.window, context_length(plan.skeleton)
+        check_scratch_fits(cfg, splits[cfg.measure.split])
+    checked = Checked(splits, check_model(cfg, plan, splits, accelerator.device))
+    tok = checked.facts.tokenizer
+    w, ctx = cfg.measure.window, context_length(checked.facts.skeleton)
     if w > ctx:
         hint = " (or raise model.scratch.context)" if cfg.model.name_or_path == "scratch" else ""
         raise ModelError(f"measure.window={w} exceeds the model's context of {ctx} tokens: use measure.window<={ctx}"
                          f"{hint}.")
-    if plan.tok is not None:  # the examples long enough for the window, counted with the model's tokenizer
+    if tok is not None:  # the examples long enough for the window, counted with the model's tokenizer
         from collapse.data import measure_windows, split_ids
 
-        plan.ids = split_ids(plan.tok, plan.splits, plan.token_cache)
-        plan.data = measure_windows(plan.ids[cfg.measure.split], w, cfg.measure.samples, cfg.measure.split)
-    n = f"{len(plan.data)}" if plan.data is not None else f"up to {cfg.measure.samples}"
+        checked.ids = split_ids(tok, splits, checked.facts.token_cache)
+        checked.data = measure_windows(checked.ids[cfg.measure.split], w, cfg.measure.samples, cfg.measure.split)
+    n = f"{len(checked.data)}" if checked.data is not None else f"up to {cfg.measure.samples}"
     plan.add("measure", f"{n} {cfg.measure.split} examples of {w} tokens: the model continues the first {w // 2} "
                         f"for {w // 2} tokens")
     plan.add("W&B", wandb_mode(cfg))
     plan.add("processes", _world(accelerator))
-    return plan
+    return plan, checked
 
 
 def _free_bytes(out: Path) -> int | None:

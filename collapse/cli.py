@@ -6,7 +6,8 @@
     collapse sweep   [CONFIG.yaml] key=v1,v2 seed=0,1,2 [--out DIR] [--wandb-sweep FILE]
     collapse keys    (every config key with its default and meaning)
 
-User errors print one line (``error: ...``) and exit with code 2.
+User errors print one line (``error: ...``) and exit with code 2. Modules named in ``COLLAPSE_PLUGINS``
+are imported first (``collapse.plugins``).
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     log = setup_logging()
     try:
+        from collapse.plugins import load_plugins
+
+        load_plugins()  # COLLAPSE_PLUGINS: kinds, figures, regimes registered before any config is read
         if args.command == "keys":
             from collapse.config import describe_keys
 

@@ -165,12 +165,16 @@ class GenerationConfig:
 
 @dataclass
 class RegimeConfig:
-    kind: str = _f("replace", "`replace` | `mix` | `accumulate` | `accumulate_subsample`.",
-                   choices=("replace", "mix", "accumulate", "accumulate_subsample"))
+    kind: str = _f("replace", "`replace` | `mix` | `accumulate` | `accumulate_subsample`, or a regime registered "
+                   "with collapse.regimes.regime.")
     real_fraction: float = _f(0.1, "For `mix`: share of each training set drawn fresh from real blocks.")
     size: int | None = _f(None, "For `accumulate_subsample`: training-set size (null = one generation's sample count).")
 
     def __post_init__(self) -> None:
+        from collapse.regimes import REGIMES
+
+        if self.kind not in REGIMES:
+            raise ConfigError(f"regime.kind={self.kind!r} is not one of: {', '.join(REGIMES)}.")
         if not 0.0 <= self.real_fraction <= 1.0 or math.isnan(self.real_fraction):
             raise ConfigError(f"regime.real_fraction={self.real_fraction} is out of range: use a value in [0, 1].")
         if self.size is not None and self.size < 1:

@@ -106,18 +106,18 @@ def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = Fals
     set_threads()
     accelerator = make_accelerator()
     is_main = accelerator.is_main_process
-    plan = check_measure(cfg, accelerator)  # data and out_dir first: before a scratch model is built for nothing
+    plan, checked = check_measure(cfg, accelerator)  # data and out_dir first: before a scratch model is built for nothing
     if check_only:
         accelerator.end_training()
         return plan
     for w in plan.warnings if is_main else ():
         log.warning(f"warning: {w}")
-    loaded = kind_for(cfg.model.name_or_path).load(cfg.model, plan.splits, accelerator.device, show_progress,
+    loaded = kind_for(cfg.model.name_or_path).load(cfg.model, checked.splits, accelerator.device, show_progress,
                                                    accelerator=accelerator)
     model, tok, model_ref = loaded.model, loaded.tokenizer, loaded.ref
-    windows, ids = plan.data, plan.ids  # made by the check where the tokenizer was at hand; else with the scratch
-    if windows is None:  # one, just built with its splits' token ids
-        ids = split_ids(tok, plan.splits, loaded.token_cache)
+    windows, ids = checked.data, checked.ids  # made by the checks where the tokenizer was at hand
+    if checked.facts.tokenizer is None:  # else with the one that came with the model just built
+        ids = split_ids(tok, checked.splits, loaded.token_cache)
         windows = measure_windows(ids[cfg.measure.split], cfg.measure.window, cfg.measure.samples, cfg.measure.split)
     train_ids = ids["train"] if cfg.measure.rank_by == "train" else None
     half = cfg.measure.window // 2

@@ -268,7 +268,7 @@ class Run:
         accelerator = make_accelerator(cfg.train.mixed_precision)
         if not accelerator.is_main_process:
             log.setLevel(logging.WARNING)
-        plan = check_run(cfg, accelerator)
+        plan, checked = check_run(cfg, accelerator)
         accelerator.wait_for_everyone()
         if check_only:
             accelerator.end_training()
@@ -277,16 +277,18 @@ class Run:
             log.warning(f"warning: {w}")
         show = show_progress and accelerator.is_main_process
         kind = kind_for(cfg.model.name_or_path)
-        loaded = kind.load(cfg.model, plan.splits, accelerator.device, show, accelerator=accelerator)
+        loaded = kind.load(cfg.model, checked.splits, accelerator.device, show, accelerator=accelerator)
         model0, tok, model_ref = loaded.model, loaded.tokenizer, loaded.ref
-        data = plan.data
-        if data is None:  # the tokenizer came with the model just built: the checks that needed them
+        cache = checked.facts.token_cache
+        if checked.facts.tokenizer is None:  # it came with the model just built: the checks that needed it
             kind.check_fits(cfg, model0)
-            ids = split_ids(tok, plan.splits, loaded.token_cache)
+            ids = split_ids(tok, checked.splits, loaded.token_cache)
             data = real_data(cfg, ids, tok.eos_token_id, vocab_size(model0, tok))
-        elif plan.token_cache is not None and not plan.token_cache.is_file() and accelerator.is_main_process:
-            with contextlib.suppress(OSError):  # a cache from before tokens.npz: add it (a read-only cache stays)
-                save_split_ids(plan.token_cache, plan.splits, plan.ids)
+        else:  # the blocks the checks made with the same tokenizer
+            data = checked.data
+            if cache is not None and not cache.is_file() and accelerator.is_main_process:
+                with contextlib.suppress(OSError):  # a cache from before tokens.npz: add it (a read-only one stays)
+                    save_split_ids(cache, checked.splits, checked.ids)
         return cls(cfg=cfg, out=plan.out, resuming=plan.resuming, wipe=plan.wipe, accelerator=accelerator, show=show,
                    model0=model0, model_ref=model_ref, tok=tok, data=data,
                    ckpt=Checkpoints(cfg, plan.out, accelerator.device), t_start=t0)

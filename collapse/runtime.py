@@ -55,9 +55,12 @@ def make_accelerator(mixed_precision: str = "auto"):
     """One Accelerator per process; bf16 autocast on GPUs that have it, fp32 elsewhere."""
     import torch
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     if mixed_precision == "auto":
         mixed_precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if AcceleratorState._shared_state.get("_mixed_precision") not in (None, mixed_precision):
+        AcceleratorState._reset_state()  # a second command in one process (the Python API) with another precision
     return Accelerator(mixed_precision=mixed_precision)
 
 

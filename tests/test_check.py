@@ -118,3 +118,12 @@ def test_a_scratch_models_cached_token_ids_equal_tokenizing_again():
     other = load_splits(load_config(None, [*TINY, "data.max_documents=5"]).data)  # another fingerprint
     assert [len(d) for d in split_ids(tok, other, folder / TOKENS_FILE)["test"]] == \
         [len(d) for d in tokenize(tok, other.test)]
+
+
+def test_a_second_command_in_one_process_may_ask_another_precision():
+    """The Python API runs commands in one process: accelerate's process-wide state must not refuse fp16 after no."""
+    from collapse.runtime import make_accelerator
+
+    assert make_accelerator("no").mixed_precision == "no"
+    assert make_accelerator("fp16").mixed_precision == "fp16"
+    assert make_accelerator("no").mixed_precision == "no"

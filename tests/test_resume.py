@@ -492,5 +492,5 @@ def test_weights_and_code_loading_are_safe():
         assert "torch.load(" not in text, name
         assert "pickle.load" not in text and "allow_pickle=True" not in text, name
         assert "trust_remote_code=True" not in text, name
-    assert "use_safetensors=True" in src["checkpoints.py"] and "use_safetensors=True" in src["modeling.py"]
+    assert "use_safetensors=True" in src["models/transformer.py"] and "use_safetensors=True" in src["modeling.py"]
     assert "trust_remote_code=cfg.trust_remote_code" in src["modeling.py"]
