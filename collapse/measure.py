@@ -76,7 +76,7 @@ def measure_intervals(refs: np.ndarray, gen: np.ndarray, vocab: int, rank_counts
         v["ci95"] = ci[f"bucket_shift.{b}"] if ok else [None, None]
         v["gen_share_ci95"] = ci[f"gen_share.{b}"]
         v["examples_to_resolve"] = S.required_units(len(gen), v["shift_pct"], se[f"bucket_shift.{b}"]) if ok else None
-    for k in S.SCALARS:
+    for k in S.resampled_names():
         result[f"{k}_ci"] = ci[k]
     result["intervals"] = {"method": "percentile bootstrap (shares, shifts); delete-half jackknife (entropy, "
                                      "KL, JS, coverage, tail mass, distinct-n)",

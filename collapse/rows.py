@@ -92,13 +92,17 @@ METHOD = ("percentile bootstrap (shares, shifts, losses, means); delete-half jac
           "tail mass, distinct-n)")
 
 
-# the console table's columns: (heading, figure under the flat names of collapse.stats, format)
-TABLE = (("test ppl", "test_ppl", "{:.2f}"), ("NLL 1-10", "tail_loss.1-10", "{:.3f}"),
-         ("NLL 1001+", "tail_loss.1001-10000", "{:.3f}"), ("shift 1-10", "bucket_shift.1-10", "{:+.1f}%"),
-         ("shift 101-1k", "bucket_shift.101-1000", "{:+.1f}%"), ("shift 1001+", "bucket_shift.1001-10000", "{:+.1f}%"),
-         ("KL", "kl_ref_gen", "{:.4f}"), ("coverage", "coverage", "{:.3f}"), ("entropy", "entropy", "{:.3f}"),
-         ("gen0 ppl", "gen0_ppl_mean", "{:.1f}"))
-CHANGE_COLUMNS = ("test_ppl", "tail_loss.1001-10000", "bucket_shift.1-10", "bucket_shift.1001-10000", "entropy")
+def console_columns(which: str = "console") -> list[tuple[str, str, M.Figure]]:
+    """(heading, flat figure name, figure) of each console column, in registry order: the figures whose
+    ``console`` (or ``change``, for the table of changes) is set, per bucket where it names buckets."""
+    cols = []
+    for f in M.FIGURES.values():
+        sel = getattr(f, which)
+        if sel is True:
+            cols.append((f.heading(short=True), f.name, f))
+        elif sel:
+            cols += [(f.heading(b, short=True), f"{f.name}.{b}", f) for b in sel]
+    return cols
 
 
 def _columns(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -107,7 +111,7 @@ def _columns(head: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def metrics_table(rows: list[dict]) -> str:
-    """The console tables printed at the end of a run (shifts in %, NLL in nats, KL and entropy in bits).
+    """The console tables printed at the end of a run, their columns from the registry (``console_columns``).
 
     Each value with ± half the width of its 95% interval (over samples or test blocks); then the main
     figures' changes from generation 0 with their paired intervals, ``*`` where the interval excludes 0.
@@ -115,27 +119,26 @@ def metrics_table(rows: list[dict]) -> str:
     body = []
     for r in rows:
         point, cells = S.flat_point(r, M.BUCKETS), [str(r["generation"])]
-        for _, k, fmt in TABLE:
+        for _, k, f in console_columns():
             v, ci = point.get(k), S.row_ci(r, k)
-            pct = "%" if "%" in fmt else ""
-            text = "—" if v is None else fmt.format(v).rstrip("%")
+            text = "—" if v is None else format(v, f.fmt)
             if v is not None and ci and ci[0] is not None:
-                text += "±" + fmt.format((ci[1] - ci[0]) / 2).lstrip("+").rstrip("%")
-            cells.append(text + (pct if v is not None else ""))
+                text += "±" + format((ci[1] - ci[0]) / 2, f.fmt.lstrip("+"))
+            cells.append(text)
         body.append(cells)
-    lines = _columns(["gen", *(h for h, *_ in TABLE)], body)
+    lines = _columns(["gen", *(h for h, *_ in console_columns())], body)
     changed = [r for r in rows if (r.get("changes") or {}).get("from_gen0")]
     if changed:
-        cols = [c for c in TABLE if c[1] in CHANGE_COLUMNS]
+        cols = console_columns("change")
         body = []
         for r in changed:
             ch, cells = r["changes"]["from_gen0"], [str(r["generation"])]
-            for _, k, fmt in cols:
+            for _, k, f in cols:
                 c = ch.get(k)
-                f = fmt.replace("{:", "{:+").replace("++", "+").rstrip("%")
+                spec = "+" + f.fmt.lstrip("+")
                 cells.append("—" if c is None or c["ci95"][0] is None else
-                             f"{f.format(c['delta'])} [{f.format(c['ci95'][0])}, {f.format(c['ci95'][1])}]"
-                             f"{'*' if c['resolved'] else ' '}")
+                             f"{format(c['delta'], spec)} [{format(c['ci95'][0], spec)}, "
+                             f"{format(c['ci95'][1], spec)}]{'*' if c['resolved'] else ' '}")
             body.append(cells)
         lines += ["", "change from generation 0 with its 95% paired interval (* resolved: the interval excludes 0)",
                   *_columns(["gen", *(h for h, *_ in cols)], body)]

@@ -106,7 +106,7 @@ def run_loop(cfg: Config, show_progress: bool = True) -> int:
     return 0
 
 
-class Weights:
+class LazyModel:
     """A model held in memory, or loaded (``load()``) the first time a stage needs it."""
 
     def __init__(self, load, model=None):
@@ -121,7 +121,7 @@ class Weights:
 # ---------------------------------------------------------------------- the four stages
 
 
-def train_stage(run: Run, g: int, base, prev: Weights | None, model: Weights) -> str:
+def train_stage(run: Run, g: int, base, prev: LazyModel | None, model: LazyModel) -> str:
     """Fine-tune model g on the regime's training set: corpus g-1 alone or with real text / older corpora."""
     cfg = run.cfg
     rows, src = regime_training_set(cfg.regime.kind, real_blocks=run.data.real_rows,
@@ -140,11 +140,12 @@ def train_stage(run: Run, g: int, base, prev: Weights | None, model: Weights) ->
         write_json(run.dir(g) / "train.json", {
             **stats, "rows": int(len(rows)), "real_rows": int((src == -1).sum()),
             "rows_by_source": {str(k): int((src == k).sum()) for k in np.unique(src)}})
-    return (f"{len(rows)} rows, val NLL {stats['val_nll']:.3f} (epoch {stats['epoch_selected']}), "
-            f"{stats['tokens_per_s'] / 1e3:.1f}k tok/s")
+    epoch = f" (epoch {stats['epoch_selected']})" if "epoch_selected" in stats else ""  # a kind's stats
+    speed = f", {stats['tokens_per_s'] / 1e3:.1f}k tok/s" if "tokens_per_s" in stats else ""
+    return f"{len(rows)} rows, val NLL {stats['val_nll']:.3f}{epoch}{speed}"
 
 
-def evaluate_stage(run: Run, g: int, model: Weights) -> str:
+def evaluate_stage(run: Run, g: int, model: LazyModel) -> str:
     """Test perplexity and the loss per frequency bucket of model g on the REAL test blocks."""
     m = model()
     fault.point("evaluate", g, 0)
@@ -163,7 +164,7 @@ def evaluate_stage(run: Run, g: int, model: Weights) -> str:
     return f"test ppl {ev['test_ppl']:.2f}"
 
 
-def generate_stage(run: Run, g: int, model: Weights) -> str:
+def generate_stage(run: Run, g: int, model: LazyModel) -> str:
     """Corpus g: model g continues the REAL prompts, batch by batch into shards, merged into samples.parquet."""
     m, d, gc, tok = model(), run.dir(g), run.cfg.generation, run.tok
     done = finished_shards(d) if run.is_main else set()
@@ -209,7 +210,7 @@ def measure_stage(run: Run, g: int, base) -> str:
 
 
 
-def gen0_stage(run: Run, g: int, model: Weights) -> str:
+def gen0_stage(run: Run, g: int, model: LazyModel) -> str:
     """The paper's generation 0: the base model fine-tuned on the REAL training split."""
     tcfg = copy.deepcopy(run.cfg.train)
     tcfg.epochs = run.cfg.train.gen0_epochs
@@ -315,13 +316,13 @@ class Run:
             self.samples_cache[g] = load_samples(self.out, g, self.cfg.generation.keep_prompt)
         return self.samples_cache[g]
 
-    def weights(self, g: int, base) -> Weights:
-        return Weights(lambda: self.ckpt.load(g, base), base if g == 0 else None)
+    def weights(self, g: int, base) -> LazyModel:
+        return LazyModel(lambda: self.ckpt.load(g, base), base if g == 0 else None)
 
     def generation0(self):
         if not self.cfg.train.gen0_epochs:
             return self.model0
-        model = Weights(self.ckpt.load_gen0)
+        model = LazyModel(self.ckpt.load_gen0)
         self.stage("train", 0, gen0_stage, model, then=self.log_model)
         return model()
 

@@ -24,6 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from collapse.metrics.formulas import BUCKETS, bucket_shares, shift_pct
+from collapse.metrics.registry import FIGURES, Resampled, corpus_figures, resampled_names
+from collapse.metrics.units import Corpus, gram_units, types_present, unit_counts
+
+__all__ = ["Corpus", "gram_units", "types_present", "unit_counts"]  # the units, where the resampling meets them
+
 RESAMPLES = 1000
 LEVEL = 0.95
 Z95, Z80 = 1.959964, 0.841621  # two-sided 95% and one-sided 80% normal quantiles (power)
@@ -83,17 +89,6 @@ def ratio_boot(W: np.ndarray, num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return (W @ num) / (W @ den)
 
 
-def unit_counts(rows: np.ndarray, vocab: int) -> sp.csr_matrix:
-    """Sparse (n_units, vocab) counts: ``C[i, t]`` = occurrences of type t in unit i (rows of equal length)."""
-    rows = np.asarray(rows)
-    n, L = rows.shape
-    indptr = np.arange(0, n * L + 1, L, dtype=np.int64)
-    C = sp.csr_matrix((np.ones(n * L, dtype=np.float64), rows.reshape(-1).astype(np.int64), indptr),
-                      shape=(n, max(vocab, int(rows.max()) + 1 if rows.size else vocab)))
-    C.sum_duplicates()
-    return C
-
-
 def required_units(n: int, estimate: float | None, se: float | None, power: float = 0.8) -> int | None:
     """Units needed for an effect of this size to be resolved at 95% (two-sided) with the given power.
 
@@ -113,83 +108,6 @@ def _norm_ppf(p: float) -> float:
 
 
 # ---------------------------------------------------------------------- figures of resampled corpora
-
-SCALARS = ("kl_ref_gen", "kl_gen_ref", "js", "entropy", "coverage", "tail_mass", "distinct_1", "distinct_2")
-
-
-def _log2_ratio_sum(p: np.ndarray, q: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Row sums of ``p log2(p / q)`` over ``mask`` (p, q > 0 there)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(mask, p * np.log2(np.where(mask, p, 1.0) / np.where(mask, q, 1.0)), 0.0)
-    return t.sum(axis=1)
-
-
-def _unigram_figures(ref: np.ndarray, gen: np.ndarray, head: np.ndarray, alpha: float) -> dict[str, np.ndarray]:
-    """The unigram figures of ``metrics.distribution_metrics`` for each row of (r, V) count matrices.
-
-    ``ref`` may be one row (a fixed reference) or as many rows as ``gen``. Same formulas as
-    ``collapse.metrics`` (KL smoothed by ``alpha`` over the union of observed types; JS unsmoothed).
-    """
-    ref = np.broadcast_to(ref, gen.shape)
-    rs, gs = ref.sum(1, keepdims=True), gen.sum(1, keepdims=True)
-    sup = (ref > 0) | (gen > 0)
-    p = np.where(sup, ref + alpha, 0.0)
-    q = np.where(sup, gen + alpha, 0.0)
-    p, q = p / p.sum(1, keepdims=True), q / q.sum(1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        pr, pg = ref / rs, gen / gs
-    m = 0.5 * (pr + pg)
-    js = 0.5 * _log2_ratio_sum(pr, m, pr > 0) + 0.5 * _log2_ratio_sum(pg, m, pg > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ent = -np.where(pg > 0, pg * np.log2(np.where(pg > 0, pg, 1.0)), 0.0).sum(1)
-    seen = ref > 0
-    with np.errstate(divide="ignore", invalid="ignore"):  # an empty row (a half-sample of no unit): NaN
-        tail = gen[:, ~head].sum(1) / gs[:, 0]
-    return {
-        "kl_ref_gen": np.maximum(0.0, _log2_ratio_sum(p, q, sup)),
-        "kl_gen_ref": np.maximum(0.0, _log2_ratio_sum(q, p, sup)),
-        "js": np.clip(js, 0.0, 1.0),
-        "entropy": ent,
-        "coverage": ((gen > 0) & seen).sum(1) / np.maximum(seen.sum(1), 1),
-        "tail_mass": tail,
-    }
-
-
-def ngram_units(rows: np.ndarray, n: int) -> sp.csr_matrix:
-    """Sparse (n_units, n_gram_types) counts of the n-grams inside each row (n-grams never cross rows)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    N, L = rows.shape
-    if L < n:
-        return sp.csr_matrix((N, 0))
-    V = int(rows.max()) + 1 if rows.size else 1
-    if V ** n < 2**62:  # one int64 per n-gram: a 1-D unique is ~10x faster than np.unique(axis=0)
-        code = sum(rows[:, i:L - n + 1 + i] * V ** (n - 1 - i) for i in range(n)).reshape(-1)
-        _, ids = np.unique(code, return_inverse=True)
-    else:
-        grams = np.stack([rows[:, i:L - n + 1 + i] for i in range(n)], axis=-1).reshape(-1, n)
-        _, ids = np.unique(grams, axis=0, return_inverse=True)
-    return unit_counts(ids.reshape(N, L - n + 1), int(ids.max()) + 1)
-
-
-class Corpus:
-    """One corpus as units: its unit × type counts, bucket counts and n-gram counts, built once.
-
-    ``rows`` is (n_units, L) token ids (every unit of the same length); ``buckets`` maps a type to its
-    bucket (``metrics.bucket_of``), ``head`` marks the reference's top types (``tail_mass``).
-    """
-
-    def __init__(self, rows: np.ndarray, vocab: int, buckets: np.ndarray, nb: int):
-        rows = np.asarray(rows)
-        self.n = len(rows)
-        self.C = unit_counts(rows, vocab)
-        b = np.pad(buckets, (0, max(0, self.C.shape[1] - len(buckets))), constant_values=nb - 1)[: self.C.shape[1]]
-        self.B = np.asarray(self.C @ sp.csr_matrix((np.ones(len(b)), (np.arange(len(b)), b)),
-                                                   shape=(len(b), nb)).toarray())  # (n, buckets)
-        # (bigram types, n): which units hold each bigram (distinct-1 needs none: the resampled unigram counts
-        # say which types a resample holds)
-        self.bigrams_T = ngram_units(rows, 2).T.tocsr()
-        self.grams_total = {k: np.full(self.n, max(rows.shape[1] - k + 1, 0), dtype=np.float64) for k in (1, 2)}
-
 
 def corpus_boot(wts: Weights, gen: Corpus, ref: np.ndarray | Corpus, head: np.ndarray,
                 alpha: float = 0.5, chunk: int = 125) -> dict[str, np.ndarray]:
@@ -213,57 +131,36 @@ def corpus_boot(wts: Weights, gen: Corpus, ref: np.ndarray | Corpus, head: np.nd
     if paired_ref:
         rs = wts.boot @ ref.B
         out["ref_share"] = rs / rs.sum(1, keepdims=True)
-    H = np.vstack([np.ones((1, gen.n)), wts.half])  # row 0: the full sample (the point value)
-    half = {k: np.empty(len(H)) for k in SCALARS}
     V = max(gen.C.shape[1], ref.C.shape[1] if paired_ref else len(ref))
     CtT = _pad_cols(gen.C, V).T.tocsr()  # (V, n): the product below is a sparse @ dense per chunk
     RtT = _pad_cols(ref.C, V).T.tocsr() if paired_ref else None
     ref_row = None if paired_ref else np.pad(np.asarray(ref, np.float64), (0, V - len(ref)))[None, :]
     head = np.pad(head, (0, V - len(head)))
-    for i in range(0, len(H), chunk):
-        w = H[i:i + chunk]
-        g = np.asarray(CtT @ w.T).T
-        r = np.asarray(RtT @ w.T).T if paired_ref else ref_row
-        for k, v in _unigram_figures(r, g, head, alpha).items():
-            half[k][i:i + chunk] = v
-        # distinct-n: the half-sample's own n-grams over its own n-grams (its units, not their weights: the
-        # weight n/keep that keeps a share's scale would halve a count of types over a count of tokens)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            half["distinct_1"][i:i + chunk] = (g > 0).sum(1) / ((w > 0) @ gen.grams_total[1])
-    if gen.bigrams_T.shape[0] == 0:  # units one token long: no bigram, distinct-2 is 0
-        half["distinct_2"] = np.zeros(len(H))
-    else:  # a half-sample with no unit (n = 1): no figure (NaN), as for every other scalar
-        with np.errstate(divide="ignore", invalid="ignore"):
-            half["distinct_2"] = types_present(gen.bigrams_T, H > 0) / ((H > 0) @ gen.grams_total[2])
+    rank = _pad_cols(ref.C, V).sum(0).A1 if paired_ref else ref_row[0]  # a figure's point form ranks by these
+
+    def scored(figs, H: np.ndarray) -> dict[str, np.ndarray]:
+        got = {f.name: np.empty(len(H)) for f in figs}
+        for i in range(0, len(H), chunk):
+            w = H[i:i + chunk]
+            r = Resampled(np.asarray(RtT @ w.T).T if paired_ref else ref_row, np.asarray(CtT @ w.T).T, head, w, gen,
+                          rank, alpha)
+            for f in figs:
+                got[f.name][i:i + chunk] = f.scored(r)
+        return got
+
+    figs = [f for f in corpus_figures() if f.resample]
+    H = np.vstack([np.ones((1, gen.n)), wts.half])  # row 0: the full sample (the point value)
+    half = scored([f for f in figs if f.resample == "jackknife"], H)
+    boot = scored([f for f in figs if f.resample == "bootstrap"], wts.boot)
     empty = H.sum(1) == 0  # a half-sample of no unit (n = 1) has no figures: no interval, never "resolved"
-    for k, v in half.items():
+    for f in figs:
+        if f.resample == "bootstrap":
+            out[f.name] = boot[f.name]
+            continue
+        v = half[f.name]
         v[empty] = np.nan
-        out[k] = v[0] + wts.scale * (v[1:] - v[1:].mean())
+        out[f.name] = v[0] + wts.scale * (v[1:] - v[1:].mean())
     return out
-
-
-PRESENT_BYTES = 2**27  # types_present's working arrays per block of sub-samples stay under about 128 MiB
-
-
-def types_present(G: sp.csr_matrix, keep: np.ndarray) -> np.ndarray:
-    """How many types each sub-sample holds: ``G`` (types, n) marks the units holding each type, ``keep``
-    (r, n) the units each of r sub-samples keeps; a type is held when any of its units is kept.
-
-    Exactly ``((G @ keep.T) > 0).sum(0)``, four times faster: the r keep-bits of a unit packed into 64-bit
-    words, OR-ed over each type's units, then counted."""
-    r = keep.shape[0]
-    if G.shape[0] == 0 or G.nnz == 0:
-        return np.zeros(r)
-    # sub-samples at a time: the gathered bits (nnz / 8 bytes each) and the unpacked counts (types bytes each)
-    step = max(64, PRESENT_BYTES // (G.nnz // 8 + G.shape[0] + 1) // 64 * 64)
-    if r > step:
-        return np.concatenate([types_present(G, keep[i:i + step]) for i in range(0, r, step)])
-    bits = np.packbits(keep, axis=0)  # (ceil(r / 8), n) bytes
-    bits = np.pad(bits, ((0, -len(bits) % 8), (0, 0)))
-    words = np.ascontiguousarray(bits.T).view(np.uint64)  # (n, words): unit u's keep-bits
-    occupied = np.diff(G.indptr) > 0  # a type held by no unit (never, from ngram_units) is held by no sub-sample
-    held = np.bitwise_or.reduceat(words[G.indices], G.indptr[:-1][occupied], axis=0)
-    return np.unpackbits(held.view(np.uint8), axis=1, count=r).sum(0).astype(np.float64)
 
 
 def _pad_cols(C: sp.csr_matrix, V: int) -> sp.csr_matrix:
@@ -272,12 +169,6 @@ def _pad_cols(C: sp.csr_matrix, V: int) -> sp.csr_matrix:
     C = C.copy()
     C.resize((C.shape[0], V))
     return C
-
-
-def shift_pct(gen_share: np.ndarray, ref_share: np.ndarray) -> np.ndarray:
-    """``100 (gen / ref - 1)`` per bucket, NaN where the reference share is 0."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(ref_share > 0, 100.0 * (gen_share / np.where(ref_share > 0, ref_share, 1.0) - 1.0), np.nan)
 
 
 def block_boot(W: np.ndarray, sums: np.ndarray, counts: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -299,7 +190,7 @@ def flatten_corpus_boot(boot: dict[str, np.ndarray], names: tuple[str, ...], ref
     and the scalars. ``ref_share``: the fixed reference shares (else the resampled ``ref_share``)."""
     rs = boot["ref_share"] if ref_share is None else np.broadcast_to(ref_share, boot["gen_share"].shape)
     sh = shift_pct(boot["gen_share"], rs)
-    out = {k: boot[k] for k in SCALARS}
+    out = {k: boot[k] for k in resampled_names()}
     for j, b in enumerate(names):
         out[f"gen_share.{b}"] = boot["gen_share"][:, j]
         out[f"bucket_shift.{b}"] = sh[:, j]
@@ -351,12 +242,23 @@ def load_boot(path) -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------------- one generation of `collapse run`
 
-def flat_point(row: dict, names: tuple[str, ...]) -> dict[str, float | None]:
+def scalar_names() -> tuple[str, ...]:
+    """Every registered scalar figure with an interval: the corpus figures, then the other stages' ones."""
+    return (*resampled_names(),
+            *(f.name for f in FIGURES.values() if f.resample and not f.buckets and f.point is None))
+
+
+def bucket_names() -> tuple[str, ...]:
+    """Every registered per-bucket figure with an interval (``tail_loss``, ``bucket_shift``)."""
+    return tuple(f.name for f in FIGURES.values() if f.resample and f.buckets)
+
+
+def flat_point(row: dict, names: tuple[str, ...] = BUCKETS) -> dict[str, float | None]:
     """The figures of a metrics row under the flat names of the resamples (``bucket_shift.1-10`` ...)."""
-    out = {k: row.get(k) for k in (*SCALARS, "test_ppl", "test_nll", "gen0_ppl_mean")}
+    out = {k: row.get(k) for k in scalar_names()}
     for b in names:
-        out[f"tail_loss.{b}"] = (row.get("tail_loss") or {}).get(b)
-        out[f"bucket_shift.{b}"] = (row.get("bucket_shift") or {}).get(b)
+        for fig in bucket_names():
+            out[f"{fig}.{b}"] = (row.get(fig) or {}).get(b)
         out[f"gen_share.{b}"] = ((row.get("bucket_share") or {}).get(b) or {}).get("gen_share")
     return out
 
@@ -381,8 +283,6 @@ def generation_boot(wts: Weights, corpus: Corpus, ref_counts: np.ndarray, bucket
     """Every figure of one generation under each resample: the samples' figures (``wts``, over samples),
     their gen-0 perplexity, and the test figures (``We``, over test blocks). The bucket shifts are against
     ``ref_share`` (a synthetic source's TRUE shares, as its row's are), else the shares of ``ref_counts``."""
-    from collapse.metrics import bucket_shares
-
     boot = flatten_corpus_boot(corpus_boot(wts, corpus, ref_counts, head), names,
                                ref_share=bucket_shares(ref_counts, buckets) if ref_share is None else ref_share)
     if ppl is not None and len(ppl):
@@ -395,8 +295,8 @@ def generation_boot(wts: Weights, corpus: Corpus, ref_counts: np.ndarray, bucket
 def row_intervals(point: dict, boot: dict[str, np.ndarray], names: tuple[str, ...], level: float = LEVEL) -> dict:
     """The ``*_ci`` keys of a metrics row: scalars as ``<name>_ci``, per-bucket figures as maps."""
     ci = intervals(boot, level)
-    out: dict = {f"{k}_ci": ci[k] for k in (*SCALARS, "test_ppl", "test_nll", "gen0_ppl_mean") if k in ci}
-    for fig, key in (("tail_loss", "tail_loss_ci"), ("bucket_shift", "bucket_shift_ci"), ("gen_share", "bucket_share_ci")):
+    out: dict = {f"{k}_ci": ci[k] for k in scalar_names() if k in ci}
+    for fig, key in (*((f, f"{f}_ci") for f in bucket_names()), ("gen_share", "bucket_share_ci")):
         if f"{fig}.{names[0]}" in ci:
             out[key] = {b: (ci[f"{fig}.{b}"] if point.get(f"{fig}.{b}") is not None else [None, None]) for b in names}
     return out

@@ -64,8 +64,7 @@ def truth_row(truth, ev: dict, gen_ids: np.ndarray, vocab: int) -> dict:
     buckets = truth.bucket_of(len(c))
     gen_share = M.bucket_shares(c, buckets)
     true_share = truth.bucket_shares()
-    shift = {b: (None if true_share[i] == 0 else float(100.0 * (gen_share[i] / true_share[i] - 1.0)))
-             for i, b in enumerate(M.BUCKETS)}
+    shift = M.shift_map(gen_share, true_share)
     f = c / max(c.sum(), 1)
     never = c[:truth.V] == 0
     return {

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from collapse import metrics as M
+from collapse.metrics.formulas import _counts_numpy
 
 B = {name: i for i, name in enumerate(M.BUCKETS)}
 
@@ -45,7 +46,7 @@ def test_counts_equal_counter_for_every_integer_dtype_and_read_only_input(dtype)
     want = collections.Counter(ids.tolist())
     assert len(c) == 130 and c.dtype == np.int64
     assert {t: int(v) for t, v in enumerate(c) if v} == dict(want)
-    assert np.array_equal(c, M._counts_numpy(ids, 130))  # the no-torch fallback agrees exactly
+    assert np.array_equal(c, _counts_numpy(ids, 130))  # the no-torch fallback agrees exactly
 
 
 def test_counts_rejects_non_integer_ids():
@@ -311,3 +312,24 @@ def test_coverage_in_unit_interval(ref, gen):
     cr, cg = M.counts(arr(*ref)), M.counts(arr(*gen))
     assert 0.0 <= M.coverage(cr, cg) <= 1.0
     assert M.coverage(cr, cr) == 1.0
+
+
+def test_every_registered_figure_s_vectorised_form_is_its_point_form_on_each_resample():
+    """The registry's promise: a resample's figure is the point formula on that resample's counts and units."""
+    from collapse import stats as S
+    from collapse.metrics.units import Corpus
+
+    rng = np.random.default_rng(3)
+    V = 400
+    rows = (rng.zipf(1.4, size=(60, 16)) % V).astype(np.int32)
+    ref = np.bincount((rng.zipf(1.3, size=20_000) % V), minlength=V)
+    head = (M.ranks(ref) >= 1) & (M.ranks(ref) <= 100)
+    corpus = Corpus(rows, V, M.bucket_of(ref, V), len(M.BUCKETS))
+    keep = S.draw_weights(len(rows), rng, 7).half
+    C = corpus.C.toarray()
+    r = M.Resampled(ref[None, :].astype(np.float64), keep @ C, head, keep, corpus, ref)
+    figs = [f for f in M.corpus_figures() if f.rows is not None]
+    assert {f.name for f in figs} >= {"kl_ref_gen", "js", "entropy", "coverage", "tail_mass", "distinct_2"}
+    for f in figs:
+        want = [f.point(s) for s in r.samples()]
+        assert f.rows(r) == pytest.approx(want, rel=1e-10, abs=1e-12), f.name

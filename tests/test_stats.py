@@ -29,7 +29,7 @@ def test_full_sample_weights_give_the_metrics_exactly():
     boot = S.flatten_corpus_boot(S.corpus_boot(ones, S.Corpus(rows, V, b, NB), ref, (r >= 1) & (r <= 100)),
                                  M.BUCKETS, ref_share=M.bucket_shares(ref, b))
     dm = M.distribution_metrics(ref, M.counts(rows, V), gen_seqs=rows)
-    for k in S.SCALARS:
+    for k in S.resampled_names():
         assert boot[k] == pytest.approx(dm[k], rel=1e-12, abs=1e-12), k
     for name, v in dm["bucket_shift"].items():
         assert boot[f"gen_share.{name}"][0] == pytest.approx(v["gen_share"], abs=1e-15)
@@ -168,9 +168,11 @@ def test_types_present_counts_the_types_each_sub_sample_holds(monkeypatch):
     (a small memory budget), with types that no unit holds, and with a single unit."""
     import scipy.sparse as sp
 
+    from collapse.metrics import units
+
     rng = np.random.default_rng(3)
-    for budget in (S.PRESENT_BYTES, 64):  # 64 bytes: blocks of 64 sub-samples
-        monkeypatch.setattr(S, "PRESENT_BYTES", budget)
+    for budget in (units.PRESENT_BYTES, 64):  # 64 bytes: blocks of 64 sub-samples
+        monkeypatch.setattr(units, "PRESENT_BYTES", budget)
         for n, types, r in ((50, 200, 130), (1, 7, 9), (300, 40, 1001)):
             dense = (rng.random((types, n)) < 0.05) * rng.integers(1, 4, (types, n))
             dense[: types // 10] = 0  # types held by no unit

@@ -384,7 +384,7 @@ def bench_measurement(inp: Inputs, repeats: int, n_rows: int, resamples: int = 1
     now = E.forward_rows(inp.model, torch.device("cpu"), 64, L)  # what a CPU runs (16 rows at L = 128)
     t = interleaved({"now": rows(now), "64": rows(64)}, repeats)
     gen = seqs[:, start:]
-    G = S.ngram_units(gen, 2).T.tocsr()  # (bigram types, units), as stats.Corpus builds it
+    G = S.gram_units(gen, 2).T.tocsr()  # (bigram types, units), as metrics.units.Corpus builds it
     W = S.draw_weights(len(gen), np.random.default_rng(0), resamples)
     keep = np.vstack([np.ones((1, len(gen)), bool), W.half > 0])
     got: dict = {}

@@ -49,7 +49,7 @@ from collapse.report.runs import (
     schema_drift,  # noqa: F401 - tests/test_report.py calls R.schema_drift
     unique_names,
 )
-from collapse.report.stats import series, summarize
+from collapse.report.seeds import series, summarize
 
 __all__ = ["FIGURES", "Group", "Run", "group_runs", "load_run", "make_report", "plot_bucket_shift", "series",
            "summarize", "summary_markdown"]

@@ -34,7 +34,7 @@ from collapse.report.plots import (
     wrap_text,
 )
 from collapse.report.runs import Group, metric_getter
-from collapse.report.stats import series
+from collapse.report.seeds import series
 
 # every figure of the report, in the page's order (file names: <stem>.png, <stem>.svg)
 FIGURES = ("test-ppl", "tail-loss", "bucket-heatmap", "bucket-shift", "gen0-ppl", "diversity", "zipf")

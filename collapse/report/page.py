@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from collapse.metrics.registry import columns
 from collapse.report.figures import FIGURES
 from collapse.report.plots import band_note
 from collapse.report.runs import IGNORED_KEYS, Group, Run, metric_getter, schema_drift, short_value
@@ -176,8 +177,8 @@ def _pm(m: dict | None, signed: bool = False) -> str:
     (one run: that interval, ``*`` when it excludes 0)."""
     if m is None:
         return "—"
-    spec = ("+" if signed else "") + m["format"]
-    text = f"{m['mean']:{spec}}" + ("" if m["ci95"] is None else f" ± {m['ci95']:{m['format']}}")
+    spec = ("+" if signed else "") + m["format"].lstrip("+")  # a figure's format may carry its own sign
+    text = f"{m['mean']:{spec}}" + ("" if m["ci95"] is None else f" ± {m['ci95']:{m['format'].lstrip('+')}}")
     within = m.get("within")
     if within and m["n"] == 1:
         lo, hi = within[0]["ci95"]
@@ -213,7 +214,7 @@ def _summary_tables(summary: list[dict]) -> list[tuple[str, list[str], list[list
 def _within(c: dict | None, fmt: str) -> str:
     if not c or c["ci95"][0] is None:
         return "—"
-    spec = "+" + fmt
+    spec = "+" + fmt.lstrip("+")
     return (f"{c['delta']:{spec}} [{c['ci95'][0]:{spec}}, {c['ci95'][1]:{spec}}]"
             f"{'*' if c['resolved'] else ''}")
 
@@ -258,16 +259,9 @@ def format_value(v: Any, spec: str, scale: float = 1.0) -> str:
 
 def table_columns(tail_buckets: list[str], shift_buckets: list[str]) -> list[tuple[str, str, str, float]]:
     """(metrics key, header, format spec, scale) of each column of the per-generation table."""
-    cols = [("generation", "gen", "d", 1.0), ("test_ppl", "test ppl", ".2f", 1.0),
-            ("test_nll", "test NLL", ".3f", 1.0)]
-    cols += [(f"tail_loss.{b}", f"NLL {b}", ".3f", 1.0) for b in tail_buckets]
-    cols += [(f"bucket_shift.{b}", f"shift {b} (%)", "+.1f", 1.0) for b in shift_buckets]
-    cols += [("kl_ref_gen", "KL real‖gen", ".4f", 1.0), ("js", "JS", ".4f", 1.0),
-             ("entropy", "entropy", ".3f", 1.0), ("coverage", "coverage (%)", ".1f", 100.0),
-             ("tail_mass", "tail mass (%)", ".1f", 100.0), ("distinct_2", "distinct-2", ".3f", 1.0),
-             ("gen0_ppl_mean", "gen-0 ppl (mean)", ".1f", 1.0),
-             ("train_loss", "train loss", ".3f", 1.0)]
-    return cols
+    return [("generation", "gen", "d", 1.0),
+            *((k, h, spec, 1.0) for k, h, spec in
+              columns("report", {"tail_loss": tail_buckets, "bucket_shift": shift_buckets}))]
 
 
 def format_cell(row: dict, key: str, spec: str, scale: float = 1.0) -> str:
@@ -275,15 +269,9 @@ def format_cell(row: dict, key: str, spec: str, scale: float = 1.0) -> str:
     return format_value(metric_getter(key)(row), spec, scale)
 
 
-TRUTH_COLUMNS = [("kl_truth", "KL truth‖model (nats/token)", ".4f", 1.0),
-                 ("mass_forgotten", "true mass forgotten (%)", ".2f", 100.0),
-                 ("gini_simpson", "Gini–Simpson", ".4f", 1.0)]
-
-
 def _table_html(run: Run, tail_buckets: list[str], shift_buckets: list[str]) -> str:
-    cols = table_columns(tail_buckets, shift_buckets)
-    if any("kl_truth" in r for r in run.rows):  # a synthetic source: the figures against the known truth
-        cols += TRUTH_COLUMNS
+    cols = [c for c in table_columns(tail_buckets, shift_buckets)  # a figure no row has (the truth's on real text)
+            if c[0] == "generation" or any(metric_getter(c[0])(r) is not None for r in run.rows)]
     head = "".join(f'<th scope="col">{html.escape(h)}</th>' for _, h, _, _ in cols)
     body = []
     for r in run.rows:

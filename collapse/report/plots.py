@@ -16,7 +16,7 @@ import numpy as np
 
 from collapse.io import atomic_path
 from collapse.report.runs import Group
-from collapse.report.stats import series, t975
+from collapse.report.seeds import series, t975
 
 # Okabe-Ito, reordered so the first colours are the most distinct on white; yellow last (weak on white).
 PALETTE = ("#000000", "#E69F00", "#0072B2", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#F0E442")

@@ -1,4 +1,7 @@
-"""Token-distribution metrics: pure, vectorised functions on numpy token-id arrays.
+"""The formulas on token counts: histograms, frequency ranks and buckets, divergences, coverage, distinct-n.
+
+Pure numpy (torch only to count faster). The registry (``collapse.metrics.registry``) names which of them
+are the figures of a corpus; these are the exact point values.
 
 Conventions
 -----------
@@ -26,10 +29,8 @@ KL_ALPHA = 0.5  # additive smoothing for KL (Jeffreys prior), over the union of 
 def counts(ids: np.ndarray | Iterable[np.ndarray], vocab: int | None = None) -> np.ndarray:
     """Histogram of token ids: ``c[t]`` = number of occurrences of type t (int64, length >= vocab).
 
-    The kernel is ``torch.bincount`` on a zero-copy view of the array: it counts int32 ids without
-    the int64 copy ``np.bincount`` makes and uses the torch threads (about 2.5x faster than chunked
-    ``np.bincount`` on 10^7 int32 ids, 2 cores; ``docs/benchmarks.md``). Without torch it falls back
-    to chunked ``np.bincount``; both give the same exact integer counts.
+    ``torch.bincount`` on a zero-copy view counts int32 ids without the int64 copy ``np.bincount`` makes
+    and uses the torch threads (docs/benchmarks.md); without torch, chunked ``np.bincount``: the same counts.
     """
     if not isinstance(ids, np.ndarray):
         parts = [np.asarray(x).ravel() for x in ids]
@@ -57,7 +58,7 @@ def counts(ids: np.ndarray | Iterable[np.ndarray], vocab: int | None = None) -> 
 def _counts_numpy(ids: np.ndarray, vocab: int | None = None) -> np.ndarray:
     if ids.min() < 0:
         raise ValueError("token ids must be non-negative")
-    # bincount casts its input to int64: chunks keep that copy in cache (about 3x faster on 10^7 ids)
+    # bincount casts its input to int64: chunks keep that copy in cache
     out = np.zeros(max(int(ids.max()) + 1, vocab or 0), dtype=np.int64)
     for i in range(0, ids.size, 1 << 16):
         chunk = ids[i:i + (1 << 16)]
@@ -100,6 +101,18 @@ def bucket_shares(c: np.ndarray, buckets: np.ndarray) -> np.ndarray:
     return tot / s if s > 0 else tot
 
 
+def shift_pct(gen_share: np.ndarray, ref_share: np.ndarray) -> np.ndarray:
+    """``100 (gen / ref - 1)`` elementwise (per bucket, per resample), NaN where the reference share is 0."""
+    gen_share, ref_share = np.asarray(gen_share, np.float64), np.asarray(ref_share, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(ref_share > 0, 100.0 * (gen_share / np.where(ref_share > 0, ref_share, 1.0) - 1.0), np.nan)
+
+
+def shift_map(gen_share: np.ndarray, ref_share: np.ndarray) -> dict[str, float | None]:
+    """:func:`shift_pct` per bucket name, None where the reference share is 0 (as rows store it)."""
+    return {b: (None if np.isnan(v) else float(v)) for b, v in zip(BUCKETS, shift_pct(gen_share, ref_share))}
+
+
 def bucket_shift(ref_counts: np.ndarray, gen_counts: np.ndarray,
                  rank_counts: np.ndarray | None = None) -> dict[str, dict[str, float | None]]:
     """Per bucket: ``ref_share``, ``gen_share`` and ``shift_pct = 100 * (gen_share / ref_share - 1)``.
@@ -111,11 +124,9 @@ def bucket_shift(ref_counts: np.ndarray, gen_counts: np.ndarray,
     ref_counts, gen_counts = _pad(ref_counts, gen_counts)
     b = bucket_of(ref_counts if rank_counts is None else rank_counts, len(ref_counts))[: len(ref_counts)]
     rs, gs = bucket_shares(ref_counts, b), bucket_shares(gen_counts, b)
-    out: dict[str, dict[str, float | None]] = {}
-    for k, name in enumerate(BUCKETS):
-        shift = None if rs[k] == 0 else float(100.0 * (gs[k] / rs[k] - 1.0))
-        out[name] = {"ref_share": float(rs[k]), "gen_share": float(gs[k]), "shift_pct": shift}
-    return out
+    shift = shift_map(gs, rs)
+    return {name: {"ref_share": float(rs[k]), "gen_share": float(gs[k]), "shift_pct": shift[name]}
+            for k, name in enumerate(BUCKETS)}
 
 
 def _probs(c: np.ndarray) -> np.ndarray:
@@ -192,40 +203,9 @@ def distinct_n(seqs: Sequence[np.ndarray] | np.ndarray, n: int) -> float:
     if len(grams) == 0:
         return 0.0
     base = int(grams.max()) + 1
-    if base ** n < 2 ** 62:  # one int64 code per n-gram: a 1-D unique is ~10x faster than unique(axis=0)
+    if base ** n < 2 ** 62:  # one int64 code per n-gram: a 1-D unique, far faster than unique(axis=0)
         code = np.zeros(len(grams), dtype=np.int64)
         for i in range(n):
             code = code * base + grams[:, i]
         return float(len(np.unique(code)) / len(grams))
     return float(len(np.unique(grams, axis=0)) / len(grams))
-
-
-def distribution_metrics(ref_counts: np.ndarray, gen_counts: np.ndarray, gen_seqs=None, ref_seqs=None,
-                         rank_counts: np.ndarray | None = None) -> dict:
-    """Every unigram metric of ``gen`` against ``ref`` (the keys of ``measure.json`` / ``metrics.jsonl``).
-
-    ``rank_counts``: the counts that rank types into buckets and the head of ``tail_mass`` (default: ``ref``).
-    """
-    rk = ref_counts if rank_counts is None else rank_counts
-    out = {
-        "bucket_shift": bucket_shift(ref_counts, gen_counts, rank_counts),
-        "kl_ref_gen": kl(ref_counts, gen_counts),
-        "kl_gen_ref": kl(gen_counts, ref_counts),
-        "js": js(ref_counts, gen_counts),
-        "entropy": entropy(gen_counts),
-        "entropy_ref": entropy(ref_counts),
-        "coverage": coverage(ref_counts, gen_counts),
-        "tail_mass": tail_mass(gen_counts, rk),
-        "tail_mass_ref": tail_mass(ref_counts, rk),
-        "gen_tokens": int(gen_counts.sum()),
-        "ref_tokens": int(ref_counts.sum()),
-        "gen_types": int((gen_counts > 0).sum()),
-        "ref_types": int((ref_counts > 0).sum()),
-    }
-    if gen_seqs is not None:
-        out["distinct_1"] = distinct_n(gen_seqs, 1)
-        out["distinct_2"] = distinct_n(gen_seqs, 2)
-    if ref_seqs is not None:
-        out["distinct_1_ref"] = distinct_n(ref_seqs, 1)
-        out["distinct_2_ref"] = distinct_n(ref_seqs, 2)
-    return out
