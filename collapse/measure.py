@@ -84,6 +84,12 @@ def measure_intervals(refs: np.ndarray, gen: np.ndarray, vocab: int, rank_counts
                            "seed_key": list(key), "seconds": round(time.perf_counter() - t0, 3)}
 
 
+def figure_text(result: dict, f) -> str:
+    """``label value [lo, hi]`` of a registered figure in measure.json, in its format."""
+    lo, hi = result.get(f"{f.name}_ci") or (None, None)
+    return f"{f.label} {result[f.name]:{f.fmt}}" + ("" if lo is None else f" [{lo:{f.fmt}}, {hi:{f.fmt}}]")
+
+
 def _model_label(cfg: Config) -> str:
     if cfg.model.name_or_path == "scratch":
         s = cfg.model.scratch
@@ -192,13 +198,8 @@ def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = Fals
                                      cfg.measure.rank_by))
         if cfg.stats.resamples:
             log.info(power_line(result["bucket_shift"], len(windows)))
-        def ci(k: str, d: int) -> str:
-            lo, hi = result.get(f"{k}_ci") or (None, None)
-            return "" if lo is None else f" [{lo:.{d}f}, {hi:.{d}f}]"
-
-        log.info(f"KL(true‖gen) {result['kl_ref_gen']:.4f}{ci('kl_ref_gen', 4)} bits · JS {result['js']:.4f}"
-                 f"{ci('js', 4)} bits · coverage {result['coverage']:.3f}{ci('coverage', 3)} · entropy "
-                 f"{result['entropy']:.2f}{ci('entropy', 2)} vs {result['entropy_ref']:.2f} bits")
+        log.info(" · ".join(figure_text(result, f) for f in M.corpus_figures() if f.console)
+                 + f" (entropy of the true halves {result['entropy_ref']:.3f} bits)")
         log.info(f"wrote {out}/measure.json, continuations.parquet, buckets.png")
     accelerator.wait_for_everyone()
     accelerator.end_training()
