@@ -75,13 +75,13 @@ def ineffective_settings(cfg: Config, command: str) -> list[str]:
     """Settings that are valid but cannot act with the rest of the config (one warning line each)."""
     gc, out = cfg.generation, []
     if gc.num_beams > 1:
-        idle = [f"generation.{k}={getattr(gc, k)}" for k, off in (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0))
-                if getattr(gc, k) != off]
+        idle = [f"generation.{k}={getattr(gc, k)}" for k, off in (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0),
+                                                                   ("min_p", 0.0)) if getattr(gc, k) != off]
         if idle:
             out.append(f"{', '.join(idle)} has no effect with beam search (generation.num_beams={gc.num_beams}): "
                        "beams keep the most likely continuations.")
-    elif gc.temperature == 0 and (gc.top_k or gc.top_p < 1.0):
-        out.append("generation.top_k / top_p have no effect with generation.temperature=0 (greedy decoding).")
+    elif gc.temperature == 0 and (gc.top_k or gc.top_p < 1.0 or gc.min_p > 0.0):
+        out.append("generation.top_k / top_p / min_p have no effect with generation.temperature=0 (greedy decoding).")
     if command != "run":
         return out
     if cfg.regime.kind != "mix" and cfg.regime.real_fraction != 0.1:
@@ -129,7 +129,7 @@ def check_out_dir(cfg: Config, plan: Plan) -> None:
 
 
 def _check_out_dir(cfg: Config, plan: Plan) -> None:
-    from collapse.rundir import Manifest, check_unlocked, prepare_out_dir
+    from collapse.loop.rundir import Manifest, check_unlocked, prepare_out_dir
 
     out = Path(cfg.out_dir)
     if plan.command == "measure":
@@ -159,7 +159,7 @@ def check_data(cfg: Config, plan: Plan) -> Splits:
     s = load_splits(cfg.data)
     field_note = "" if cfg.data.source == "kjv" else f", text field `{cfg.data.text_field}`"
     if cfg.data.source == "synthetic":
-        from collapse.synthetic import source
+        from collapse.data.synthetic import source
 
         sc, src = cfg.data.synthetic, source(cfg.data.synthetic)
         field_note = (f" (order {sc.order}, {sc.vocab:,} symbols, Zipf {sc.zipf:g}, entropy rate "
@@ -181,18 +181,6 @@ def check_model(cfg: Config, plan: Plan, splits: Splits, device) -> ModelFacts:
     return facts
 
 
-def check_scratch_fits(cfg: Config, docs: list[str]) -> None:
-    """A check of `collapse measure` that needs no scratch model: its byte-level BPE gives a document at most as
-    many tokens as it has UTF-8 bytes."""
-    from collapse.errors import DataError
-
-    w = cfg.measure.window
-    longest = max((len(d.encode("utf-8")) for d in docs), default=0)
-    if longest < w:
-        raise DataError(f"every {cfg.measure.split} example is shorter than measure.window={w} tokens (longest: "
-                        f"{longest} bytes): lower measure.window or use longer documents.")
-
-
 def wandb_mode(cfg: Config) -> str:
     from collapse.tracking import resolve_mode
 
@@ -212,15 +200,16 @@ def _world(accelerator) -> str:
 
 def check_run(cfg: Config, accelerator) -> tuple[Plan, Checked]:
     """Every check `collapse run` makes before its first stage; raises CollapseError, writes nothing."""
-    from collapse.checkpoints import Checkpoints, disk_estimate
     from collapse.data import real_data, split_ids
-    from collapse.modeling import vocab_size
+    from collapse.loop.checkpoints import Checkpoints, disk_estimate
     from collapse.models import kind_for
+    from collapse.models.hf import vocab_size
     from collapse.runtime import fmt_bytes
 
     plan = Plan("run", main=accelerator.is_main_process, warnings=ineffective_settings(cfg, "run"))
     check_out_dir(cfg, plan)
     splits = check_data(cfg, plan)
+    kind_for(cfg.model.name_or_path).check_early(cfg, splits, "run")
     checked = Checked(splits, check_model(cfg, plan, splits, accelerator.device))
     skel, tok = checked.facts.skeleton, checked.facts.tokenizer
     if cfg.data.source == "synthetic":  # kl_truth reads whole truth documents after a separator
@@ -262,20 +251,19 @@ def check_run(cfg: Config, accelerator) -> tuple[Plan, Checked]:
 def check_measure(cfg: Config, accelerator) -> tuple[Plan, Checked]:
     """Every check `collapse measure` makes before it generates; raises CollapseError, writes nothing."""
     from collapse.errors import ModelError
-    from collapse.models import context_length
+    from collapse.models import context_length, kind_for
 
     plan = Plan("measure", main=accelerator.is_main_process, warnings=ineffective_settings(cfg, "measure"))
     check_out_dir(cfg, plan)
     splits = check_data(cfg, plan)
-    if cfg.model.name_or_path == "scratch":  # before a scratch model would be built for nothing
-        check_scratch_fits(cfg, splits[cfg.measure.split])
+    kind = kind_for(cfg.model.name_or_path)
+    kind.check_early(cfg, splits, "measure")  # before a model would be built for nothing
     checked = Checked(splits, check_model(cfg, plan, splits, accelerator.device))
     tok = checked.facts.tokenizer
     w, ctx = cfg.measure.window, context_length(checked.facts.skeleton)
     if w > ctx:
-        hint = " (or raise model.scratch.context)" if cfg.model.name_or_path == "scratch" else ""
         raise ModelError(f"measure.window={w} exceeds the model's context of {ctx} tokens: use measure.window<={ctx}"
-                         f"{hint}.")
+                         f"{kind.context_hint(cfg)}.")
     if tok is not None:  # the examples long enough for the window, counted with the model's tokenizer
         from collapse.data import measure_windows, split_ids
 

@@ -124,14 +124,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             cfg = _load("run", args.args)
             if args.under:
-                from collapse.sweep import point_name
+                from collapse.loop.sweep import point_name
 
                 cfg.out_dir = str(Path(args.under) / point_name([tuple(o.split("=", 1)) for o in _split_args(args.args)[1]]))
-            from collapse.run import Run, run_loop
+            from collapse.loop.run import Run, run_loop
 
             return _show_plan(Run.prepare(cfg, show_progress=False, check_only=True)) if args.check else run_loop(cfg)
         if args.command == "sweep":
-            from collapse.sweep import run_sweep
+            from collapse.loop.sweep import run_sweep
 
             config, items = _split_args(args.args)
             return run_sweep(config, items, args.out, args.launcher, args.dry_run, args.wandb_sweep)

@@ -60,7 +60,7 @@ def measure_intervals(refs: np.ndarray, gen: np.ndarray, vocab: int, rank_counts
                       key: tuple, resamples: int, level: float) -> None:
     """Add every figure's interval to ``result`` (in place), the unit being the example: its true second
     half and its continuation are resampled together. Bucket membership is held fixed."""
-    from collapse import stats as S
+    from collapse.metrics import stats as S
     from collapse.seeding import numpy_rng
 
     t0 = time.perf_counter()
@@ -90,20 +90,13 @@ def figure_text(result: dict, f) -> str:
     return f"{f.label} {result[f.name]:{f.fmt}}" + ("" if lo is None else f" [{lo:{f.fmt}}, {hi:{f.fmt}}]")
 
 
-def _model_label(cfg: Config) -> str:
-    if cfg.model.name_or_path == "scratch":
-        s = cfg.model.scratch
-        return f"scratch {s.arch} ({s.n_layer} layers, d={s.d_model})"
-    return cfg.model.name_or_path
-
-
 def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = False):
     """Measure one model; with ``check_only`` return the checks' plan instead (``collapse measure --check``)."""
     from collapse.check import check_measure
     from collapse.data import measure_windows, split_ids
-    from collapse.generate import generate_corpus
-    from collapse.modeling import decode_rows, set_threads
+    from collapse.decoding.generate import generate_corpus
     from collapse.models import kind_for
+    from collapse.models.hf import decode_rows, set_threads
     from collapse.report import plot_bucket_shift
     from collapse.runtime import make_accelerator
     from collapse.tracking import make_logger
@@ -147,7 +140,7 @@ def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = Fals
             "model": model_ref,
             "settings": {"window": cfg.measure.window, "split": cfg.measure.split, "prompt_tokens": half,
                          "new_tokens": half, "temperature": cfg.generation.temperature,
-                         "top_k": cfg.generation.top_k, "top_p": cfg.generation.top_p,
+                         "top_k": cfg.generation.top_k, "top_p": cfg.generation.top_p, "min_p": cfg.generation.min_p,
                          "num_beams": cfg.generation.num_beams,
                          "repetition_penalty": cfg.generation.repetition_penalty, "seed": cfg.seed},
             "samples": int(len(windows)),
@@ -172,7 +165,8 @@ def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = Fals
         })
         plot_bucket_shift(result["bucket_shift"], out / "buckets.png",
                           title=f"Token frequencies of {half}-token continuations vs the true second halves\n"
-                                f"{_model_label(cfg)}, {len(windows)} {cfg.measure.split} examples, "
+                                f"{kind_for(cfg.model.name_or_path).title(cfg)}, {len(windows)} {cfg.measure.split} "
+                                "examples, "
                                 f"window {cfg.measure.window}")
         result["seconds"] = round(time.perf_counter() - t0, 2)
         write_json(out / "measure.json", result)

@@ -53,7 +53,7 @@ def plot_curve(folder: Path | None, png: Path) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from collapse.scratch import SHIPPED
+    from collapse.models.scratch import SHIPPED
 
     info = json.loads(((folder or SHIPPED) / "scratch.json").read_text())
     curve = [c for c in info["curve"] if c["step"] > 0]
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     from collapse.config import load_config
     from collapse.data import load_splits
     from collapse.runtime import quiet_libraries, setup_logging
-    from collapse.scratch import SHIPPED, SHIPPED_INFO, TOKENS_FILE, build, file_sha256, scratch_key
+    from collapse.models.scratch import SHIPPED, SHIPPED_INFO, TOKENS_FILE, build, file_sha256, scratch_key
 
     quiet_libraries()
     log = setup_logging()

@@ -6,7 +6,7 @@
     python scripts/synthetic_figures.py runs/synthetic docs/img
 
 Writes ``synthetic-law.png`` (measured diversity of each generation's samples, mean over seeds with its 95%
-interval, against the exact Wright-Fisher curve and the mix recursion of collapse/law.py) and
+interval, against the exact Wright-Fisher curve and the mix recursion of collapse/models/ngram/law.py) and
 ``synthetic-kl.png`` (kl_truth per generation), and prints the markdown tables.
 """
 
@@ -36,7 +36,7 @@ def _t95(n: int) -> float:
 
 
 def law_curves(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(replace curve, mix curve) for the config of one run of the law sweep (collapse/law.py)."""
+    """(replace curve, mix curve) for the config of one run of the law sweep (collapse/models/ngram/law.py)."""
     from collapse.config import load_config
     from collapse.data import load_splits, real_data, split_ids
     from collapse.models.ngram import generation0, law

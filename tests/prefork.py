@@ -20,8 +20,8 @@ from conftest import REPO
 _SERVER = r"""
 import json, os, sys, traceback
 sys.path.insert(0, os.getcwd())
-import collapse.cli, collapse.run, collapse.check, collapse.data, collapse.evaluate, collapse.train
-import collapse.generate, collapse.fastgen, collapse.tracking, collapse.run_tracking, collapse.metrics, collapse.modeling, collapse.runtime
+import collapse.cli, collapse.loop.run, collapse.check, collapse.data, collapse.metrics.evaluate, collapse.models.train
+import collapse.decoding.generate, collapse.decoding.fastgen, collapse.tracking, collapse.tracking.run, collapse.metrics, collapse.models.hf, collapse.runtime
 import accelerate, datasets, peft, pyarrow.parquet, safetensors.torch, transformers, wandb
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerFast
 from transformers.pytorch_utils import Conv1D

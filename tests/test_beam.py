@@ -12,10 +12,10 @@ import pytest
 import torch
 from test_generate import _gpt2, _llama, _opt
 
-from collapse import generate as G
 from collapse.config import ConfigError, GenerationConfig
-from collapse.fastgen import FastDecoder
-from collapse.generate import sample_batch
+from collapse.decoding import generate as G
+from collapse.decoding.fastgen import FastDecoder
+from collapse.decoding.generate import sample_batch
 
 
 def _beams(m, prompts, new, engine, chunk=None, **kw):

@@ -40,7 +40,6 @@ def test_quick_bench_writes_the_documented_json(tmp_path):
     assert meas["same_perplexities"] is True and meas["same_distinct_2"] is True
     gen = res["parts"]["generation"]
     assert "project / HF per-prompt" in gen["ratios"] and "after / before (this change, total)" in gen["ratios"]
-    assert gen["info"]["bf16_weights_adopted"] is False
     beam = res["parts"]["beam"]["info"]  # our beam search gives HF generate's rows, on both engines
     assert beam["rows_identical_fast_vs_hf_generate"] == beam["rows_identical_hf_engine_vs_hf_generate"] == "8 of 8"
     assert "ratio" in r.stdout and "JSON:" in r.stdout  # the printed table
@@ -65,7 +64,7 @@ def test_quick_end_to_end_part_builds_the_model_inside_the_timed_run(tmp_path):
 
 def test_bench_path_imports_neither_datasets_nor_wandb():
     """The GPU machine has neither: the generate / fastgen / train / bench path must import them lazily."""
-    code = ("import sys, collapse.generate, collapse.fastgen, collapse.train, collapse.bench, collapse.bench.cuda; "
+    code = ("import sys, collapse.decoding.generate, collapse.decoding.fastgen, collapse.models.train, collapse.bench, collapse.bench.cuda; "
             "bad = [m for m in ('datasets', 'wandb') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -87,3 +86,19 @@ def test_paper_run_summary_reads_the_stage_lines_of_a_run_log(tmp_path):
     (tmp_path / "run.log").write_text(log)
     res = summarize({"lora": tmp_path / "run.log"}, None)
     assert res["lora"]["seconds_per_generation"] == {1: 130.6} and not res["lora"]["done"]
+
+
+def test_gumbel_max_samples_the_softmax():
+    """The before/after rows compare against the Gumbel-max sampler: it must draw from the softmax."""
+    import numpy as np
+    import torch
+
+    from collapse.bench.cpu import gumbel_noise
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 0.5]]).repeat(40000, 1)
+    g = torch.Generator().manual_seed(0)
+    draws = (logits + gumbel_noise(tuple(logits.shape), g, torch.device("cpu"))).argmax(-1)
+    freq = np.bincount(draws.numpy(), minlength=5) / len(draws)
+    p = torch.softmax(logits[0], -1).numpy()
+    # 40k draws: standard error <= 0.0025, so 0.01 is a 4-sigma bound
+    assert np.abs(freq - p).max() < 0.01

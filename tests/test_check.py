@@ -19,7 +19,7 @@ def _cfg(tmp_path: Path, *extra: str):
 
 
 def test_a_folder_in_use_is_refused_without_taking_its_lock(tmp_path):
-    from collapse.rundir import lock_out_dir
+    from collapse.loop.rundir import lock_out_dir
 
     cfg = _cfg(tmp_path)
     held = lock_out_dir(Path(cfg.out_dir))
@@ -105,7 +105,7 @@ def test_a_scratch_models_cached_token_ids_equal_tokenizing_again():
     from transformers import AutoTokenizer
 
     from collapse.data import SPLITS, load_splits, split_ids, tokenize
-    from collapse.scratch import TOKENS_FILE, get_scratch_model
+    from collapse.models.scratch import TOKENS_FILE, get_scratch_model
 
     cfg = load_config(None, TINY)
     splits = load_splits(cfg.data)

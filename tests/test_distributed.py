@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import socket
 import subprocess
 import sys
 
+import accelerate  # noqa: F401 - a required dependency: its absence fails here, never skips
 import numpy as np
 import pytest
 from conftest import REPO, TINY_RUN
@@ -17,8 +18,16 @@ from collapse.io import read_id_column
 # Float summation order differs between 1 and 2 processes (DDP all-reduce): allow a relative 1e-5.
 RTOL = 1e-5
 
-LAUNCH = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533"]
+def free_port() -> int:
+    """A port nothing listens on now: two test runs on one machine must not meet at a fixed one."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch() -> list[str]:
+    return ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
 
 
 def _run(args, out, extra_env=None):
@@ -29,22 +38,12 @@ def _run(args, out, extra_env=None):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    if shutil.which("accelerate") is None and not _has_accelerate():
-        pytest.skip("accelerate is not installed")
     base = tmp_path_factory.mktemp("dist")
     one = _run([], base / "one")
     assert one.returncode == 0, one.stderr[-3000:]
-    two = _run(LAUNCH, base / "two", {"ACCELERATE_USE_CPU": "true"})
+    two = _run(launch(), base / "two", {"ACCELERATE_USE_CPU": "true"})
     assert two.returncode == 0, two.stderr[-3000:]
     return base / "one", base / "two", two
-
-
-def _has_accelerate() -> bool:
-    try:
-        import accelerate  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def test_launched_job_really_had_two_processes(runs):

@@ -1,4 +1,4 @@
-"""collapse.evaluate against a direct computation from the full logits."""
+"""collapse.metrics.evaluate against a direct computation from the full logits."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from test_generate import _gpt2, _llama, _opt
 
-from collapse.evaluate import sequence_ppl, token_nll
+from collapse.metrics.evaluate import sequence_ppl, token_nll
 
 
 def _direct_ppl(m, seqs: np.ndarray, start: int) -> np.ndarray:
@@ -55,7 +55,7 @@ def test_evaluate_blocks_equals_a_direct_computation(build):
     """test_ppl = exp(mean NLL of tokens 1..L-1 of every block: the first token of a block is never scored), and
     tail_loss[b] = mean NLL of the scored tokens whose TARGET type is in bucket b; empty buckets are None."""
     from collapse import metrics as M
-    from collapse.evaluate import evaluate_blocks
+    from collapse.metrics.evaluate import evaluate_blocks
     from collapse.runtime import make_accelerator
 
     m = build()
@@ -96,7 +96,7 @@ def test_cpu_forward_chunks_do_not_change_the_figures(monkeypatch):
     """On a CPU the measurements and the validation loss run a few rows per forward (cache-sized); any
     chunking gives the same figures, bit for bit: each row's NLL comes out the same, the sums run in float64
     in row order, and the validation loss still sums whole batches."""
-    import collapse.evaluate as E
+    import collapse.metrics.evaluate as E
     import collapse.models.kind as T
 
     m = _gpt2().eval()

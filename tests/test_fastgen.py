@@ -9,8 +9,8 @@ import torch
 from test_generate import CORPUS_CFG, _gpt2, _opt, small_corpus
 
 from collapse.config import GenerationConfig
-from collapse.fastgen import FastDecoder, HFEngine, make_engine
-from collapse.generate import sample_batch, sample_icdf
+from collapse.decoding.fastgen import FastDecoder, HFEngine, make_engine
+from collapse.decoding.generate import sample_batch, sample_icdf
 
 
 @pytest.mark.parametrize("build", [_gpt2, _opt])

@@ -1,4 +1,4 @@
-"""The Llama-family decode engine (collapse/fastgen_llama.py) against HF: logits (float32 to 1e-5, bfloat16
+"""The Llama-family decode engine (collapse/decoding/fastgen_llama.py) against HF: logits (float32 to 1e-5, bfloat16
 bit for bit), greedy decoding and beam search against HF ``generate``, the static (CUDA-graph) step on
 the CPU, and which models ``make_engine`` gives it. Tiny models built from configs: grouped-query
 attention (4 heads, 2 KV heads), Qwen2's q/k/v biases, a tied head with head_dim != hidden / heads;
@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from collapse.config import GenerationConfig
-from collapse.fastgen import FastDecoder, HFEngine, make_engine
-from collapse.fastgen_llama import LlamaDecoder
-from collapse.generate import sample_batch
+from collapse.decoding.fastgen import FastDecoder, HFEngine, make_engine
+from collapse.decoding.fastgen_llama import LlamaDecoder
+from collapse.decoding.generate import sample_batch
 
 P, STEPS, MAX = 12, 36, 48  # prompt, steps, cache: the steps cover positions 12..47
 

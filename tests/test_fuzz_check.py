@@ -20,13 +20,11 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from prefork import Prefork
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from collapse.config import Config, all_keys  # noqa: E402
+from collapse.config import Config, all_keys
 
 BUDGET = int(os.environ.get("COLLAPSE_FUZZ_EXAMPLES", "340"))  # about 300+ distinct cases
 BASE = [*TINY, "data.max_documents=20", "generations=1", "generation.num_sequences=32", "generation.batch_size=16",
@@ -106,7 +104,7 @@ def env(tmp_path_factory):
     """The work folder with its bad inputs, a built tiny scratch model (cached), and the forking helper."""
     from collapse.config import load_config
     from collapse.data import load_splits
-    from collapse.scratch import get_scratch_model
+    from collapse.models.scratch import get_scratch_model
 
     work = tmp_path_factory.mktemp("fuzz")
     (work / "afile.txt").write_text("not a folder\n")

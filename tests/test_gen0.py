@@ -15,7 +15,7 @@ import torch
 from conftest import REPO, TINY
 
 from collapse.config import ScratchConfig, load_config
-from collapse.scratch import SHIPPED, SHIPPED_INFO, Convergence, file_sha256, scratch_folder, scratch_key
+from collapse.models.scratch import SHIPPED, SHIPPED_INFO, Convergence, file_sha256, scratch_folder, scratch_key
 
 
 def _plateau_curve(plateau: int) -> list[tuple[int, float]]:
@@ -62,7 +62,7 @@ def test_at_the_stop_the_last_tenth_improved_by_under_min_delta():
 
 
 def test_the_schedule_cools_down_at_the_first_plateau_and_stops_at_the_second():
-    from collapse.scratch import ConvergedSchedule
+    from collapse.models.scratch import ConvergedSchedule
 
     sched = ConvergedSchedule(3e-3, 100, Convergence(patience=500, min_delta=0.01))
     assert sched.lr(0) == pytest.approx(3e-5) and sched.lr(99) == 3e-3 and sched.lr(5000) == 3e-3
@@ -89,8 +89,8 @@ def test_a_loss_still_falling_never_stops():
 
 
 def test_pretrain_until_converged_stops_early_and_keeps_the_best_weights():
-    from collapse.evaluate import mean_nll
-    from collapse.scratch import build_scratch_model, pretrain
+    from collapse.metrics.evaluate import mean_nll
+    from collapse.models.scratch import build_scratch_model, pretrain
 
     rng = np.random.default_rng(0)
     blocks = rng.integers(1, 60, size=(64, 16))  # noise: the loss flattens fast
@@ -113,7 +113,7 @@ def test_the_build_through_an_accelerator_is_the_plain_build(tmp_path):
     from accelerate import Accelerator
 
     from collapse.data import load_splits
-    from collapse.scratch import build
+    from collapse.models.scratch import build
 
     cfg = load_config(None, TINY + ["model.scratch.steps=12", "model.scratch.eval_every=4", "data.max_documents=40"])
     splits = load_splits(cfg.data)
@@ -161,9 +161,9 @@ def test_the_shipped_validation_perplexity_is_what_its_files_give(shipped):
     """Recomputed from the shipped weights, tokenizer and token ids: the figure gen0.json and the README quote."""
     from collapse.config import ModelConfig
     from collapse.data import concat_blocks, load_splits, split_ids
-    from collapse.evaluate import mean_nll
-    from collapse.modeling import load_pretrained
-    from collapse.scratch import TOKENS_FILE
+    from collapse.metrics.evaluate import mean_nll
+    from collapse.models.hf import load_pretrained
+    from collapse.models.scratch import TOKENS_FILE
 
     info, recipe = shipped
     model, tok = load_pretrained(str(SHIPPED), ModelConfig(), torch.device("cpu"))
@@ -188,7 +188,7 @@ def test_the_shipped_curve_shows_convergence(shipped):
 
 
 def test_a_damaged_or_missing_shipped_model_is_built_instead(shipped, tmp_path, monkeypatch, caplog):
-    import collapse.scratch as scratch
+    import collapse.models.scratch as scratch
     from collapse.data import load_splits
 
     info, _ = shipped

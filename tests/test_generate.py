@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from collapse.config import GenerationConfig
-from collapse.fastgen import FastDecoder, HFEngine, make_engine
-from collapse.generate import _filter_logits, _gumbel, _penalize_ids, generate_corpus, sample_batch
+from collapse.decoding.fastgen import FastDecoder, HFEngine, make_engine
+from collapse.decoding.generate import _filter_logits, _penalize_ids, generate_corpus, sample_batch
 
 
 def _gpt2():
@@ -92,16 +92,6 @@ def test_engines_sample_the_same_tokens():
     assert torch.equal(a, b)
 
 
-def test_gumbel_max_samples_the_softmax():
-    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 0.5]]).repeat(40000, 1)
-    g = torch.Generator().manual_seed(0)
-    draws = (logits + _gumbel(tuple(logits.shape), g, torch.device("cpu"))).argmax(-1)
-    freq = np.bincount(draws.numpy(), minlength=5) / len(draws)
-    p = torch.softmax(logits[0], -1).numpy()
-    # 40k draws: standard error <= 0.0025, so 0.01 is a 4-sigma bound
-    assert np.abs(freq - p).max() < 0.01
-
-
 def test_top_k_and_top_p_filters():
     logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
     k2 = _filter_logits(logits, GenerationConfig(top_k=2))
@@ -113,6 +103,40 @@ def test_top_k_and_top_p_filters():
                        torch.tensor([[True, False, False, False]]))
     t = _filter_logits(logits, GenerationConfig(temperature=2.0))
     assert torch.allclose(t, logits / 2)
+
+
+def test_min_p_keeps_the_tokens_within_min_p_of_the_top_and_matches_hf():
+    from transformers.generation.logits_process import MinPLogitsWarper
+
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]])  # p = .644 .237 .087 .032
+    assert torch.equal(_filter_logits(logits, GenerationConfig(min_p=0.0)), logits)  # off: untouched
+    kept = _filter_logits(logits, GenerationConfig(min_p=0.3)).isfinite()  # p >= 0.3 * .644 = .193
+    assert kept.tolist() == [[True, True, False, False]]
+    assert _filter_logits(logits, GenerationConfig(min_p=0.99)).isfinite().tolist() == [[True, False, False, False]]
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randn(5, 200, generator=g) * 3
+    ours = _filter_logits(rows, GenerationConfig(min_p=0.05))
+    ref = MinPLogitsWarper(0.05)(torch.zeros(5, 1, dtype=torch.long), rows.clone())
+    assert torch.equal(ours.isfinite(), ref.isfinite()) and torch.equal(ours[ours.isfinite()], rows[ours.isfinite()])
+
+
+@pytest.mark.parametrize("bad", ["1.0", "1.5", "-0.1"])
+def test_min_p_out_of_range_is_one_line(bad):
+    from collapse.config import load_config
+    from collapse.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"generation.min_p=.* is out of range"):
+        load_config(None, [f"generation.min_p={bad}"])
+
+
+def test_min_p_with_greedy_or_beams_is_a_warning():
+    from collapse.check import ineffective_settings
+    from collapse.config import load_config
+
+    greedy = ineffective_settings(load_config(None, ["generation.temperature=0", "generation.min_p=0.1"]), "run")
+    assert any("min_p" in w and "greedy" in w for w in greedy)
+    beams = ineffective_settings(load_config(None, ["generation.num_beams=2", "generation.min_p=0.1"]), "run")
+    assert any("generation.min_p=0.1" in w and "beam search" in w for w in beams)
 
 
 def test_repetition_penalty_matches_hf():
@@ -163,8 +187,8 @@ def test_decode_rows_gives_batch_decodes_strings():
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     import collapse
-    from collapse.modeling import decode_rows
-    from collapse.synthetic import word_tokenizer
+    from collapse.data.synthetic import word_tokenizer
+    from collapse.models.hf import decode_rows
 
     wp = Tokenizer(models.WordPiece(vocab={"[UNK]": 0, "a": 1, ",": 2, "b": 3, "##c": 4, ".": 5}, unk_token="[UNK]"))
     wp.pre_tokenizer = pre_tokenizers.Whitespace()

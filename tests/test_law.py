@@ -1,4 +1,4 @@
-"""The exact law the loop must obey (collapse/law.py): a unigram maximum-likelihood model retrained on its own
+"""The exact law the loop must obey (collapse/models/ngram/law.py): a unigram maximum-likelihood model retrained on its own
 N samples (replace) is neutral Wright-Fisher resampling, E[D_g] = (1 - 1/N)^g E[D_0], D_g the Gini-Simpson
 diversity of generation g's samples; with a fresh real share (mix) E[D_g] follows a linear recursion that
 stays away from 0.
@@ -23,9 +23,9 @@ import torch
 
 from collapse.config import GenerationConfig, load_config
 from collapse.data import load_splits
-from collapse.generate import sample_batch
+from collapse.decoding.generate import sample_batch
+from collapse.loop.regimes import regime_training_set
 from collapse.models.ngram import NGramCounts, fit, generation0, law
-from collapse.regimes import regime_training_set
 from collapse.seeding import numpy_rng, seeded_generator
 
 Z = 4.0  # standard errors allowed at each generation
@@ -60,7 +60,7 @@ REPEATS = 8
 def law_runs(tmp_path_factory):
     """REPEATS seeds of `collapse run` (in-process; fsync off: these folders need no durability)."""
     import collapse.io as cio
-    from collapse.run import run_loop
+    from collapse.loop.run import run_loop
 
     mp = pytest.MonkeyPatch()
     mp.setattr(cio.os, "fsync", lambda fd: None)
@@ -81,7 +81,7 @@ def law_runs(tmp_path_factory):
 
 def test_each_generation_counts_exactly_its_predecessors_samples(law_runs):
     """The Wright-Fisher step in the loop: model g's counts ARE the N tokens generation g-1 generated."""
-    from collapse.rundir import gen_dir, load_samples
+    from collapse.loop.rundir import gen_dir, load_samples
 
     for cfg in law_runs:
         out = cfg.out_dir
@@ -93,7 +93,7 @@ def test_each_generation_counts_exactly_its_predecessors_samples(law_runs):
 
 
 def test_loop_diversity_follows_the_wright_fisher_law(law_runs):
-    from collapse.rundir import load_samples
+    from collapse.loop.rundir import load_samples
 
     cfg = law_runs[0]
     model0, tok = generation0(cfg.model, load_splits(cfg.data))
@@ -130,7 +130,7 @@ def _chains(kind: str, R: int, G: int, real: np.ndarray, real_fraction: float, n
 @pytest.fixture(scope="module")
 def source_rows():
     from collapse.config import SyntheticConfig
-    from collapse.synthetic import SyntheticSource
+    from collapse.data.synthetic import SyntheticSource
 
     src = SyntheticSource(SyntheticConfig(vocab=10, order=0, zipf=1.0, doc_tokens=8))
     return src.sample(40, np.random.default_rng(0)).astype(np.int64)  # 40 real rows of 8 symbols, no separator

@@ -80,13 +80,13 @@ def test_no_import_cycle():
 
 def test_the_cycle_check_can_fail():
     """Imports inside functions are edges of the graph, and a cycle is found."""
-    assert "collapse.scratch" in import_graph()["collapse.models.transformer"]  # imported inside load
+    assert "collapse.models.scratch" in import_graph()["collapse.models.transformer"]  # imported inside load
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
 def test_rundir_and_report_need_no_torch():
     """`collapse report` and the run folder's bookkeeping read a run without importing torch."""
-    code = "import sys, collapse.rundir, collapse.report, collapse.sweep; print('torch' in sys.modules)"
+    code = "import sys, collapse.loop.rundir, collapse.report, collapse.loop.sweep; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "False", out.stderr

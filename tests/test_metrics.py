@@ -316,7 +316,7 @@ def test_coverage_in_unit_interval(ref, gen):
 
 def test_every_registered_figure_s_vectorised_form_is_its_point_form_on_each_resample():
     """The registry's promise: a resample's figure is the point formula on that resample's counts and units."""
-    from collapse import stats as S
+    from collapse.metrics import stats as S
     from collapse.metrics.units import Corpus
 
     rng = np.random.default_rng(3)

@@ -12,7 +12,7 @@ import torch
 from conftest import run_cli
 
 from collapse.config import GenerationConfig
-from collapse.generate import _decode, sample_batch
+from collapse.decoding.generate import _decode, sample_batch
 from collapse.models.ngram import NGramCounts, fit, load, save, skeleton
 from collapse.seeding import seeded_generator
 
@@ -101,7 +101,7 @@ def test_save_load_roundtrip(tmp_path):
 
 
 def test_zero_probability_is_an_infinite_loss():
-    from collapse.evaluate import token_nll
+    from collapse.metrics.evaluate import token_nll
 
     model = fit(np.array([[0, 1, 0, 1, 0, 1]]), 3, 2, 0.0, None)
     nll = token_nll(model, torch.tensor([[0, 1, 0, 0]]))

@@ -325,7 +325,7 @@ def _truncate_to_generation_0(out: Path) -> None:
 
 def test_full_disk_is_one_clear_error_keeps_finished_generations_and_resumes(cli, reference, tmp_path):
     from collapse.io import write_parquet
-    from collapse.rundir import disk_full as _disk_full
+    from collapse.loop.rundir import disk_full as _disk_full
 
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -459,7 +459,7 @@ def test_wandb_resume_logs_each_row_and_artifact_once(cli, tmp_path):
 
 def test_second_process_on_the_same_folder_is_refused(tmp_path):
     from collapse.errors import ConfigError
-    from collapse.rundir import lock_out_dir as _lock_out_dir
+    from collapse.loop.rundir import lock_out_dir as _lock_out_dir
 
     held = _lock_out_dir(tmp_path)
     try:
@@ -492,5 +492,5 @@ def test_weights_and_code_loading_are_safe():
         assert "torch.load(" not in text, name
         assert "pickle.load" not in text and "allow_pickle=True" not in text, name
         assert "trust_remote_code=True" not in text, name
-    assert "use_safetensors=True" in src["models/transformer.py"] and "use_safetensors=True" in src["modeling.py"]
-    assert "trust_remote_code=cfg.trust_remote_code" in src["modeling.py"]
+    assert "use_safetensors=True" in src["models/transformer.py"] and "use_safetensors=True" in src["models/hf.py"]
+    assert "trust_remote_code=cfg.trust_remote_code" in src["models/hf.py"]

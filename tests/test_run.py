@@ -17,7 +17,7 @@ from collapse import metrics as M
 from collapse.config import load_config
 from collapse.data import flat_ids, load_splits, tokenize
 from collapse.io import read_id_column
-from collapse.regimes import regime_training_set
+from collapse.loop.regimes import regime_training_set
 
 KEYS = {"generation", "test_ppl", "tail_loss", "bucket_shift", "kl_ref_gen", "js", "entropy", "coverage", "tail_mass",
         "gen0_ppl_mean", "distinct_1", "distinct_2", "gen0_ppl_hist"}
@@ -61,7 +61,7 @@ def test_intervals_and_paired_changes_in_every_row(tiny_run):
     """Every generation's row holds intervals over samples and test blocks and (g >= 1) paired changes whose
     delta is the difference of the two rows' values; the test-perplexity interval recomputed from
     eval_blocks.npz with the documented resamples; the console prints the change table."""
-    from collapse import stats as S
+    from collapse.metrics import stats as S
     from collapse.seeding import numpy_rng
 
     out, r = tiny_run
@@ -289,7 +289,7 @@ def test_wandb_charts_one_per_question(tiny_run):
 
 
 def test_wandb_images_thin_out_over_long_runs():
-    from collapse.run_tracking import image_generations
+    from collapse.tracking.run import image_generations
 
     for G in range(0, 6):  # up to 5 generations (the default run): every one
         assert image_generations(G) == list(range(G + 1))
@@ -354,7 +354,7 @@ def _tiny_model():
 
 def test_init_base_vs_previous_start_weights():
     from collapse.config import LoraConfig
-    from collapse.modeling import attach_lora
+    from collapse.models.hf import attach_lora
     from collapse.models.transformer import starting_model
 
     base = _tiny_model()
@@ -381,7 +381,7 @@ def test_init_base_vs_previous_start_weights():
 
 @pytest.mark.parametrize("select,expected_epoch", [("best_val", 2), ("last", 3)])
 def test_best_val_keeps_lowest_validation_epoch(monkeypatch, select, expected_epoch):
-    import collapse.train as T
+    import collapse.models.train as T
     from collapse.config import TrainConfig
     from collapse.runtime import make_accelerator
 

@@ -1,4 +1,4 @@
-"""collapse.stats: the resampled figures equal the metrics at the full sample, the intervals cover the
+"""collapse.metrics.stats: the resampled figures equal the metrics at the full sample, the intervals cover the
 truth at their nominal rate, paired changes are narrower than unpaired ones, and the power formula."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from collapse import metrics as M
-from collapse import stats as S
+from collapse.metrics import stats as S
 
 NB = len(M.BUCKETS)
 

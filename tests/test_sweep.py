@@ -10,7 +10,7 @@ import yaml
 from conftest import REPO, TINY_RUN, run_cli
 
 from collapse.errors import ConfigError
-from collapse.sweep import parse_grid, point_name
+from collapse.loop.sweep import parse_grid, point_name
 
 
 def test_yaml_axes_and_command_line_axes():

@@ -13,7 +13,7 @@ from conftest import TINY, run_cli
 from collapse import metrics as M
 from collapse.config import SyntheticConfig, load_config
 from collapse.data import load_splits, split_ids, tokenize
-from collapse.synthetic import SyntheticSource
+from collapse.data.synthetic import SyntheticSource
 
 
 @pytest.mark.parametrize("order, vocab", [(0, 50), (1, 50), (2, 20)])

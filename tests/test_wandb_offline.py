@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import wandb  # noqa: E402 - a required dependency: its absence fails, never skips
 import wandb_offline as wo
-
-wandb = pytest.importorskip("wandb")
 
 WANDB_ENV = {
     "WANDB_MODE": "offline",
@@ -448,7 +447,7 @@ class _Obj:
 
 
 class StandIn:
-    """The parts of the wandb module collapse.tracking and collapse.run_tracking use; every call lands in ``calls``."""
+    """The parts of the wandb module collapse.tracking and collapse.tracking.run use; every call lands in ``calls``."""
 
     def __init__(self, starting_step: int = 0):
         self.calls: list[tuple] = []
@@ -534,7 +533,7 @@ def test_online_lineage_call_sequence(tmp_path, monkeypatch):
     """Online, each generation and each fine-tune is a short run that USES its inputs and LOGS its output, in
     the order the recursion makes them: W&B's lineage graph then draws corpus g -> model g+1 -> corpus g+1."""
     from collapse.config import load_config
-    from collapse.run_tracking import log_corpus, log_model, log_report
+    from collapse.tracking.run import log_corpus, log_model, log_report
 
     cfg = load_config(None, ["generations=2"])
     _fake_run_folder(tmp_path, 2)
@@ -579,7 +578,7 @@ def test_online_lineage_call_sequence(tmp_path, monkeypatch):
 
 def test_online_resume_logs_from_wandbs_starting_step(tmp_path, monkeypatch):
     from collapse.config import load_config
-    from collapse.run_tracking import log_model
+    from collapse.tracking.run import log_model
 
     _fake_run_folder(tmp_path, 2)
     wb = StandIn(starting_step=5)  # the server holds steps 0..4: gen 0's row, gen 1's 3 steps, gen 1's row
@@ -599,7 +598,7 @@ def test_a_failing_artifact_upload_does_not_stop_the_run(tmp_path, monkeypatch):
     import logging
 
     from collapse.config import load_config
-    from collapse.run_tracking import log_corpus, log_model
+    from collapse.tracking.run import log_corpus, log_model
 
     said: list[str] = []
     handler = logging.Handler()

@@ -38,7 +38,7 @@ from collapse.bench.harness import SCHEMA, load_average, machine_info, print_tab
 def cpu_main(args) -> dict:
     import torch
 
-    from collapse.modeling import set_threads
+    from collapse.models.hf import set_threads
     from collapse.runtime import quiet_libraries
 
     quiet_libraries()

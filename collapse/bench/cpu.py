@@ -32,7 +32,7 @@ class Inputs:
         self.scratch = {}
         if quick:
             from collapse.config import ScratchConfig
-            from collapse.scratch import build_scratch_model, train_tokenizer
+            from collapse.models.scratch import build_scratch_model, train_tokenizer
 
             tok = train_tokenizer(splits.train[:60], 512)
             torch.manual_seed(seed)
@@ -41,8 +41,8 @@ class Inputs:
             docs = splits.train[:60]
             self.scratch = {"model": "random tiny GPT-2 (quick)", "cached": None, "build_seconds": 0.0}
         else:
-            from collapse.modeling import load_pretrained
-            from collapse.scratch import get_scratch_model, scratch_folder
+            from collapse.models.hf import load_pretrained
+            from collapse.models.scratch import get_scratch_model, scratch_folder
 
             where = scratch_folder(cfg.model.scratch, splits)
             key, cached = where.name, (where / "DONE").is_file()
@@ -72,13 +72,20 @@ class Inputs:
 # ---------------------------------------------------------------------- part 1: generation
 
 
+def gumbel_noise(shape: tuple[int, int], generator, device):
+    """Gumbel noise: the sampler before inverse-CDF draws, kept for the before/after rows of this benchmark."""
+    import torch
+
+    u = torch.rand(shape, generator=generator, dtype=torch.float32, device=generator.device)
+    return (-torch.log(-torch.log(u))).to(device)
+
+
 def _sample_batch_v0(model, prompts, new_tokens: int, generator, suppress_ids=()):
     """The sampler BEFORE this change (commit 0ba04e1), kept verbatim for the before/after rows:
     Gumbel-max noise for every (row, vocab) entry each step, the whole batch decoded at once."""
     import torch
 
-    from collapse.fastgen import make_engine
-    from collapse.generate import _gumbel
+    from collapse.decoding.fastgen import make_engine
 
     with torch.inference_mode():
         dev = next(model.parameters()).device
@@ -92,7 +99,7 @@ def _sample_batch_v0(model, prompts, new_tokens: int, generator, suppress_ids=()
         for t in range(new_tokens):
             if suppress is not None:
                 logits[:, suppress] = float("-inf")
-            nxt = (logits + _gumbel((B, V), generator, dev)).argmax(-1)
+            nxt = (logits + gumbel_noise((B, V), generator, dev)).argmax(-1)
             result[:, t] = nxt
             if t + 1 < new_tokens:
                 logits = engine.step(nxt)
@@ -103,7 +110,7 @@ def bench_generation(inp: Inputs, repeats: int, batch: int, n_prompts: int, n_pe
     import torch
 
     from collapse.config import GenerationConfig
-    from collapse.generate import generate_corpus, sample_batch
+    from collapse.decoding.generate import generate_corpus, sample_batch
     from collapse.seeding import seeded_generator
 
     model, eos, P, N = inp.model, inp.eos, inp.prompt_tokens, inp.new_tokens
@@ -128,7 +135,7 @@ def bench_generation(inp: Inputs, repeats: int, batch: int, n_prompts: int, n_pe
                              seeded_generator(*key, b // batch), (eos,), chunk=c)
         return f
 
-    from collapse.generate import decode_chunk
+    from collapse.decoding.generate import decode_chunk
 
     default_chunk = decode_chunk(torch.device("cpu"), batch)
     unchunked = chunked(batch)  # after, but the whole batch at once (isolates the chunking effect)
@@ -200,7 +207,7 @@ def bench_beam(inp: Inputs, repeats: int, n_prompts: int, beams: int = 5, penalt
     import torch
 
     from collapse.config import GenerationConfig
-    from collapse.generate import sample_batch
+    from collapse.decoding.generate import sample_batch
 
     model, eos, P, N = inp.model, inp.eos, inp.prompt_tokens, inp.new_tokens
     x = torch.as_tensor(inp.prompts[:n_prompts], dtype=torch.long)
@@ -239,8 +246,8 @@ def _sampler_probe(inp: Inputs, batch: int) -> dict:
     """Per-step costs of the two samplers at [batch, V] and the bf16-weights question (not adopted)."""
     import torch
 
-    from collapse.fastgen import FastDecoder
-    from collapse.generate import _gumbel, sample_icdf
+    from collapse.decoding.fastgen import FastDecoder
+    from collapse.decoding.generate import sample_icdf
 
     model = inp.model
     x = torch.as_tensor(inp.prompts[:batch], dtype=torch.long)
@@ -251,7 +258,7 @@ def _sampler_probe(inp: Inputs, batch: int) -> dict:
         B, V = logits.shape
         u = torch.rand(B, dtype=torch.float64, generator=g)
         t = interleaved({
-            "gumbel": lambda: (logits + _gumbel((B, V), g, logits.device)).argmax(-1),
+            "gumbel": lambda: (logits + gumbel_noise((B, V), g, logits.device)).argmax(-1),
             "icdf": lambda: sample_icdf(logits, u),
             "step": lambda: (setattr(eng, "pos", x.shape[1] - 1), eng.step(logits.argmax(-1))),
         }, 15)
@@ -281,10 +288,10 @@ def _sampler_probe(inp: Inputs, batch: int) -> dict:
 def bench_training(inp: Inputs, repeats: int, n_rows: int, batch: int) -> dict:
     import torch
 
-    from collapse.modeling import attach_lora
+    from collapse.models.hf import attach_lora
+    from collapse.models.train import finetune
     from collapse.runtime import make_accelerator
     from collapse.seeding import seed_int
-    from collapse.train import finetune
 
     rows = inp.rows[:n_rows]
     n_rows, L = rows.shape
@@ -358,13 +365,13 @@ def bench_measurement(inp: Inputs, repeats: int, n_rows: int, resamples: int = 1
     """What each generation's measure stage spends most on, before and after, on the same inputs:
     (a) gen-0 perplexity of n_rows prompt + continuation blocks, at the rows per forward pass a CPU runs now
     (16 of 128 tokens) against 64 (the evaluation batch, as before); (b) distinct-2 over the delete-half
-    resamples: the packed keep-bits of :func:`collapse.stats.types_present` against the sparse product it
+    resamples: the packed keep-bits of :func:`collapse.metrics.stats.types_present` against the sparse product it
     replaced."""
     import torch
 
-    import collapse.evaluate as E
+    import collapse.metrics.evaluate as E
     import collapse.models.kind as T
-    from collapse import stats as S
+    from collapse.metrics import stats as S
 
     seqs = inp.blocks[:n_rows]
     L = seqs.shape[1]

@@ -65,7 +65,7 @@ def decode_bench(model, dev: Dev, budget: Budget, sizes, P: int, N: int, per_pro
 def _decode_size(model, dev: Dev, B, P, N, V, eos, pad, g, cfg, wbytes, kv_elem, ceil, repeats, out) -> list:
     import torch
 
-    from collapse.generate import sample_batch
+    from collapse.decoding.generate import sample_batch
 
     d = dev.device
     rows = []
@@ -130,7 +130,7 @@ def beam_bench(model, dev: Dev, budget: Budget, P: int, N: int, batch: int) -> d
     import torch
 
     from collapse.config import GenerationConfig
-    from collapse.generate import sample_batch
+    from collapse.decoding.generate import sample_batch
 
     if not budget.allow(f"beam search (5 beams, repetition_penalty 3, batch {batch})", 60):
         return None

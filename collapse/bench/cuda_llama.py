@@ -31,8 +31,8 @@ def llama_bench(dev: Dev, budget: Budget, dtype, dry: bool, P: int, N: int, batc
     import torch
 
     from collapse.config import GenerationConfig
-    from collapse.fastgen import HFEngine, make_engine
-    from collapse.generate import sample_batch
+    from collapse.decoding.fastgen import HFEngine, make_engine
+    from collapse.decoding.generate import sample_batch
 
     if not budget.allow("Llama-family decode", 40):
         return {"skipped": "budget"}

@@ -11,8 +11,8 @@ def selftest(model, model32, dev: Dev, B: int = 8, P: int = 64, N: int = 16, Bg:
     import torch
 
     from collapse.config import GenerationConfig
-    from collapse.fastgen import FastDecoder, HFEngine
-    from collapse.generate import sample_batch
+    from collapse.decoding.fastgen import FastDecoder, HFEngine
+    from collapse.decoding.generate import sample_batch
 
     d = dev.device
     c = model.config
@@ -155,7 +155,7 @@ def _teacher_forced(model, prompts, hf_tokens, eos) -> dict:
     each disagreement's gap in HF's own logits, in units of the low-precision rounding step (ulp)."""
     import torch
 
-    from collapse.fastgen import HFEngine, make_engine
+    from collapse.decoding.fastgen import HFEngine, make_engine
 
     B, P = prompts.shape
     N = hf_tokens.shape[1]

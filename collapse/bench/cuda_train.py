@@ -57,7 +57,7 @@ def _train_variant(model, dev, acc, key, label, kw, rows, val, batch, seq, warm,
 
     from collapse.config import Config, TrainConfig
     from collapse.models import kind_for
-    from collapse.train import finetune
+    from collapse.models.train import finetune
 
     tcfg = TrainConfig(epochs=1, batch_size=batch, select="last", warmup_ratio=0.0, **kw)
     # the weights exactly as `collapse run` makes them trainable (a full fine-tune: float32 master weights)
@@ -99,7 +99,7 @@ def _train_variant(model, dev, acc, key, label, kw, rows, val, batch, seq, warm,
 def eval_bench(model, dev: Dev, budget: Budget, seq: int, n_blocks: int) -> dict | None:
     import numpy as np
 
-    from collapse.evaluate import evaluate_blocks
+    from collapse.metrics.evaluate import evaluate_blocks
 
     if not budget.allow("evaluation", 15):
         return None

@@ -100,7 +100,7 @@ def _ensure_scratch(overrides: list[str]) -> None:
     """Build (or find) the default scratch model in the user's cache, so no measured run includes its build."""
     from collapse.config import load_config
     from collapse.data import load_splits
-    from collapse.scratch import get_scratch_model
+    from collapse.models.scratch import get_scratch_model
 
     cfg = load_config(REPO / "configs" / "tiny.yaml", overrides)
     get_scratch_model(cfg.model.scratch, load_splits(cfg.data), show_progress=False)

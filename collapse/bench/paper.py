@@ -25,7 +25,7 @@ def make_model(folder: Path, tiny: bool = False, seed: int = 0, tokenizer: str |
     import torch
     from transformers import AutoTokenizer, OPTConfig, OPTForCausalLM
 
-    from collapse.scratch import SHIPPED
+    from collapse.models.scratch import SHIPPED
 
     tok = AutoTokenizer.from_pretrained(tokenizer or SHIPPED)
     shape = dict(TINY_OPT if tiny else OPT125M, vocab_size=len(tok))

@@ -1,7 +1,7 @@
 """What a corpus of tokens is measured by: the formulas on counts (``formulas``), a corpus as independent
 units for resampling (``units``) and the registry of every figure a row reports (``registry``).
 
-This package owns the definitions; ``collapse.stats`` resamples them and ``collapse.rows`` /
+This package owns the definitions; ``collapse.metrics.stats`` resamples them and ``collapse.loop.rows`` /
 ``collapse.report`` / W&B show them, all by reading the registry. It imports numpy and scipy only
 (torch, where present, to count faster).
 """

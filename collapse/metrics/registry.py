@@ -2,12 +2,12 @@
 for a figure of a corpus of samples, how it is computed from counts.
 
 A figure of a corpus (``point`` set) is computed by :func:`distribution_metrics` for the row's value and by
-``collapse.stats.corpus_boot`` for each resample, both from this entry: ``point`` from one :class:`Sample`,
+``collapse.metrics.stats.corpus_boot`` for each resample, both from this entry: ``point`` from one :class:`Sample`,
 ``rows`` (optional) the same formula vectorised over R resampled corpora at once (a :class:`Resampled`;
 tests/test_metrics.py checks the two agree for every registered figure). Without ``rows`` each resample is
 scored by ``point`` on its own counts and units: slower, never different. The figures computed by other
 stages (test perplexity, tail loss, gen-0 perplexity, the truth's) are entries without ``point``: the
-registry still gives their label, unit and format, so that the console table (``collapse.rows``), the
+registry still gives their label, unit and format, so that the console table (``collapse.loop.rows``), the
 report (``collapse.report``) and W&B read every column from here.
 
 A new figure is one :func:`register` call (docs/extending.md). Imports numpy and collapse.metrics only.
@@ -148,7 +148,7 @@ def corpus_figures() -> list[Figure]:
 
 
 def resampled_names() -> tuple[str, ...]:
-    """The names of the corpus figures that carry an interval (the scalars of ``collapse.stats``)."""
+    """The names of the corpus figures that carry an interval (the scalars of ``collapse.metrics.stats``)."""
     return tuple(f.name for f in corpus_figures() if f.resample)
 
 

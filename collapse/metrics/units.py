@@ -1,6 +1,6 @@
 """A corpus as independent units (one sample, one example): sparse unit × type counts, built once.
 
-The resampling in ``collapse.stats`` weighs units; what a figure needs beyond the resampled counts (which
+The resampling in ``collapse.metrics.stats`` weighs units; what a figure needs beyond the resampled counts (which
 bigrams each unit holds, how many n-grams it has) is here. Imports numpy and scipy only.
 """
 

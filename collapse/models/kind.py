@@ -54,7 +54,7 @@ class TrainJob:
     show_progress: bool = True
     desc: str = "train"
     on_step: Callable[[int], None] | None = None
-    curve: Any = None  # collapse.run_tracking.TrainCurve or None
+    curve: Any = None  # collapse.tracking.run.TrainCurve or None
     extra: dict = field(default_factory=dict)
 
 
@@ -70,6 +70,17 @@ class ModelKind:
     def claims(self, name_or_path: str) -> bool:
         """Whether this kind serves ``model.name_or_path``."""
         raise NotImplementedError
+
+    def check_early(self, cfg, splits, command: str) -> None:
+        """Checks that need no model yet: run before ``facts`` builds or reads one (``cfg``: the whole Config)."""
+
+    def context_hint(self, cfg) -> str:
+        """What else would lift the model's context, appended to an error about it ("" where nothing would)."""
+        return ""
+
+    def title(self, cfg) -> str:
+        """The model, as a figure's title names it."""
+        return cfg.model.name_or_path
 
     def facts(self, cfg, splits, device) -> ModelFacts:
         """The model's skeleton, tokenizer and a label; weights not loaded (``cfg``: the whole Config)."""

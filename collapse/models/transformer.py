@@ -31,12 +31,12 @@ class TransformerKind(ModelKind):
 
     # ---- check, then load
     def facts(self, cfg, splits, device) -> ModelFacts:
-        from collapse.modeling import load_skeleton
+        from collapse.models.hf import load_skeleton
 
         m = cfg.model
         cache = None
         if m.name_or_path == "scratch":
-            from collapse.scratch import SHIPPED, TOKENS_FILE, build_scratch_model, scratch_folder
+            from collapse.models.scratch import SHIPPED, TOKENS_FILE, build_scratch_model, scratch_folder
 
             folder = scratch_folder(m.scratch, splits)
             if (folder / "DONE").is_file():
@@ -61,8 +61,30 @@ class TransformerKind(ModelKind):
         return ModelFacts(skel, tok, f"{label}; {n / 1e6:.2f}M parameters, context {context_length(skel):,}; {toks}",
                           cache)
 
+    def check_early(self, cfg, splits, command: str) -> None:
+        """Before a scratch model is built for `collapse measure`: its byte-level BPE gives a document at most as
+        many tokens as it has UTF-8 bytes, so the examples can be checked against the window without it."""
+        from collapse.errors import DataError
+
+        if command != "measure" or cfg.model.name_or_path != "scratch":
+            return
+        w = cfg.measure.window
+        longest = max((len(d.encode("utf-8")) for d in splits[cfg.measure.split]), default=0)
+        if longest < w:
+            raise DataError(f"every {cfg.measure.split} example is shorter than measure.window={w} tokens (longest: "
+                            f"{longest} bytes): lower measure.window or use longer documents.")
+
+    def context_hint(self, cfg) -> str:
+        return " (or raise model.scratch.context)" if cfg.model.name_or_path == "scratch" else ""
+
+    def title(self, cfg) -> str:
+        if cfg.model.name_or_path != "scratch":
+            return cfg.model.name_or_path
+        s = cfg.model.scratch
+        return f"scratch {s.arch} ({s.n_layer} layers, d={s.d_model})"
+
     def check_fits(self, cfg, model) -> None:
-        from collapse.modeling import check_lora_targets, default_targets
+        from collapse.models.hf import check_lora_targets, default_targets
 
         super().check_fits(cfg, model)
         if cfg.train.method == "lora":
@@ -70,7 +92,7 @@ class TransformerKind(ModelKind):
             check_lora_targets(model, lc.target_modules or default_targets(model), lc.modules_to_save)
 
     def training_line(self, cfg, skeleton) -> str:
-        from collapse.modeling import default_targets
+        from collapse.models.hf import default_targets
 
         tc = cfg.train
         lora = f" r={tc.lora.r} on {','.join(tc.lora.target_modules or default_targets(skeleton))}" \
@@ -78,10 +100,10 @@ class TransformerKind(ModelKind):
         return f"{tc.method}{lora} from {tc.init}, {tc.epochs} epochs, lr {tc.lr:g}, batch {tc.batch_size}"
 
     def load(self, cfg, splits, device, show_progress: bool = True, accelerator=None) -> Loaded:
-        from collapse.modeling import load_pretrained
+        from collapse.models.hf import load_pretrained
 
         if cfg.name_or_path == "scratch":  # shipped, cached, or built now
-            from collapse.scratch import TOKENS_FILE, get_scratch_model
+            from collapse.models.scratch import TOKENS_FILE, get_scratch_model
 
             folder = get_scratch_model(cfg.scratch, splits, show_progress, accelerator=accelerator)
             model, tok = load_pretrained(str(folder), cfg, device)
@@ -97,7 +119,7 @@ class TransformerKind(ModelKind):
         return "adapter" if self._lora(cfg) and not self.continues_previous(cfg) else "model"
 
     def start(self, cfg, g: int, base, prev):
-        from collapse.modeling import attach_lora
+        from collapse.models.hf import attach_lora
         from collapse.seeding import seed_torch
 
         start = starting_model(cfg.train.init, base, prev)
@@ -114,7 +136,7 @@ class TransformerKind(ModelKind):
         return start
 
     def train(self, trainee, job: TrainJob):
-        from collapse.train import finetune
+        from collapse.models.train import finetune
 
         stats = finetune(trainee, job.rows, job.val_blocks, job.train_cfg, job.accelerator, key=job.key,
                          show_progress=job.show_progress, desc=job.desc, on_step=job.on_step, curve=job.curve)
@@ -216,7 +238,7 @@ def adapter_bytes(model, cfg) -> int:
     """Size of one generation's LoRA adapter: r x (in + out) per adapted layer, plus modules_to_save."""
     from transformers.pytorch_utils import Conv1D
 
-    from collapse.modeling import default_targets
+    from collapse.models.hf import default_targets
 
     lc = cfg.train.lora
     targets = set(lc.target_modules or default_targets(model))

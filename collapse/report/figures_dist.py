@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from collapse.loop.rundir import gen_dir
 from collapse.report.plots import gen_style, mpl, ncols, pick_generations, save_figure, suptitle, wrap_text
 from collapse.report.runs import Group, Run
-from collapse.rundir import gen_dir
 
 # ---------------------------------------------------------------------- gen0-ppl
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from collapse.loop.rundir import gen_dir
 from collapse.metrics.registry import columns
 from collapse.report.figures import FIGURES
 from collapse.report.plots import band_note
 from collapse.report.runs import IGNORED_KEYS, Group, Run, metric_getter, schema_drift, short_value
-from collapse.rundir import gen_dir
 
 EXAMPLES = 3  # example prompts per run
 

@@ -133,7 +133,7 @@ FORMATS: ContextVar[tuple[str, ...]] = ContextVar("collapse_figure_formats", def
 def save_figure(fig, out: Path, stem: str) -> Path:
     """Write ``stem.png`` and ``stem.svg`` (no date in the SVG: the same figure gives the same file); with
     :data:`FORMATS` set to ("png",), the PNG alone, and an older ``stem.svg`` is removed, so a page never links a
-    vector figure of other data (drawing the SVG takes as long as the PNG, 2.5x for a large heatmap)."""
+    vector figure of other data (the SVG costs as much as the PNG or more: docs/benchmarks.md)."""
     plt = mpl()
     formats = FORMATS.get()
     if "svg" not in formats:

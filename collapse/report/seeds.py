@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from collapse.metrics.registry import columns
+from collapse.metrics.stats import row_change, row_ci
 from collapse.report.runs import Group, metric_getter
-from collapse.stats import row_change, row_ci
 
 # Two-sided 97.5% quantiles of Student's t, df = 1..30 (above: 1.96 + 2.4/df is within 0.003).
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -45,7 +45,7 @@ def _ci(values: list[float]) -> dict:
 
 
 def within_ci(row: dict, key: str, paired: bool = False) -> tuple[float, float] | None:
-    """A run's own 95% interval of ``key`` in one generation (``collapse.stats``: over samples or test blocks);
+    """A run's own 95% interval of ``key`` in one generation (``collapse.metrics.stats``: over samples or test blocks);
     ``paired``: the interval of its change from generation 0. None where the row has none."""
     ci = (row_change(row, key) or {}).get("ci95") if paired else row_ci(row, key)
     if not ci or as_float(ci[0]) is None or as_float(ci[1]) is None:

@@ -87,7 +87,7 @@ class NGramKind(ModelKind):
 
     def sample(self, model, prompts, new_tokens, gen_cfg, u, suppress_ids):
         if u is not None and gen_cfg.temperature == 1.0 and gen_cfg.top_k == 0 and gen_cfg.top_p == 1.0 \
-                and gen_cfg.repetition_penalty == 1.0:  # plain draws: straight from the counts
+                and gen_cfg.min_p == 0.0 and gen_cfg.repetition_penalty == 1.0:  # plain draws: from the counts
             return model.sample(prompts, new_tokens, u, suppress_ids)
         return None
 
@@ -103,7 +103,7 @@ def train(model0: NGramLM, rows: np.ndarray, val_blocks: np.ndarray, batch_size:
           accelerator=None) -> tuple[NGramLM, dict]:
     """One generation's "training": count ``rows`` with generation 0's settings; the stats a fine-tune reports
     (validation NLL on the REAL validation blocks)."""
-    from collapse.evaluate import mean_nll
+    from collapse.metrics.evaluate import mean_nll
 
     t0 = time.perf_counter()
     c = model0.config
@@ -142,7 +142,7 @@ def tokenizer_for(cfg, splits):
     cached, or a byte-level BPE trained now on the training split, without building the model)."""
     if getattr(splits, "tokenizer", None) is not None:
         return splits.tokenizer
-    from collapse.scratch import scratch_folder, train_tokenizer
+    from collapse.models.scratch import scratch_folder, train_tokenizer
 
     folder = scratch_folder(cfg.scratch, splits)
     if (folder / "DONE").is_file():
@@ -157,7 +157,7 @@ def tokenizer_folder(cfg, splits, tok) -> str:
     the scratch model's folder; `ngram` where it lives in memory only (a BPE trained for this run)."""
     if getattr(splits, "tokenizer", None) is not None:
         return str(_synthetic_tokenizer_folder(len(tok) - 1))  # the symbols, then the separator
-    from collapse.scratch import scratch_folder
+    from collapse.models.scratch import scratch_folder
 
     folder = scratch_folder(cfg.scratch, splits)
     return str(folder) if (folder / "DONE").is_file() else "ngram"
@@ -166,9 +166,9 @@ def tokenizer_folder(cfg, splits, tok) -> str:
 def _synthetic_tokenizer_folder(V: int):
     """The synthetic source's word-level tokenizer saved like any Hugging Face tokenizer, once, in the cache: so
     the report and anyone else can decode an n-gram run's samples."""
+    from collapse.data.synthetic import word_tokenizer
     from collapse.io import atomic_dir
-    from collapse.scratch import cache_root
-    from collapse.synthetic import word_tokenizer
+    from collapse.models.scratch import cache_root
 
     folder = cache_root() / "synthetic" / f"tokenizer-{V}"
     if not (folder / "tokenizer.json").is_file():

@@ -206,7 +206,7 @@ class NGramLM(torch.nn.Module):
     @torch.inference_mode()
     def sample(self, prompts: torch.Tensor, new_tokens: int, u: torch.Tensor, suppress_ids=()) -> torch.Tensor:
         """``new_tokens`` tokens after each prompt [B, P] from the model's counts, given the uniforms ``u``
-        [new_tokens, B] that :func:`collapse.generate.sample_batch` draws from the batch's seeded generator.
+        [new_tokens, B] that :func:`collapse.decoding.generate.sample_batch` draws from the batch's seeded generator.
 
         Token i is drawn iff ``C[i-1] <= u C[V-1] < C[i]``, C the float64 cumulative probabilities of the
         history's row with the suppressed ids (the separator) at 0: the rule of ``generate.sample_icdf``,

@@ -1,6 +1,8 @@
-"""Real text: loading (embedded KJV, hub datasets, local files), seeded splits, token blocks, regimes.
+"""The text a run reads: real text (embedded KJV, hub datasets, local files), seeded splits and token blocks
+(here), and a synthetic source whose distribution is known (``synthetic``).
 
-Token ids stay token ids from here on: nothing downstream decodes and re-tokenizes to count.
+Token ids stay token ids from here on: nothing downstream decodes and re-tokenizes to count. May import
+config, errors, io, metrics (counts and buckets), seeding; never models, the loop or tracking.
 """
 
 from __future__ import annotations
@@ -184,7 +186,7 @@ def load_splits(cfg: DataConfig, seed: int | None = None) -> Splits:
     if cfg.source == "kjv":
         raw = {"train": load_kjv()}
     elif cfg.source == "synthetic":
-        from collapse.synthetic import source
+        from collapse.data.synthetic import source
 
         src = source(cfg.synthetic)
         raw, tokenizer = {"train": src.documents()}, src.tokenizer()
@@ -296,7 +298,7 @@ class RealData:
     bucket_of: np.ndarray  # frequency bucket of every token id (by its rank in ref_counts; synthetic: TRUE rank)
     suppress: tuple[int, ...]  # ids never sampled (EOS: every sample has the full length)
     n_batches: int
-    truth: object = None  # collapse.synthetic.SyntheticSource when data.source=synthetic: the known distribution
+    truth: object = None  # collapse.data.synthetic.SyntheticSource when data.source=synthetic: the known distribution
 
     @property
     def n_seq(self) -> int:
@@ -338,7 +340,7 @@ def real_data(cfg: Config, ids: dict[str, list[np.ndarray]], eos: int | None, vo
     truth = None
     buckets = M.bucket_of(ref_counts, vocab)
     if cfg.data.source == "synthetic":  # tail loss by TRUE rank: no reference noise in which type is rare
-        from collapse.synthetic import source
+        from collapse.data.synthetic import source
 
         truth = source(cfg.data.synthetic)
         buckets = truth.bucket_of(max(vocab, len(ref_counts)))

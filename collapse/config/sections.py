@@ -1,6 +1,6 @@
-"""Config of the synthetic source (``data.synthetic``), of the n-gram model (``model.ngram``) and of the
-intervals (``stats``), and the check that refuses keys which mean nothing for the n-gram. Kept apart from
-``config.py``, which imports them."""
+"""The sections of the synthetic source (``data.synthetic``), the n-gram model (``model.ngram``), the
+intervals (``stats``) and the regime (``regime``), and the check that refuses keys which mean nothing for the n-gram; the package's
+``__init__`` gathers them into :class:`collapse.config.Config`."""
 
 from __future__ import annotations
 
@@ -8,24 +8,24 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from collapse.config.fields import setting
 from collapse.errors import ConfigError
-from collapse.fields import _f
 
 
 @dataclass
 class SyntheticConfig:
-    vocab: int = _f(1000, "Symbols of the synthetic source (one token id each; the tokenizer adds the separator).")
-    order: int = _f(1, "Markov order: 0 = independent tokens, 1 = each token depends on the one before, 2 = on two "
+    vocab: int = setting(1000, "Symbols of the synthetic source (one token id each; the tokenizer adds the separator).")
+    order: int = setting(1, "Markov order: 0 = independent tokens, 1 = each token depends on the one before, 2 = on two "
                        "(order 2 holds a vocab^3 table: vocab at most 200).")
-    zipf: float = _f(1.1, "Zipf exponent s of the base unigram distribution (p_i proportional to i^-s).")
-    concentration: float = _f(100.0, "Total Dirichlet concentration of each transition row (row ~ Dirichlet(c * "
+    zipf: float = setting(1.1, "Zipf exponent s of the base unigram distribution (p_i proportional to i^-s).")
+    concentration: float = setting(100.0, "Total Dirichlet concentration of each transition row (row ~ Dirichlet(c * "
                                      "base unigram)): small = peaked, predictable rows; large = rows near the base.")
-    documents: int = _f(2000, "Documents sampled for the train / validation / test splits (data.val_fraction, "
+    documents: int = setting(2000, "Documents sampled for the train / validation / test splits (data.val_fraction, "
                               "data.test_fraction).")
-    doc_tokens: int = _f(128, "Tokens per document (each document starts in the stationary distribution).")
-    truth_documents: int = _f(256, "Fresh documents drawn from the source to estimate kl_truth (the same every "
+    doc_tokens: int = setting(128, "Tokens per document (each document starts in the stationary distribution).")
+    truth_documents: int = setting(256, "Fresh documents drawn from the source to estimate kl_truth (the same every "
                                    "generation).")
-    seed: int = _f(0, "Seed of the transition tables and of the documents (fixed across run seeds).")
+    seed: int = setting(0, "Seed of the transition tables and of the documents (fixed across run seeds).")
 
     def __post_init__(self) -> None:
         if self.vocab < 2:
@@ -52,8 +52,8 @@ class SyntheticConfig:
 
 @dataclass
 class NGramConfig:
-    n: int = _f(2, "Order of the count-based model: 1 = unigram, 2 = bigram, 3 = trigram.")
-    add_k: float = _f(0.0, "Add-k smoothing of every count (0 = pure maximum likelihood: an unseen event has "
+    n: int = setting(2, "Order of the count-based model: 1 = unigram, 2 = bigram, 3 = trigram.")
+    add_k: float = setting(0.0, "Add-k smoothing of every count (0 = pure maximum likelihood: an unseen event has "
                            "probability 0 and an infinite loss).")
 
     def __post_init__(self) -> None:
@@ -83,11 +83,29 @@ def check_explicit_keys(cfg: Any, explicit: list[str]) -> None:
 
 @dataclass
 class StatsConfig:
-    resamples: int = _f(1000, "Bootstrap resamples behind every 95% interval and paired change (0 = no intervals).")
-    level: float = _f(0.95, "Coverage of the intervals (the `ci95` keys keep their name at any level).")
+    resamples: int = setting(1000, "Bootstrap resamples behind every 95% interval and paired change (0 = no intervals).")
+    level: float = setting(0.95, "Coverage of the intervals (the `ci95` keys keep their name at any level).")
 
     def __post_init__(self) -> None:
         if self.resamples < 0 or 0 < self.resamples < 100:
             raise ConfigError(f"stats.resamples={self.resamples} is out of range: use 0 (no intervals) or at least 100.")
         if not 0.5 <= self.level < 1.0:
             raise ConfigError(f"stats.level={self.level} is out of range: use a coverage in [0.5, 1), e.g. 0.95.")
+
+
+@dataclass
+class RegimeConfig:
+    kind: str = setting("replace", "`replace` | `mix` | `accumulate` | `accumulate_subsample`, or a regime registered "
+                   "with collapse.loop.regimes.regime.")
+    real_fraction: float = setting(0.1, "For `mix`: share of each training set drawn fresh from real blocks.")
+    size: int | None = setting(None, "For `accumulate_subsample`: training-set size (null = one generation's sample count).")
+
+    def __post_init__(self) -> None:
+        from collapse.loop.regimes import REGIMES
+
+        if self.kind not in REGIMES:
+            raise ConfigError(f"regime.kind={self.kind!r} is not one of: {', '.join(REGIMES)}.")
+        if not 0.0 <= self.real_fraction <= 1.0 or math.isnan(self.real_fraction):
+            raise ConfigError(f"regime.real_fraction={self.real_fraction} is out of range: use a value in [0, 1].")
+        if self.size is not None and self.size < 1:
+            raise ConfigError("regime.size must be at least 1 (or null).")

@@ -1,5 +1,5 @@
 """Decode engines: hand-written forwards with a preallocated KV cache (GPT-2 / OPT here, the Llama family
-in collapse/fastgen_llama.py, their shared cache / CUDA-graph / beam machinery in collapse/fastgen_base.py)
+in collapse/decoding/fastgen_llama.py, their shared cache / CUDA-graph / beam machinery in collapse/decoding/fastgen_base.py)
 and the HF fallback.
 
 Why: at the sizes this tool runs (tiny models on CPU, 125M-class models at batch 512 on a GPU) the
@@ -25,10 +25,8 @@ graphs share one memory pool (they run one after another). The maths and kernels
 eager step, so logits are bit-identical with and without graphs. If capture fails (old GPU, driver,
 an op that cannot be captured) the engine logs a warning and decodes eagerly.
 
-Measured on an H200 (OPT-125m shapes, bf16, 64 + 64 tokens): a single static-shape step over the
-whole cache with a position mask (SDPA picks cuDNN for masked attention) captured in ONE graph was
-2.2x faster than eager at batch 64 but 12-17% slower at batch 512-1024, where the step is GPU-bound
-and the masked kernel over 128 slots loses to the flash decoding kernel over the used slots.
+One graph per position, not one static-shape step over the whole cache with a position mask: the masked
+kernel loses to flash decoding over the used slots at large batches (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -36,8 +34,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from collapse.fastgen_base import KVDecoder
-from collapse.fastgen_llama import LlamaDecoder
+from collapse.decoding.fastgen_base import KVDecoder
+from collapse.decoding.fastgen_llama import LlamaDecoder
 
 
 class HFEngine:
@@ -181,7 +179,7 @@ def graphs_available(device: torch.device) -> bool:
 
 def make_engine(model, batch: int, max_len: int, prefer: str = "auto", graphs: bool | None = None):
     """The fast engine where supported (``prefer='auto'``/``'fast'``), else HF's own forward: GPT-2 / OPT
-    on :class:`FastDecoder`, the Llama family on :class:`~collapse.fastgen_llama.LlamaDecoder`.
+    on :class:`FastDecoder`, the Llama family on :class:`~collapse.decoding.fastgen_llama.LlamaDecoder`.
 
     ``graphs``: None = CUDA graphs wherever the device is CUDA (see :func:`graphs_available`).
     """

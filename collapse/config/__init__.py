@@ -2,7 +2,9 @@
 
 Precedence is CLI over YAML over defaults. Every field carries a docstring-like ``help`` in its
 metadata; ``collapse keys`` prints them. Unknown keys, wrong types and out-of-range
-values raise :class:`ConfigError` with one line that names the key and what to do.
+values raise :class:`ConfigError` with one line that names the key and what to do. ``sections`` holds the
+sections of the data source, the n-gram and the statistics; ``fields`` the one helper every field uses.
+Imports errors and (to validate ``regime.kind``) loop.regimes only.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from typing import Any
 
 import yaml
 
-from collapse.config_kinds import NGramConfig, StatsConfig, SyntheticConfig, check_explicit_keys
+from collapse.config.fields import setting
+from collapse.config.sections import NGramConfig, RegimeConfig, StatsConfig, SyntheticConfig, check_explicit_keys
 from collapse.errors import ConfigError
-from collapse.fields import _f
 
 # top-level config sections that change no result (a run resumes with them changed; the fingerprint skips them)
 RESULT_NEUTRAL_KEYS = ("resume", "overwrite", "wandb", "out_dir", "keep_checkpoints")
@@ -30,17 +32,17 @@ RESULT_NEUTRAL_KEYS = ("resume", "overwrite", "wandb", "out_dir", "keep_checkpoi
 
 @dataclass
 class DataConfig:
-    source: str = _f("kjv", "`kjv` (embedded King James text), `synthetic` (a Markov source with known "
+    source: str = setting("kjv", "`kjv` (embedded King James text), `synthetic` (a Markov source with known "
                      "distribution: data.synthetic), a hub dataset id, or a local .txt/.jsonl/.parquet file.")
-    config: str | None = _f(None, "Hub dataset configuration name, e.g. `wikitext-2-raw-v1`.")
-    text_field: str = _f("text", "Column holding the text.")
-    split: str | None = _f(None, "Single source split to split ourselves; default: use the source's train/validation/test if it has them.")
-    val_fraction: float = _f(0.05, "Share of documents held out for validation when the source has no validation split.")
-    test_fraction: float = _f(0.05, "Share of documents held out for test when the source has no test split.")
-    split_seed: int = _f(0, "Seed of the document shuffle that makes the splits (fixed across run seeds, so every seed "
+    config: str | None = setting(None, "Hub dataset configuration name, e.g. `wikitext-2-raw-v1`.")
+    text_field: str = setting("text", "Column holding the text.")
+    split: str | None = setting(None, "Single source split to split ourselves; default: use the source's train/validation/test if it has them.")
+    val_fraction: float = setting(0.05, "Share of documents held out for validation when the source has no validation split.")
+    test_fraction: float = setting(0.05, "Share of documents held out for test when the source has no test split.")
+    split_seed: int = setting(0, "Seed of the document shuffle that makes the splits (fixed across run seeds, so every seed "
                             "is scored on the same test text).")
-    min_chars: int = _f(1, "Drop documents shorter than this many characters (wikitext has many empty lines).")
-    max_documents: int | None = _f(None, "Keep at most this many documents per split (quick experiments).")
+    min_chars: int = setting(1, "Drop documents shorter than this many characters (wikitext has many empty lines).")
+    max_documents: int | None = setting(None, "Keep at most this many documents per split (quick experiments).")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
@@ -58,26 +60,26 @@ class DataConfig:
 
 @dataclass
 class ScratchConfig:
-    arch: str = _f("gpt2", "Architecture of the scratch model: `gpt2` or `llama`.", choices=("gpt2", "llama"))
-    vocab_size: int = _f(4096, "Byte-level BPE vocabulary size trained on the real training split.")
-    n_layer: int = _f(2, "Transformer layers.")
-    d_model: int = _f(128, "Hidden size.")
-    n_head: int = _f(4, "Attention heads.")
-    context: int = _f(512, "Maximum positions (must cover measure.window and prompt + new tokens).")
-    block_size: int = _f(128, "Training block length in tokens.")
-    seed: int = _f(0, "Seed of the build (weight init, batch order). Not the run's seed: every run seed starts from the "
+    arch: str = setting("gpt2", "Architecture of the scratch model: `gpt2` or `llama`.", choices=("gpt2", "llama"))
+    vocab_size: int = setting(4096, "Byte-level BPE vocabulary size trained on the real training split.")
+    n_layer: int = setting(2, "Transformer layers.")
+    d_model: int = setting(128, "Hidden size.")
+    n_head: int = setting(4, "Attention heads.")
+    context: int = setting(512, "Maximum positions (must cover measure.window and prompt + new tokens).")
+    block_size: int = setting(128, "Training block length in tokens.")
+    seed: int = setting(0, "Seed of the build (weight init, batch order). Not the run's seed: every run seed starts from the "
                       "same generation 0, as in the paper.")
-    until: str = _f("converged", "`converged`: the peak rate until the validation loss stops improving (patience, "
+    until: str = setting("converged", "`converged`: the peak rate until the validation loss stops improving (patience, "
                     "min_delta), a linear cooldown to 10%, then on until it stops again (at most `steps`); `steps`: "
                     "exactly `steps` steps, cosine decay over them.", choices=("converged", "steps"))
-    steps: int = _f(8000, "Optimizer steps: the number (until=steps) or the cap (until=converged).")
-    eval_every: int = _f(100, "until=converged: steps between validation losses (the curve in scratch.json).")
-    patience: int = _f(600, "until=converged: the loss has stopped improving when its best improved by less than "
+    steps: int = setting(8000, "Optimizer steps: the number (until=steps) or the cap (until=converged).")
+    eval_every: int = setting(100, "until=converged: steps between validation losses (the curve in scratch.json).")
+    patience: int = setting(600, "until=converged: the loss has stopped improving when its best improved by less than "
                             "min_delta over the last max(patience, 10% of the steps so far) steps; also the shortest "
                             "cooldown. Twice the early loss plateau (docs/results.md).")
-    min_delta: float = _f(0.01, "until=converged: relative improvement of the validation loss that counts (0.01 = 1%).")
-    batch_size: int = _f(32, "Pre-training batch size in blocks (over all processes).")
-    lr: float = _f(3e-3, "Peak learning rate (AdamW, warmup then cosine to 10%); small models like it high.")
+    min_delta: float = setting(0.01, "until=converged: relative improvement of the validation loss that counts (0.01 = 1%).")
+    batch_size: int = setting(32, "Pre-training batch size in blocks (over all processes).")
+    lr: float = setting(3e-3, "Peak learning rate (AdamW, warmup then cosine to 10%); small models like it high.")
 
     def __post_init__(self) -> None:
         for k in ("vocab_size", "n_layer", "d_model", "n_head", "context", "block_size", "steps", "batch_size",
@@ -98,11 +100,11 @@ class ScratchConfig:
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = _f("scratch", "`scratch` (a small model trained here; the embedded default ships it), "
+    name_or_path: str = setting("scratch", "`scratch` (a small model trained here; the embedded default ships it), "
                            "`ngram` (a count-based model: model.ngram), a hub id, or a local model folder.")
-    trust_remote_code: bool = _f(False, "Allow a hub model's own Python code to run. Off unless you trust it.")
-    revision: str | None = _f(None, "Hub revision (branch, tag or commit) of the model.")
-    dtype: str = _f("auto", "`auto` (bf16 on CUDA with bf16 support, else fp32), `float32`, `bfloat16`, `float16`.",
+    trust_remote_code: bool = setting(False, "Allow a hub model's own Python code to run. Off unless you trust it.")
+    revision: str | None = setting(None, "Hub revision (branch, tag or commit) of the model.")
+    dtype: str = setting("auto", "`auto` (bf16 on CUDA with bf16 support, else fp32), `float32`, `bfloat16`, `float16`.",
                     choices=("auto", "float32", "bfloat16", "float16"))
     scratch: ScratchConfig = field(default_factory=ScratchConfig)
     ngram: NGramConfig = field(default_factory=NGramConfig)
@@ -110,10 +112,10 @@ class ModelConfig:
 
 @dataclass
 class MeasureConfig:
-    samples: int = _f(100, "Held-out examples to continue (each needs at least `window` tokens).")
-    window: int = _f(256, "Tokens taken from the start of each example; the model continues the first half.")
-    split: str = _f("validation", "Which split the examples come from: `validation` or `test`.", choices=("validation", "test"))
-    rank_by: str = _f("reference", "What ranks the token types into buckets: `reference` (the true second halves, as "
+    samples: int = setting(100, "Held-out examples to continue (each needs at least `window` tokens).")
+    window: int = setting(256, "Tokens taken from the start of each example; the model continues the first half.")
+    split: str = setting("validation", "Which split the examples come from: `validation` or `test`.", choices=("validation", "test"))
+    rank_by: str = setting("reference", "What ranks the token types into buckets: `reference` (the true second halves, as "
                       "in the motivating experiment) or `train` (the real training split's counts, so types absent "
                       "from the examples still get a bucket).", choices=("reference", "train"))
 
@@ -126,20 +128,21 @@ class MeasureConfig:
 
 @dataclass
 class GenerationConfig:
-    prompt_tokens: int = _f(64, "Prompt length: real training blocks are cut to this many tokens.")
-    new_tokens: int = _f(64, "Tokens generated per sample (min = max: every sample has exactly this length).")
-    num_sequences: int | None = _f(None, "Samples per generation; null = as many as the real training split has blocks.")
-    batch_size: int = _f(256, "Sequences decoded together. Also fixes which sequences share a random stream.")
-    temperature: float = _f(1.0, "Softmax temperature; 0 = greedy.")
-    top_k: int = _f(0, "Keep only the k most likely tokens (0 = off).")
-    top_p: float = _f(1.0, "Nucleus sampling mass (1.0 = off).")
-    num_beams: int = _f(1, "Beam search width (1 = sampling / greedy); exactly HF `generate`'s beam search, fixed length.")
-    repetition_penalty: float = _f(1.0, "CTRL-style penalty on tokens already in the sequence (1.0 = off).")
-    engine: str = _f("auto", "`auto`: the fast GPT-2/OPT/Llama-family decoder where supported, else HF's forward; "
+    prompt_tokens: int = setting(64, "Prompt length: real training blocks are cut to this many tokens.")
+    new_tokens: int = setting(64, "Tokens generated per sample (min = max: every sample has exactly this length).")
+    num_sequences: int | None = setting(None, "Samples per generation; null = as many as the real training split has blocks.")
+    batch_size: int = setting(256, "Sequences decoded together. Also fixes which sequences share a random stream.")
+    temperature: float = setting(1.0, "Softmax temperature; 0 = greedy.")
+    top_k: int = setting(0, "Keep only the k most likely tokens (0 = off).")
+    top_p: float = setting(1.0, "Nucleus sampling mass (1.0 = off).")
+    min_p: float = setting(0.0, "Min-p sampling: drop tokens below min_p times the top token's probability (0 = off).")
+    num_beams: int = setting(1, "Beam search width (1 = sampling / greedy); exactly HF `generate`'s beam search, fixed length.")
+    repetition_penalty: float = setting(1.0, "CTRL-style penalty on tokens already in the sequence (1.0 = off).")
+    engine: str = setting("auto", "`auto`: the fast GPT-2/OPT/Llama-family decoder where supported, else HF's forward; "
                      "`hf`: always HF's forward; `hf-generate` (beam search only): HF `generate` itself, the slow "
                      "reference.",
                      choices=("auto", "hf", "hf-generate"))
-    keep_prompt: bool = _f(False, "Train the next generation on prompt + continuation instead of the continuation only.")
+    keep_prompt: bool = setting(False, "Train the next generation on prompt + continuation instead of the continuation only.")
 
     def __post_init__(self) -> None:
         if self.prompt_tokens < 1 or self.new_tokens < 1:
@@ -154,6 +157,8 @@ class GenerationConfig:
             raise ConfigError("generation.top_k must be 0 (off) or positive.")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"generation.top_p={self.top_p} is out of range: use a value in (0, 1].")
+        if not 0.0 <= self.min_p < 1.0:
+            raise ConfigError(f"generation.min_p={self.min_p} is out of range: use a value in [0, 1) (0 = off).")
         if self.num_beams < 1:
             raise ConfigError("generation.num_beams must be at least 1.")
         if self.repetition_penalty <= 0:
@@ -164,30 +169,12 @@ class GenerationConfig:
 
 
 @dataclass
-class RegimeConfig:
-    kind: str = _f("replace", "`replace` | `mix` | `accumulate` | `accumulate_subsample`, or a regime registered "
-                   "with collapse.regimes.regime.")
-    real_fraction: float = _f(0.1, "For `mix`: share of each training set drawn fresh from real blocks.")
-    size: int | None = _f(None, "For `accumulate_subsample`: training-set size (null = one generation's sample count).")
-
-    def __post_init__(self) -> None:
-        from collapse.regimes import REGIMES
-
-        if self.kind not in REGIMES:
-            raise ConfigError(f"regime.kind={self.kind!r} is not one of: {', '.join(REGIMES)}.")
-        if not 0.0 <= self.real_fraction <= 1.0 or math.isnan(self.real_fraction):
-            raise ConfigError(f"regime.real_fraction={self.real_fraction} is out of range: use a value in [0, 1].")
-        if self.size is not None and self.size < 1:
-            raise ConfigError("regime.size must be at least 1 (or null).")
-
-
-@dataclass
 class LoraConfig:
-    r: int = _f(8, "LoRA rank.")
-    alpha: float = _f(16.0, "LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = _f(0.0, "Dropout on the LoRA branch.")
-    target_modules: list[str] | None = _f(None, "Module names to adapt; null = all attention and MLP projections.")
-    modules_to_save: list[str] | None = _f(None, "Modules trained in full beside the adapters, e.g. [lm_head].")
+    r: int = setting(8, "LoRA rank.")
+    alpha: float = setting(16.0, "LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = setting(0.0, "Dropout on the LoRA branch.")
+    target_modules: list[str] | None = setting(None, "Module names to adapt; null = all attention and MLP projections.")
+    modules_to_save: list[str] | None = setting(None, "Modules trained in full beside the adapters, e.g. [lm_head].")
 
     def __post_init__(self) -> None:
         if self.r < 1:
@@ -198,22 +185,22 @@ class LoraConfig:
 
 @dataclass
 class TrainConfig:
-    method: str = _f("lora", "`lora` (peft adapters) or `full` fine-tune.", choices=("lora", "full"))
-    init: str = _f("base", "`base`: each generation starts from generation 0's weights (the paper); `previous`: from model g.",
+    method: str = setting("lora", "`lora` (peft adapters) or `full` fine-tune.", choices=("lora", "full"))
+    init: str = setting("base", "`base`: each generation starts from generation 0's weights (the paper); `previous`: from model g.",
                    choices=("base", "previous"))
-    select: str = _f("best_val", "`best_val`: keep the epoch with the lowest REAL validation loss (the paper); `last`.",
+    select: str = setting("best_val", "`best_val`: keep the epoch with the lowest REAL validation loss (the paper); `last`.",
                      choices=("best_val", "last"))
-    epochs: int = _f(2, "Epochs over each generation's training set.")
-    lr: float = _f(2e-3, "Peak learning rate (linear warmup, cosine decay).")
-    batch_size: int = _f(32, "Sequences per optimizer step, over all processes and accumulation steps.")
-    grad_accum: int = _f(1, "Gradient accumulation steps (micro-batch = batch_size / processes / grad_accum).")
-    warmup_ratio: float = _f(0.05, "Share of steps spent warming up.")
-    weight_decay: float = _f(0.0, "AdamW weight decay.")
-    max_grad_norm: float = _f(1.0, "Gradient clipping (0 = off).")
-    mixed_precision: str = _f("auto", "`auto` (bf16 where supported on GPU), `no`, `bf16`, `fp16`.",
+    epochs: int = setting(2, "Epochs over each generation's training set.")
+    lr: float = setting(2e-3, "Peak learning rate (linear warmup, cosine decay).")
+    batch_size: int = setting(32, "Sequences per optimizer step, over all processes and accumulation steps.")
+    grad_accum: int = setting(1, "Gradient accumulation steps (micro-batch = batch_size / processes / grad_accum).")
+    warmup_ratio: float = setting(0.05, "Share of steps spent warming up.")
+    weight_decay: float = setting(0.0, "AdamW weight decay.")
+    max_grad_norm: float = setting(1.0, "Gradient clipping (0 = off).")
+    mixed_precision: str = setting("auto", "`auto` (bf16 where supported on GPU), `no`, `bf16`, `fp16`.",
                               choices=("auto", "no", "bf16", "fp16"))
     lora: LoraConfig = field(default_factory=LoraConfig)
-    gen0_epochs: int = _f(0, "Epochs of fine-tuning the base model on the real training split before generation 0.")
+    gen0_epochs: int = setting(0, "Epochs of fine-tuning the base model on the real training split before generation 0.")
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -230,26 +217,26 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    block_size: int | None = _f(None, "Test perplexity block length; null = prompt_tokens + new_tokens.")
-    batch_size: int = _f(64, "Blocks per forward pass in evaluation.")
-    max_blocks: int | None = _f(None, "Evaluate at most this many test (and validation) blocks (null = all).")
+    block_size: int | None = setting(None, "Test perplexity block length; null = prompt_tokens + new_tokens.")
+    batch_size: int = setting(64, "Blocks per forward pass in evaluation.")
+    max_blocks: int | None = setting(None, "Evaluate at most this many test (and validation) blocks (null = all).")
 
 
 @dataclass
 class WandbConfig:
-    mode: str = _f("auto", "`auto`: online when logged in to W&B (WANDB_API_KEY or a netrc entry for the W&B host), "
+    mode: str = setting("auto", "`auto`: online when logged in to W&B (WANDB_API_KEY or a netrc entry for the W&B host), "
                    "else offline, with the `wandb sync` command printed at the end; the WANDB_MODE environment "
                    "variable, when set, decides instead. `disabled` | `offline` | `online` (online falls back to "
                    "offline without an API key). Never a prompt.", choices=("auto", "disabled", "offline", "online"))
-    project: str = _f("collapse", "W&B project.")
-    entity: str | None = _f(None, "W&B entity (team or user).")
-    group: str | None = _f(None, "W&B group, e.g. one per regime, to compare seeds (`collapse sweep` sets one per sweep).")
-    tags: list[str] = _f([], "W&B tags.")
-    name: str | None = _f(None, "W&B run name (default: the run folder's name).")
-    log_weights: bool = _f(True, "Upload each generation's weights (LoRA adapter or model) in its W&B artifact. "
+    project: str = setting("collapse", "W&B project.")
+    entity: str | None = setting(None, "W&B entity (team or user).")
+    group: str | None = setting(None, "W&B group, e.g. one per regime, to compare seeds (`collapse sweep` sets one per sweep).")
+    tags: list[str] = setting([], "W&B tags.")
+    name: str | None = setting(None, "W&B run name (default: the run folder's name).")
+    log_weights: bool = setting(True, "Upload each generation's weights (LoRA adapter or model) in its W&B artifact. "
                            "false: weight artifacts hold only what they were made from (a small JSON), so the lineage "
                            "stays and nothing large is uploaded.")
-    log_every: int = _f(1, "Optimizer steps between points of the training curves (train/loss, train/lr, ...).")
+    log_every: int = setting(1, "Optimizer steps between points of the training curves (train/loss, train/lr, ...).")
 
     def __post_init__(self) -> None:
         if self.log_every < 1:
@@ -258,13 +245,13 @@ class WandbConfig:
 
 @dataclass
 class Config:
-    out_dir: str = _f("runs/default", "Run folder.")
-    seed: int = _f(0, "Master seed: every stage draws from (seed, generation, stage, shard).")
-    generations: int = _f(5, "Generations after generation 0 (model 0 is the base).")
-    resume: str = _f("auto", "`auto`: continue a run of the same config in out_dir; `never`: start over.",
+    out_dir: str = setting("runs/default", "Run folder.")
+    seed: int = setting(0, "Master seed: every stage draws from (seed, generation, stage, shard).")
+    generations: int = setting(5, "Generations after generation 0 (model 0 is the base).")
+    resume: str = setting("auto", "`auto`: continue a run of the same config in out_dir; `never`: start over.",
                      choices=("auto", "never"))
-    overwrite: bool = _f(False, "With resume=never, allow deleting a non-empty out_dir.")
-    keep_checkpoints: int | None = _f(None, "Generations that keep model weights (newest first); null = all.")
+    overwrite: bool = setting(False, "With resume=never, allow deleting a non-empty out_dir.")
+    keep_checkpoints: int | None = setting(None, "Generations that keep model weights (newest first); null = all.")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)

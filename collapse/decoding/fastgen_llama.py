@@ -1,5 +1,5 @@
 """The Llama family's decode engine (Llama, Qwen2, Mistral, SmolLM...): RoPE, grouped-query attention,
-RMSNorm, SwiGLU, on the KV cache and CUDA-graph machinery of :class:`collapse.fastgen_base.KVDecoder`.
+RMSNorm, SwiGLU, on the KV cache and CUDA-graph machinery of :class:`collapse.decoding.fastgen_base.KVDecoder`.
 
 The maths is HF's forward (transformers' ``modeling_llama`` / ``modeling_qwen2`` / ``modeling_mistral``)
 op for op, in the same dtypes, shapes and layouts, so that its logits are bit-identical to those of HF's
@@ -19,10 +19,8 @@ Choices that follow from bit-identity:
   no mask (prefill of equal-length prompts: ``is_causal``; decode: one query row), on CPU and CUDA.
 - The head gets the prompt's last position as HF's ``[B, 1, d]`` slice of all positions' final norm.
 
-Checked on an H200 (torch 2.11, transformers 5.17; SmolLM-135M and Qwen2-0.5B shapes, random weights,
-64 + 64 tokens at batch 64): logits bit-identical to HF's in bf16 and float32, eager, static and with CUDA
-graphs; with graphs 0.21 s against HF's 1.28 s (6.0x; Qwen2-0.5B shape 6.9x; at batch 256 5.1x / 3.9x),
-eager 1.3-1.6x.
+Logits are bit-identical to HF's in bf16 and float32, eager, static and with CUDA graphs (checked on an
+H200; the timings are in docs/benchmarks.md, "Measurements behind the code's choices").
 """
 
 from __future__ import annotations
@@ -30,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from collapse.fastgen_base import KVDecoder
+from collapse.decoding.fastgen_base import KVDecoder
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@ console table printed at the end of a run.
 
 ``metrics_row`` gathers what the stages wrote (evaluation, distribution metrics of the samples, their
 gen-0 perplexity, training); ``interval_part`` adds every figure's 95% interval and the paired changes
-from generation 0 and the previous generation (``collapse.stats``); ``metrics_table`` prints rows.
+from generation 0 and the previous generation (``collapse.metrics.stats``); ``metrics_table`` prints rows.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from collapse import metrics as M
-from collapse import stats as S
 from collapse.io import read_json, write_json
-from collapse.rundir import BOOTSTRAP, EVAL_BLOCKS
+from collapse.loop.rundir import BOOTSTRAP, EVAL_BLOCKS
+from collapse.metrics import stats as S
 
 PPL_BINS = np.logspace(0, 4, 81)  # gen0_ppl histogram edges, shared by all generations (1 .. 10^4)
 

@@ -10,13 +10,14 @@ What a `collapse run` logs to W&B (``wandb.mode``, default ``auto``):
   ``val/nll`` and ``train/epoch_loss`` per epoch;
 * artifacts with their lineage: corpus g (``samples.parquet``, made from model g) and model g (the adapter or
   model, made from the corpora it was trained on and its starting weights; ``wandb.log_weights=false`` keeps
-  only that record), and ``report.html`` at the end (what is logged when: :mod:`collapse.run_tracking`). Offline, one run logs them all with the made-from
+  only that record), and ``report.html`` at the end (what is logged when: :mod:`collapse.tracking.run`). Offline, one run logs them all with the made-from
   metadata; online, each training and each generation is also a short run of the same group that *uses* its
   inputs and logs its output, so W&B's lineage graph draws the recursion (a graph is acyclic: one run cannot
   both make and use a corpus).
 
 W&B is imported lazily, used on the main process only, never prompts, and the key never reaches the run
-folder (the config we upload is the resolved config, which holds no key).
+folder (the config we upload is the resolved config, which holds no key). ``run`` holds what a run logs,
+stage by stage. May import config, errors, io, metrics (the row's figures), report (the charts); never the loop.
 
 Resume. W&B's own step (``_step``) of every row is a function of (generation, training step) alone
 (:class:`StepAxis`), so a resumed process logs each row at the step the killed one used. Rows and artifacts
@@ -193,7 +194,12 @@ def train_steps(out: Path) -> Callable[[int], int]:
 def _records(path: Path):
     """The Record protobufs of a ``run-*.wandb`` file up to its first damage (a killed process leaves a tail).
 
-    The format (leveldb log blocks of 32 KiB, 7-byte chunk headers) is described in tests/wandb_offline.py.
+    The format (wandb-core's transaction log, a leveldb log): a 7-byte header (``:W&B``, magic 0xBEE1 as
+    uint16 LE, version 0), then 32 KiB blocks counted from offset 0; each chunk is crc32 (uint32 LE, IEEE
+    over the type byte then the payload), payload length (uint16 LE), type (1 full, 2 first, 3 middle,
+    4 last) and the payload, never crossing a block (fewer than 7 bytes left: zero padding). A record's
+    reassembled payload is a ``wandb_internal_pb2.Record``; the file is written a block at a time, so a
+    killed process loses its last partial block.
     """
     from wandb.proto import wandb_internal_pb2
 

@@ -34,7 +34,7 @@ from collapse.seeding import seeded_generator
 
 
 def _filter_logits(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
-    """Temperature, top-k, top-p, in that order (as HF's warpers do)."""
+    """Temperature, top-k, top-p, min-p, in that order (as HF's warpers do); each off at its default."""
     if cfg.temperature > 0 and cfg.temperature != 1.0:
         logits = logits / cfg.temperature
     if cfg.top_k > 0 and cfg.top_k < logits.shape[-1]:
@@ -46,6 +46,9 @@ def _filter_logits(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
         drop = cum - sorted_logits.softmax(-1) >= cfg.top_p  # keep the smallest prefix reaching top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+    if cfg.min_p > 0.0:  # drop p < min_p * p_max; the most likely token always stays
+        p = logits.softmax(-1)
+        logits = logits.masked_fill(p < cfg.min_p * p.max(-1, keepdim=True).values, float("-inf"))
     return logits
 
 
@@ -55,12 +58,6 @@ def _penalize_ids(scores: torch.Tensor, ids: torch.Tensor, penalty: float) -> to
     s = scores.gather(1, ids)
     scores.scatter_(1, ids, torch.where(s < 0, s * penalty, s / penalty))
     return scores
-
-
-def _gumbel(shape: tuple[int, int], generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Gumbel noise (the former sampler; kept for tests and the benchmark's before/after)."""
-    u = torch.rand(shape, generator=generator, dtype=torch.float32, device=generator.device)
-    return (-torch.log(-torch.log(u))).to(device)
 
 
 def sample_icdf(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -78,8 +75,7 @@ def sample_icdf(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 def decode_chunk(device: torch.device, batch: int) -> int:
     """Rows decoded together: the whole batch on a GPU; on a CPU 64 rows per thread, so that each thread's
     share of the per-step working set (logits and sampling passes: 64 x 4096 floats = 1 MiB) stays in its
-    L2 cache. Measured on the 4096-token scratch model, batch 256: 1 thread, 64 rows 1.25x faster than 256;
-    2 threads (quiet), 128 rows 1.07x faster than 256 and 1.08x faster than 64."""
+    L2 cache (docs/benchmarks.md, "Measurements behind the code's choices")."""
     if device.type != "cpu":
         return batch
     return max(1, min(batch, 64 * torch.get_num_threads()))
@@ -124,7 +120,7 @@ def sample_batch(model, prompts: torch.Tensor, new_tokens: int, cfg: GenerationC
 
 
 def _engine(model, batch: int, prompt_len: int, max_len: int, cfg: GenerationConfig, engines: dict | None):
-    from collapse.fastgen import make_engine
+    from collapse.decoding.fastgen import make_engine
 
     key = (id(model), batch, prompt_len, max_len, cfg.engine)
     if engines is None or key not in engines:

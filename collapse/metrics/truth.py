@@ -1,4 +1,4 @@
-"""Figures against the known truth, whenever ``data.source`` is synthetic (``collapse.synthetic``).
+"""Figures against the known truth, whenever ``data.source`` is synthetic (``collapse.data.synthetic``).
 
 * ``kl_truth`` (nats per token): KL(truth ‖ model g) per token, estimated on fresh truth documents (the
   same ``truth_documents`` every generation) as the mean over their tokens of
@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from collapse import metrics as M
+from collapse.metrics.stats import mean_ci
 from collapse.models.kind import kind_of
 from collapse.seeding import numpy_rng
-from collapse.stats import mean_ci
 
 
 @torch.inference_mode()

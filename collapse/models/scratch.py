@@ -21,16 +21,16 @@ import torch
 
 from collapse.config import ScratchConfig
 from collapse.errors import ConfigError, DataError, TrainingError
-from collapse.evaluate import mean_nll
 from collapse.io import atomic_dir
-from collapse.train import epoch_order, lm_loss, lr_at
+from collapse.metrics.evaluate import mean_nll
+from collapse.models.train import epoch_order, lm_loss, lr_at
 
 log = logging.getLogger("collapse")
 
 SCRATCH_VERSION = 2  # bump when the scratch recipe changes, so old caches are not reused
 EOT = "<|endoftext|>"
 TOKENS_FILE = "tokens.npz"  # the real splits' token ids, made with the folder's tokenizer (data.split_ids)
-SHIPPED = Path(__file__).parent / "gen0"  # the embedded default's generation 0, built by scripts/build_gen0.py
+SHIPPED = Path(__file__).parent.parent / "gen0"  # the embedded default's generation 0, built by scripts/build_gen0.py
 SHIPPED_INFO = "gen0.json"
 
 

@@ -51,7 +51,7 @@ def evaluate_blocks(model, blocks: np.ndarray, bucket_of: np.ndarray, batch_size
     ``tail_loss[b]`` = mean NLL of the predicted tokens whose *target* type falls in frequency bucket b
     (``bucket_of[token] -> bucket index``, ranks from the real training split). Empty buckets are None.
     With ``per_block`` the result also holds ``block_sums`` and ``block_counts`` (numpy, [N, buckets]): each
-    block's summed NLL and predicted tokens per bucket, the units of the intervals (``collapse.stats``).
+    block's summed NLL and predicted tokens per bucket, the units of the intervals (``collapse.metrics.stats``).
     """
     was_training = model.training
     model.eval()

@@ -1,9 +1,9 @@
 """What the hand-written decode engines share: the preallocated KV cache, the per-position steps that CUDA
-graphs capture, beam search's prefill and cache reorder (see collapse/fastgen.py for the why).
+graphs capture, beam search's prefill and cache reorder (see collapse/decoding/fastgen.py for the why).
 
 A subclass pulls the weights out of the model in ``_load`` (setting ``layers``, ``head`` [V, d], ``kv_heads``
-and ``Dh``) and does the maths in ``_run``: GPT-2 / OPT in collapse/fastgen.py, the Llama family in
-collapse/fastgen_llama.py. Its own module imports this one, so neither imports the other.
+and ``Dh``) and does the maths in ``_run``: GPT-2 / OPT in collapse/decoding/fastgen.py, the Llama family in
+collapse/decoding/fastgen_llama.py. Its own module imports this one, so neither imports the other.
 """
 
 from __future__ import annotations

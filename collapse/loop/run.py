@@ -41,28 +41,16 @@ from pathlib import Path
 import numpy as np
 
 from collapse import fault
-from collapse import stats as S
 from collapse.check import Plan, check_run
-from collapse.checkpoints import Checkpoints, disk_estimate
 from collapse.config import Config
 from collapse.data import RealData, real_data, save_split_ids, split_ids
+from collapse.decoding.generate import generate_corpus
 from collapse.errors import CollapseError, DataError
-from collapse.evaluate import evaluate_blocks, sequence_ppl
-from collapse.generate import generate_corpus
 from collapse.io import atomic_path, read_json, write_json, write_npz, write_parquet, write_text
-from collapse.modeling import decode_rows, set_threads, vocab_size
-from collapse.models import TrainJob, kind_for
-from collapse.regimes import regime_training_set
-from collapse.rows import PPL_BINS, interval_part, metrics_row, metrics_table
-from collapse.run_tracking import (
-    TrainCurve,
-    log_generation,
-    log_report,
-    log_run_corpus,
-    log_run_model,
-    relog_finished,
-)
-from collapse.rundir import (
+from collapse.loop.checkpoints import Checkpoints, disk_estimate
+from collapse.loop.regimes import regime_training_set
+from collapse.loop.rows import PPL_BINS, interval_part, metrics_row, metrics_table
+from collapse.loop.rundir import (
     EVAL_BLOCKS,
     Manifest,
     clean_temp,
@@ -77,10 +65,22 @@ from collapse.rundir import (
     shard_path,
     verify_stages,
 )
+from collapse.metrics import stats as S
+from collapse.metrics.evaluate import evaluate_blocks, sequence_ppl
+from collapse.metrics.truth import add_truth, kl_truth
+from collapse.models import TrainJob, kind_for
+from collapse.models.hf import decode_rows, set_threads, vocab_size
 from collapse.runtime import StageClock, fmt_bytes, fmt_pct, fmt_s, make_accelerator
 from collapse.seeding import numpy_rng
 from collapse.tracking import NullLogger, StepAxis, close_quietly, make_logger, new_run_id, train_steps, wants_wandb
-from collapse.truth import add_truth, kl_truth
+from collapse.tracking.run import (
+    TrainCurve,
+    log_generation,
+    log_report,
+    log_run_corpus,
+    log_run_model,
+    relog_finished,
+)
 
 log = logging.getLogger("collapse")
 

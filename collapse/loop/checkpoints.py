@@ -14,8 +14,8 @@ import torch
 
 from collapse.config import Config
 from collapse.errors import DataError, first_line
+from collapse.loop.rundir import gen_dir
 from collapse.models import kind_for
-from collapse.rundir import gen_dir
 
 
 class Checkpoints:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from collapse import fault
 from collapse.errors import ConfigError, TrainingError
-from collapse.evaluate import mean_nll
+from collapse.metrics.evaluate import mean_nll
 from collapse.seeding import numpy_rng
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from collapse.stats import interval_series
+from collapse.metrics.stats import interval_series
 
 log = logging.getLogger("collapse")
 
@@ -105,7 +105,7 @@ def log_corpus(logger, out: Path, g: int, n_samples: int, gen_cfg) -> None:
     meta = {"generation": g, "made_from": {"model": model, "prompts": "real training blocks (the same every "
                                                                       "generation)"},
             "samples": n_samples, "prompt_tokens": gen_cfg.prompt_tokens, "new_tokens": gen_cfg.new_tokens,
-            "temperature": gen_cfg.temperature, "top_k": gen_cfg.top_k, "top_p": gen_cfg.top_p,
+            "temperature": gen_cfg.temperature, "top_k": gen_cfg.top_k, "top_p": gen_cfg.top_p, "min_p": gen_cfg.min_p,
             "num_beams": gen_cfg.num_beams}
     logger.log_artifact(artifact_name(logger.id, "corpus", g), "dataset",
                         [Path(out) / f"gen_{g:03d}" / "samples.parquet"], meta, uses=(model,), job=f"generate-g{g}")
@@ -119,14 +119,14 @@ def log_report(logger, report_html: Path, generations: int) -> None:
                                                        for g in range(generations + 1)]}})
 
 
-IMAGES_PER_RUN = 5  # a draw of both images takes ~0.7 s on 2 cores: a 20-generation n-gram run takes 20 s
+IMAGES_PER_RUN = 5  # drawing the images is slow next to a fast generation (docs/benchmarks.md)
 
 
 def image_generations(generations: int, most: int = IMAGES_PER_RUN) -> list[int]:
     """The generations whose W&B row carries the heatmap and perplexity images: every one of a run of up to
     ``most`` generations; of a longer one every k-th and the last, at most ``most`` + 1 (each image shows
-    generations 0..g, so the last holds the whole run; drawing both at every generation of a 20-generation
-    n-gram run took longer than the run itself)."""
+    generations 0..g, so the last holds the whole run; at every generation, the drawing would outlast a fast
+    kind's run)."""
     k = max(1, math.ceil(generations / most))
     return sorted({*range(0, generations + 1, k), generations})
 
@@ -203,7 +203,7 @@ def log_generation(logger, row: dict, ppl: np.ndarray, samples_path: Path, g: in
         log.debug(f"W&B: figures not logged ({e})")
 
 
-# ---------------------------------------------------------------------- for collapse.run's Run
+# ---------------------------------------------------------------------- for collapse.loop.run's Run
 
 
 def log_run_model(run, g: int) -> None:
