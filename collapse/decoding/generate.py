@@ -246,11 +246,7 @@ def generate_corpus(model, prompts: np.ndarray, new_tokens: int, cfg: Generation
     batch of the round (gathered as objects, so it works across nodes) and hands them to ``sink`` in
     batch order. ``skip_batches`` (already on disk from an interrupted run) are not regenerated.
     """
-    if hasattr(model, "merge_and_unload"):  # sample from merged weights: no adapter overhead per step
-        import copy
-
-        model = copy.deepcopy(model).merge_and_unload()
-    model.eval()
+    model = kind_of(model).for_sampling(model).eval()
     dev = next(model.parameters()).device
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0

@@ -179,6 +179,14 @@ class ModelKind:
             logits[..., drop] = float("-inf")
         return torch.log_softmax(logits, -1).gather(-1, x[:, start:].to(dev)[..., None])[..., 0]
 
+    def for_sampling(self, model):
+        """The model to decode from: a LoRA-wrapped (peft) model as a merged copy, no adapter cost per step."""
+        if hasattr(model, "merge_and_unload"):
+            import copy
+
+            return copy.deepcopy(model).merge_and_unload()
+        return model
+
     def sample(self, model, prompts: torch.Tensor, new_tokens: int, gen_cfg, u: torch.Tensor,
                suppress_ids: tuple[int, ...]) -> torch.Tensor | None:
         """A kind's own sampler for these settings ([B, new_tokens]), or None for the shared decode loop."""
