@@ -9,9 +9,8 @@ working set stays in cache memory) gives the same tokens as decoding them all at
 share a length, so no padding is ever computed. Beam search (:func:`_beam_decode`) is HF ``generate``'s,
 step for step, on the same engines (``generation.engine=hf-generate``: HF ``generate`` itself).
 
-Why not Gumbel-max (``argmax(logits + G)``): it needs B x V random numbers per step; on a CPU at
-256 x 4096 the noise (mt19937 uniforms, two logs) and the argmax cost ~7 ms of a ~25 ms step, against
-~2.5 ms for softmax + float64 cumsum + search. It is also coarser: float32 uniforms cap the noise at
+Why not Gumbel-max (``argmax(logits + G)``): it needs B x V random numbers per step, a large share of a
+CPU step (docs/benchmarks.md, "Measurements behind the code's choices"). It is also coarser: float32 uniforms cap the noise at
 -log(-log(1 - 2^-24)) = 16.6, so a token more than ~16.6 nats below the best can never be drawn, where
 the float64 CDF keeps probabilities down to float32's exp underflow (~1e-38).
 

@@ -91,8 +91,8 @@ def _tokenizer(source: str, cfg: ModelConfig):
 
 def decode_rows(tok, rows) -> list[str]:
     """``tok.batch_decode(rows)``, the same strings, straight from the Rust tokenizer where that is what
-    transformers would return: ``batch_decode`` first checks every id of every row in Python (about 2 s of a
-    4096 x 64 corpus). Slow tokenizers, classes that decode their own way (Whisper, CPM...) and fast ones whose
+    transformers would return: ``batch_decode`` first checks every id of every row in Python, a cost
+    that grows with the corpus (docs/benchmarks.md). Slow tokenizers, classes that decode their own way (Whisper, CPM...) and fast ones whose
     decode would clean up spaces take transformers' path."""
     from transformers import PreTrainedTokenizerFast as Fast
 
