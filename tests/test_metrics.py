@@ -333,3 +333,17 @@ def test_every_registered_figure_s_vectorised_form_is_its_point_form_on_each_res
     for f in figs:
         want = [f.point(s) for s in r.samples()]
         assert f.rows(r) == pytest.approx(want, rel=1e-10, abs=1e-12), f.name
+
+
+def test_the_registry_refuses_what_it_cannot_serve():
+    from collapse.metrics import Figure, register
+
+    with pytest.raises(ValueError, match="registered already"):
+        register(Figure("entropy", "entropy", "bits", -1, point=lambda s: 0.0))
+    with pytest.raises(ValueError, match="resample"):
+        register(Figure("toy_a", "a", "share", 0, resample="both", point=lambda s: 0.0))
+    with pytest.raises(ValueError, match="point form"):
+        register(Figure("toy_b", "b", "share", 0, rows=lambda r: np.zeros(len(r.gen))))
+    with pytest.raises(ValueError, match="one number"):
+        register(Figure("toy_c", "c", "share", 0, buckets=True, point=lambda s: 0.0))
+    assert not {"toy_a", "toy_b", "toy_c"} & set(M.FIGURES)

@@ -134,6 +134,9 @@ def register(fig: Figure, replace: bool = False) -> Figure:
         raise ValueError(f"figure {fig.name!r}: resample={fig.resample!r} is not bootstrap, jackknife or None")
     if fig.point is None and fig.rows is not None:
         raise ValueError(f"figure {fig.name!r}: a vectorised form needs its point form")
+    if fig.point is not None and fig.buckets:
+        raise ValueError(f"figure {fig.name!r}: a figure computed from counts is one number (per-bucket figures come "
+                         "from the stages that write them)")
     FIGURES[fig.name] = fig
     return fig
 
