@@ -210,3 +210,30 @@ def test_decode_rows_gives_batch_decodes_strings():
     rows = np.array([[1, 2, 3, 4, 5]])
     assert wordpiece.backend_tokenizer.decode_batch(rows.tolist()) == ["a , bc ."]
     assert decode_rows(wordpiece, rows) == ["a, bc."]  # cleaned up as transformers does
+
+
+def test_min_p_acts_on_every_engine_and_the_n_gram_s_own_sampler_steps_aside():
+    m = _gpt2()
+    prompts = torch.randint(1, 300, (16, 5), generator=torch.Generator().manual_seed(2))
+
+    def draw(engine: str, min_p: float):  # temperature 0.05: a random tiny model's near-uniform softmax sharpened
+        cfg = GenerationConfig(engine=engine, temperature=0.05, min_p=min_p)
+        return sample_batch(m, prompts, 8, cfg, torch.Generator().manual_seed(3))
+
+    def within(rows: torch.Tensor) -> torch.Tensor:  # each drawn token within min_p=0.5 of its step's top one
+        with torch.no_grad():
+            p = (m(torch.cat([prompts, rows], 1)).logits[:, prompts.shape[1] - 1:-1] / 0.05).softmax(-1)
+        return p.gather(-1, rows[..., None])[..., 0] >= 0.5 * p.max(-1).values - 1e-6
+
+    fast, hf = draw("auto", 0.5), draw("hf", 0.5)
+    assert torch.equal(fast, hf) and within(fast).all()
+    assert not within(draw("auto", 0.0)).all()  # the check can fail: without min_p such tokens are drawn
+
+    from collapse.models.ngram import fit
+
+    lm = fit(np.random.default_rng(0).integers(0, 20, (8, 30)), 20, 2, 0.1, 0)
+    u = torch.rand(4, 3, dtype=torch.float64)
+    x = torch.randint(1, 20, (3, 4))
+    kind = lm.collapse_kind
+    assert kind.sample(lm, x, 4, GenerationConfig(), u, ()) is not None  # plain draws: its own sampler
+    assert kind.sample(lm, x, 4, GenerationConfig(min_p=0.2), u, ()) is None  # a filter: the shared loop
