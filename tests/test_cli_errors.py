@@ -17,6 +17,11 @@ def data_files(tmp_path_factory):
     (d / "empty_texts.jsonl").write_text("".join(json.dumps({"text": ""}) + "\n" for _ in range(10)))
     (d / "tiny.txt").write_text("\n\n".join(f"The quick brown fox {i}." for i in range(20)) + "\n")
     (d / "short.txt").write_text("\n\n".join(f"Short paragraph number {i}." for i in range(40)) + "\n")
+    (d / "latin1.txt").write_bytes("Caf\u00e9 au lait.\n\nNa\u00efve.\n".encode("latin-1"))  # 0xe9 at byte 3
+    (d / "bad.parquet").write_text("this is not parquet")
+    (d / "mixed.jsonl").write_text("".join(json.dumps({"text": f"document {i}"}) + "\n" for i in range(4))
+                                   + json.dumps({"body": "no text here"}) + "\n")
+    (d / "a-folder").mkdir()
     return d
 
 
@@ -32,6 +37,11 @@ CASES = [
     ("out-of-range-window", "measure", ["measure.window=255"], "measure.window"),
     ("missing-data-file", "measure", ["data.source=/nonexistent/x.txt"], "/nonexistent/x.txt"),
     ("text-field-absent", "measure", ["data.source={d}/body.jsonl"], "body"),
+    ("data-not-a-regular-file", "measure", ["data.source=/dev/null"], "not a regular file"),
+    ("data-a-folder", "measure", ["data.source={d}/a-folder"], "not a regular file (a folder)"),
+    ("data-not-utf8", "measure", ["data.source={d}/latin1.txt"], "not UTF-8 text (byte 3 is 0xe9)"),
+    ("data-not-parquet", "measure", ["data.source={d}/bad.parquet"], "not a readable parquet file"),
+    ("jsonl-row-without-text-field", "measure", ["data.source={d}/mixed.jsonl"], "line 5 has no `text` field"),
     ("empty-txt", "measure", ["data.source={d}/empty.txt"], "empty"),
     ("empty-jsonl", "measure", ["data.source={d}/empty.jsonl"], "empty"),
     ("empty-texts-jsonl", "measure", ["data.source={d}/empty_texts.jsonl"], "empty"),

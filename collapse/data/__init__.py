@@ -86,15 +86,41 @@ def _is_local(source: str) -> bool:
             or Path(source).expanduser().exists())
 
 
-def _check_json_lines(path: Path) -> None:
-    """A .json/.jsonl file is one JSON document or one JSON object per line; name the first line that is not.
+def _check_utf8(path: Path, what: str) -> None:
+    """One line naming the first byte that is not UTF-8, read a MiB at a time (a large corpus is never held)."""
+    import codecs
 
-    (``datasets`` would log a stray error line and then fail with a message that names no line.)
-    """
+    dec, offset = codecs.getincrementaldecoder("utf-8")(), 0
+    with open(path, "rb") as fh:
+        while True:
+            chunk = fh.read(1 << 20)
+            held = len(dec.getstate()[0])  # bytes of a character split across two reads
+            try:
+                dec.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                at = offset - held + e.start
+                raise DataError(f"{path} is not UTF-8 text (byte {at} is 0x{e.object[e.start]:02x}): save it as "
+                                f"UTF-8 {what}.") from None
+            if not chunk:
+                return
+            offset += len(chunk)
+
+
+def _check_parquet(path: Path) -> None:
+    """A parquet file's footer is readable (``datasets`` would log a stray line, then fail with a second)."""
+    import pyarrow.parquet as pq
+
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text (byte {e.start}): save it as UTF-8 JSON lines.") from None
+        pq.ParquetFile(path).schema_arrow  # noqa: B018 - reading the footer is the check
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError ...
+        raise DataError(f"{path} is not a readable parquet file ({first_line(e, 100)}): check data.source.") from None
+
+
+def _check_json_lines(path: Path, text_field: str) -> None:
+    """A .json/.jsonl file is one JSON document or one JSON object per line, each with the text field; name the
+    first line that is not (``datasets`` would log a stray error line, then fail naming no line)."""
+    _check_utf8(path, "JSON lines")
+    text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".json":
         try:
             json.loads(text)
@@ -112,6 +138,10 @@ def _check_json_lines(path: Path) -> None:
         if not isinstance(obj, dict):
             raise DataError(f"{path} line {i} is a JSON {type(obj).__name__}, not an object: one object per line, "
                             'e.g. {"text": "..."}.')
+        if text_field not in obj:
+            keys = ", ".join(list(obj)[:6]) or "none"
+            raise DataError(f"{path} line {i} has no `{text_field}` field (its keys: {keys}): set data.text_field "
+                            "or fix that line.")
 
 
 def _load_with_datasets(cfg: DataConfig) -> dict[str, list[str]]:
@@ -121,6 +151,9 @@ def _load_with_datasets(cfg: DataConfig) -> dict[str, list[str]]:
     source = cfg.source
     if _is_local(source):
         path = Path(source).expanduser()
+        if path.exists() and not path.is_file():
+            raise DataError(f"data file {path} is not a regular file (a {'folder' if path.is_dir() else 'device'}): "
+                            "point data.source at a .txt, .jsonl or .parquet file.")
         if not path.is_file():
             raise DataError(f"data file {path} does not exist: check data.source (a .txt, .jsonl or .parquet file, "
                             "or `kjv`).")
@@ -130,7 +163,11 @@ def _load_with_datasets(cfg: DataConfig) -> dict[str, list[str]]:
         if path.stat().st_size == 0:  # datasets fails on these with an empty or unhelpful message
             raise DataError(f"the dataset {source} is empty (the file has 0 bytes): check data.source.")
         if builder == "json":
-            _check_json_lines(path)
+            _check_json_lines(path, cfg.text_field)
+        elif builder == "text":
+            _check_utf8(path, "text")
+        else:
+            _check_parquet(path)
         kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
         # a throw-away cache: nothing is left behind (`--check` writes nothing) and a changed file is never stale
         with tempfile.TemporaryDirectory(prefix="collapse-data-") as cache:
