@@ -84,11 +84,15 @@ def ineffective_settings(cfg: Config, command: str) -> list[str]:
         out.append("generation.top_k / top_p / min_p have no effect with generation.temperature=0 (greedy decoding).")
     if command != "run":
         return out
-    if cfg.regime.kind != "mix" and cfg.regime.real_fraction != 0.1:
-        out.append(f"regime.real_fraction={cfg.regime.real_fraction} has no effect with regime.kind={cfg.regime.kind} "
-                   "(only `mix` draws a fraction of real rows).")
-    if cfg.regime.kind != "accumulate_subsample" and cfg.regime.size is not None:
-        out.append(f"regime.size has no effect with regime.kind={cfg.regime.kind} (only `accumulate_subsample`).")
+    from collapse.loop.regimes import USES
+
+    uses, kind = USES.get(cfg.regime.kind, ()), cfg.regime.kind
+    readers = lambda key: ", ".join(f"`{k}`" for k, u in USES.items() if key in u)  # noqa: E731
+    if "real_fraction" not in uses and cfg.regime.real_fraction != 0.1:
+        out.append(f"regime.real_fraction={cfg.regime.real_fraction} has no effect with regime.kind={kind} "
+                   f"(only {readers('real_fraction')} draw a fraction of real rows).")
+    if "size" not in uses and cfg.regime.size is not None:
+        out.append(f"regime.size has no effect with regime.kind={kind} (only {readers('size')}).")
     lc = cfg.train.lora
     if cfg.train.method == "full" and (lc.target_modules or lc.modules_to_save):
         out.append("train.lora.* has no effect with train.method=full (every weight is trained).")

@@ -4,6 +4,7 @@
     collapse run     [CONFIG.yaml] [key=value ...] [--check]
     collapse report  RUN_DIR [RUN_DIR ...] [--out DIR]
     collapse sweep   [CONFIG.yaml] key=v1,v2 seed=0,1,2 [--out DIR] [--wandb-sweep FILE]
+    collapse verify  RUN_DIR (every file against the checksums its stages recorded)
     collapse keys    (every config key with its default and meaning)
 
 User errors print one line (``error: ...``) and exit with code 2. Modules named in ``COLLAPSE_PLUGINS``
@@ -17,7 +18,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from collapse.errors import CollapseError
+from collapse.errors import CollapseError, DataError
 
 DEFAULT_CONFIGS = {"measure": "measure/tiny.yaml", "run": "tiny.yaml"}
 
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--dry-run", action="store_true", help="validate and list the runs without starting them")
     sw.add_argument("--wandb-sweep", metavar="FILE", default=None, help="write the grid as a W&B sweep "
                     "configuration (run it with `wandb sweep FILE` and `wandb agent`) instead of running it")
+    v = sub.add_parser("verify", help="check every file of a run folder against the checksums its stages recorded")
+    v.add_argument("run_dir")
     sub.add_parser("keys", help="list every config key with its default and meaning")
     sub.add_parser("bench", add_help=False,
                    help="speed benchmarks: collapse bench [--device cpu|cuda] [--quick] [--out F]")
@@ -135,6 +138,18 @@ def main(argv: list[str] | None = None) -> int:
 
             config, items = _split_args(args.args)
             return run_sweep(config, items, args.out, args.launcher, args.dry_run, args.wandb_sweep)
+        if args.command == "verify":
+            from collapse.loop.integrity import verify_folder
+
+            problems, checked = verify_folder(Path(args.run_dir))
+            for line in problems:
+                print(line)
+            if problems:
+                raise DataError(f"{len(problems)} file(s) of {args.run_dir} are damaged or missing (listed above): rerun "
+                                "the same `collapse run` to redo the stages that wrote them.")
+            print(f"{args.run_dir}: {checked} files match their checksums" if checked else
+                  f"{args.run_dir}: no checksums (made before collapse recorded them): nothing to verify")
+            return 0
         if args.command == "report":
             from collapse.report import make_report
 

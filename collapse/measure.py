@@ -69,7 +69,7 @@ def measure_intervals(refs: np.ndarray, gen: np.ndarray, vocab: int, rank_counts
     r = M.ranks(np.pad(rank_counts, (0, max(0, vocab - len(rank_counts)))))
     wts = S.draw_weights(len(gen), numpy_rng(*key), resamples)
     gc, rc = S.Corpus(gen, vocab, buckets, len(names)), S.Corpus(refs, vocab, buckets, len(names))
-    boot = S.flatten_corpus_boot(S.corpus_boot(wts, gc, rc, (r >= 1) & (r <= 100)), names)
+    boot = S.flatten_corpus_boot(S.corpus_boot(wts, gc, rc, (r >= 1) & (r <= 100), rank=rank_counts), names)
     ci, se = S.intervals(boot, level), S.standard_errors(boot)
     for b, v in result["bucket_shift"].items():
         ok = v["shift_pct"] is not None

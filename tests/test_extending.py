@@ -64,3 +64,21 @@ def test_a_plugin_that_fails_to_import_is_one_line_and_exit_2(tmp_path):
     assert r.stderr.strip().splitlines()[-1].startswith("error: the plugin") and "no such lab" in r.stderr
     r = run_cli("keys", env={"COLLAPSE_PLUGINS": str(tmp_path / "missing.py")})
     assert r.returncode == 2 and "missing.py" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_toy_kind_refuses_a_filter_it_would_ignore_and_two_plugins_of_one_name_both_load(tmp_path):
+    plugin = tmp_path / "my_plugin.py"
+    plugin.write_text(plugin_source())
+    r = run_cli("run", "--check", "model.name_or_path=unigram", "generation.min_p=0.1", f"out_dir={tmp_path / 'o'}",
+                env={"COLLAPSE_PLUGINS": str(plugin)})
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: the unigram kind samples")
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "regimes.py").write_text(
+            "from collapse.loop.regimes import regime, REGIMES\n"
+            f"regime('only_{sub}')(REGIMES['replace'])\n")
+    spec = f"{tmp_path / 'a' / 'regimes.py'},{tmp_path / 'b' / 'regimes.py'}"
+    for kind in ("only_a", "only_b"):
+        r = run_cli("run", "--check", f"regime.kind={kind}", f"out_dir={tmp_path / 'o'}",
+                    env={"COLLAPSE_PLUGINS": spec})
+        assert r.returncode == 0, r.stderr[-2000:]

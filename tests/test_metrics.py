@@ -347,3 +347,28 @@ def test_the_registry_refuses_what_it_cannot_serve():
     with pytest.raises(ValueError, match="one number"):
         register(Figure("toy_c", "c", "share", 0, buckets=True, point=lambda s: 0.0))
     assert not {"toy_a", "toy_b", "toy_c"} & set(M.FIGURES)
+
+
+def test_a_figure_without_an_interval_still_shows_in_the_console_table():
+    from collapse.loop.rows import metrics_table
+    from collapse.metrics import Figure, register, unregister
+
+    register(Figure("toy_plain", "toy plain", "share", 0, ".3f", console=True, point=lambda s: 0.25))
+    try:
+        table = metrics_table([{"generation": 0, "toy_plain": 0.25}])
+    finally:
+        unregister("toy_plain")
+    head, row = table.splitlines()[:2]
+    assert "toy plain" in head and "0.250" in row
+
+
+def test_the_registry_refuses_names_and_selections_it_cannot_serve():
+    from collapse.metrics import Figure, register
+
+    for bad in (Figure("a.b", "x", "share", 0, point=lambda s: 0.0), Figure("gen_tokens", "x", "count", 0,
+                                                                             point=lambda s: 0.0),
+                Figure("toy_d", "x", "share", 0, change=True, point=lambda s: 0.0),
+                Figure("toy_e", "x", "share", 0, resample="bootstrap", console=("1-10",), point=lambda s: 0.0)):
+        with pytest.raises(ValueError):
+            register(bad)
+    assert not {"a.b", "toy_d", "toy_e"} & set(M.FIGURES) and M.FIGURES.get("gen_tokens") is None

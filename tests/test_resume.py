@@ -299,7 +299,7 @@ def test_damaged_files_of_recorded_stages_are_found_and_redone(cli, reference, t
     (out / "gen_002" / "eval.json").unlink()
     m = out / "metrics.jsonl"
     m.write_text(m.read_text()[:100])
-    # generation 2's weights are needed again (its evaluation is redone): a half-written file must not load
+    # a half-written file of generation 2's weights: its checksum no longer matches, so its training is redone
     w = out / "gen_002" / "adapter" / "adapter_model.safetensors"
     w.write_bytes(w.read_bytes()[:1000])
     r = cli(out)
@@ -307,8 +307,8 @@ def test_damaged_files_of_recorded_stages_are_found_and_redone(cli, reference, t
     notes = sorted(line.split(" (")[0].split(": redoing")[0] + " -> " + line.rsplit("redoing ", 1)[1]
                    for line in r.stderr.splitlines() if "redoing" in line)
     assert notes == ["gen 1: gen_001/samples.parquet cannot be read -> generate/measure",
-                     "gen 2: gen_002/eval.json is missing -> evaluate/measure",
-                     "gen 2: weights needed to resume: gen_002/adapter/adapter_model.safetensors cannot be read -> train"], notes
+                     "gen 2: gen_002/adapter/adapter_model.safetensors does not match its checksum -> train",
+                     "gen 2: gen_002/eval.json is missing -> evaluate/measure"], notes
     assert_same(out, reference[1])
 
 

@@ -200,3 +200,27 @@ def test_one_unit_gives_no_half_sample_figures():
     short = S.corpus_boot(S.draw_weights(6, np.random.default_rng(0), 50),
                           S.Corpus(np.arange(6)[:, None], 30, buckets, NB), ref, head)
     assert (short["distinct_2"] == 0).all() and np.isfinite(short["distinct_1"]).all()
+
+
+def test_a_figure_without_a_vectorised_form_ranks_its_resamples_as_its_point(monkeypatch):
+    """`collapse measure measure.rank_by=train`: the point and every resample rank types by the same counts."""
+    from collapse.measure import measure_intervals
+    from collapse.metrics import registry
+
+    def top_share(s):  # the share of the ranking's most frequent type
+        return float(s.gen[int(np.argmax(s.rank))] / s.gen.sum())
+
+    monkeypatch.setitem(registry.FIGURES, "toy_top", M.Figure("toy_top", "top", "share", 1, resample="jackknife",
+                                                              point=top_share))
+    rng = np.random.default_rng(4)
+    V = 50
+    refs = rng.integers(0, V, (40, 12))
+    refs[:, :4] = 1  # the reference's top type: 1; the training split's: 7
+    gen = rng.integers(0, V, (40, 12))
+    gen[:, :3] = 7
+    rank = np.bincount(np.r_[np.full(500, 7), rng.integers(0, V, 500)], minlength=V)
+    rc, gc = M.counts(refs, V), M.counts(gen, V)
+    result = M.distribution_metrics(rc, gc, gen_seqs=gen, ref_seqs=refs, rank_counts=rank)
+    measure_intervals(refs, gen, V, rank, result, (0, "t"), 200, 0.95)
+    lo, hi = result["toy_top_ci"]
+    assert lo <= result["toy_top"] <= hi and result["toy_top"] > 0.2

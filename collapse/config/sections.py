@@ -104,7 +104,8 @@ class RegimeConfig:
         from collapse.loop.regimes import REGIMES
 
         if self.kind not in REGIMES:
-            raise ConfigError(f"regime.kind={self.kind!r} is not one of: {', '.join(REGIMES)}.")
+            raise ConfigError(f"regime.kind={self.kind!r} is not one of: {', '.join(REGIMES)} (a regime of your own: "
+                              "name its module in COLLAPSE_PLUGINS).")
         if not 0.0 <= self.real_fraction <= 1.0 or math.isnan(self.real_fraction):
             raise ConfigError(f"regime.real_fraction={self.real_fraction} is out of range: use a value in [0, 1].")
         if self.size is not None and self.size < 1:

@@ -72,7 +72,7 @@ class Checkpoints:
         if not is_main or keep is None:
             return
         for old in range(1, g - keep + 1):
-            for sub in ("adapter", "model"):
+            for sub in {"adapter", "model", self.subdir}:  # a kind's own weights folder too
                 shutil.rmtree(gen_dir(self.out, old) / sub, ignore_errors=True)
 
     def bytes_per_generation(self, model0) -> int:

@@ -19,10 +19,16 @@ Regime = Callable[..., tuple[np.ndarray, np.ndarray]]
 REGIMES: dict[str, Regime] = {}
 
 
-def regime(name: str) -> Callable[[Regime], Regime]:
-    """Register ``fn(real_blocks, samples, cfg, rng) -> (rows, source)`` as ``regime.kind: <name>``."""
+USES: dict[str, tuple[str, ...]] = {}  # the regime.* settings each regime reads (else the plan calls them idle)
+
+
+def regime(name: str, uses: tuple[str, ...] = (), replace: bool = False) -> Callable[[Regime], Regime]:
+    """Register ``fn(real_blocks, samples, cfg, rng) -> (rows, source)`` as ``regime.kind: <name>``; ``uses``:
+    which of ``real_fraction`` / ``size`` it reads. A name taken already is refused unless ``replace``."""
     def add(fn: Regime) -> Regime:
-        REGIMES[name] = fn
+        if name in REGIMES and not replace:
+            raise ValueError(f"a regime named {name!r} is registered already: choose another name")
+        REGIMES[name], USES[name] = fn, tuple(uses)
         return fn
     return add
 
@@ -33,7 +39,7 @@ def replace(real_blocks, samples, cfg, rng):
     return samples[-1], np.full(len(samples[-1]), len(samples) - 1)
 
 
-@regime("mix")
+@regime("mix", uses=("real_fraction",))
 def mix(real_blocks, samples, cfg, rng):
     """``round(real_fraction * N)`` real rows drawn fresh, the rest drawn from the newest samples (N of them)."""
     newest = samples[-1]
@@ -54,7 +60,7 @@ def accumulate(real_blocks, samples, cfg, rng):
     return rows, src
 
 
-@regime("accumulate_subsample")
+@regime("accumulate_subsample", uses=("size",))
 def accumulate_subsample(real_blocks, samples, cfg, rng):
     """Accumulate, then a uniform subsample of ``size`` rows (default: one generation's sample count)."""
     rows, src = accumulate(real_blocks, samples, cfg, rng)

@@ -47,6 +47,7 @@ from collapse.data import RealData, real_data, save_split_ids, split_ids
 from collapse.decoding.generate import generate_corpus
 from collapse.errors import CollapseError, DataError
 from collapse.io import atomic_path, read_json, write_json, write_npz, write_parquet, write_text
+from collapse.loop import integrity
 from collapse.loop.checkpoints import Checkpoints, disk_estimate
 from collapse.loop.regimes import regime_training_set
 from collapse.loop.rows import PPL_BINS, interval_part, metrics_row, metrics_table
@@ -304,6 +305,10 @@ class Run:
         t0 = self.clock.start()
         detail = fn(self, g, *args)
         self.accelerator.wait_for_everyone()
+        if self.is_main:  # the sha256 of what the stage wrote, recorded with it (collapse.loop.integrity)
+            later = any(int(k) > g and v for k, v in self.manifest.data["generations"].items())
+            secs = integrity.record(self.manifest, self.dir(g), g, name, later)
+            self.manifest.data["checksum_seconds"] = round(self.manifest.data.get("checksum_seconds", 0.0) + secs, 4)
         self.manifest.mark(g, name, self.is_main)
         label = "fine-tune on real" if (name, g) == ("train", 0) else name
         self.clock.finish(f"gen {g}: {label}", t0, detail)

@@ -23,6 +23,7 @@ from collapse import fault
 from collapse.config import RESULT_NEUTRAL_KEYS, Config, config_diff
 from collapse.errors import ConfigError, DataError, first_line
 from collapse.io import atomic_path, dumps_line, is_temp_name, read_id_column, read_json, write_text
+from collapse.loop.integrity import damaged, redoing
 
 STAGES = ("train", "evaluate", "generate", "measure")
 # a stage found broken on resume is redone together with the stages that read its files
@@ -118,20 +119,35 @@ def prepare_out_dir(cfg: Config) -> tuple[Path, bool, bool]:
 
             try:
                 old = load_config(cfg_path, embedded=True)  # a resolved dump: every key is written
-            except ConfigError as e:
-                raise ConfigError(f"{cfg_path} cannot be read ({e}); rerun with resume=never overwrite=true.") from None
+            except (ConfigError, ValueError, OSError) as e:  # damaged: the manifest's fingerprint still says whose
+                if _manifest_fingerprint(out) == cfg.fingerprint():
+                    return out, True, False  # the same config: it is written again
+                raise ConfigError(f"{cfg_path} cannot be read ({first_line(e, 100)}) and the manifest does not "
+                                  "vouch for this config: restore it, or rerun with resume=never overwrite=true.") from None
             if old.fingerprint() != cfg.fingerprint():
                 keys = [k for k in config_diff(old.to_dict(), cfg.to_dict()) if k.split(".")[0] not in RESULT_NEUTRAL_KEYS]
                 raise ConfigError(f"{out} holds a run with a different config ({', '.join(keys)}): use another "
                                   "out_dir, or resume=never overwrite=true to start over.")
             return out, True, False
+        if cfg.resume == "auto" and _manifest_fingerprint(out) == cfg.fingerprint():
+            return out, True, False  # config.yaml lost, the manifest says the run is this config's: resume
         if cfg.resume == "auto":
-            raise ConfigError(f"{out} is not empty and holds no run: choose another out_dir or set overwrite=true "
+            what = "holds no config.yaml for its manifest.json" if (out / "manifest.json").is_file() else "holds no run"
+            raise ConfigError(f"{out} is not empty and {what}: choose another out_dir or set overwrite=true "
                               "with resume=never.")
         if not cfg.overwrite:
             raise ConfigError(f"{out} is not empty: add overwrite=true to delete it and start over.")
         return out, False, True
     return out, False, False
+
+
+def _manifest_fingerprint(out: Path) -> str | None:
+    """The config fingerprint a run folder's manifest records, or None (none, or unreadable)."""
+    try:
+        data = read_json(out / "manifest.json")
+        return data.get("fingerprint") if isinstance(data, dict) else None
+    except Exception:  # noqa: BLE001 - a damaged manifest is reported where it is loaded
+        return None
 
 
 def lock_out_dir(out: Path):
@@ -320,12 +336,15 @@ def verify_stages(manifest: Manifest, out: Path, generations: int, n_seq: int, w
         for stage in STAGES:
             if not manifest.done(g, stage):
                 continue
-            why = stage_problem(stage, g, out, n_seq, weights_problem)
+            why = stage_problem(stage, g, out, n_seq, weights_problem) or damaged(manifest, out, g, stage)
             if why == OLDER:
                 older[g] = "measure"
                 manifest.clear(g, REDO_WITH[stage])
             elif why:
                 redo = REDO_WITH[stage]
+                for s in redo:  # what the redo must give back where later generations were built on it
+                    if manifest.done(g, s):
+                        redoing(manifest, g, s)
                 manifest.clear(g, redo)
                 notes.append(f"gen {g}: {why}: redoing {'/'.join(redo)}")
         if manifest.done(g, "evaluate") and not (gen_dir(out, g) / EVAL_BLOCKS).is_file():

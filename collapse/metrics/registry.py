@@ -7,8 +7,9 @@ A figure of a corpus (``point`` set) is computed by :func:`distribution_metrics`
 tests/test_metrics.py checks the two agree for every registered figure). Without ``rows`` each resample is
 scored by ``point`` on its own counts and units: slower, never different. The figures computed by other
 stages (test perplexity, tail loss, gen-0 perplexity, the truth's) are entries without ``point``: the
-registry still gives their label, unit and format, so that the console table (``collapse.loop.rows``), the
-report (``collapse.report``) and W&B read every column from here.
+registry still gives their label, unit and format, so that the console table (``collapse.loop.rows``) and
+the report (``collapse.report``) read every column from here, and W&B logs every scalar figure of a row
+with its interval. ``unit`` and ``direction`` describe a figure for readers; nothing computes with them.
 
 A new figure is one :func:`register` call (docs/extending.md). Imports numpy and collapse.metrics only.
 """
@@ -29,7 +30,8 @@ HEAD = 100  # the reference's most frequent types that tail mass leaves out
 
 @dataclass
 class Sample:
-    """One corpus against its reference, for a point value: counts over one vocabulary (int64 vectors)."""
+    """One corpus against its reference: counts over one vocabulary. For the point value int64 counts; for a
+    resample scored by ``point`` (no ``rows``) weighted float counts, and ``seqs`` the distinct units kept."""
 
     ref: np.ndarray  # the reference's counts
     gen: np.ndarray  # the generated corpus's counts
@@ -124,6 +126,11 @@ class Figure:
 
 
 FIGURES: dict[str, Figure] = {}
+# keys a metrics row or measure.json holds besides the registered figures (a figure must not shadow one)
+RESERVED = frozenset({"generation", "bucket_share", "gen_share", "gen_tokens", "ref_tokens", "gen_types", "ref_types",
+                      "num_samples", "val_nll", "train_rows", "train_real_rows", "tail_tokens", "changes", "intervals",
+                      "gen0_ppl_quantiles", "gen0_ppl_hist", "extras", "settings", "samples", "model", "rank_by",
+                      "seconds", "shares_against"})
 
 
 def register(fig: Figure, replace: bool = False) -> Figure:
@@ -134,6 +141,15 @@ def register(fig: Figure, replace: bool = False) -> Figure:
         raise ValueError(f"figure {fig.name!r}: resample={fig.resample!r} is not bootstrap, jackknife or None")
     if fig.point is None and fig.rows is not None:
         raise ValueError(f"figure {fig.name!r}: a vectorised form needs its point form")
+    if not fig.name.isidentifier() or fig.name in RESERVED:
+        raise ValueError(f"figure name {fig.name!r}: use an identifier that is not a key of the row already "
+                         f"({', '.join(sorted(RESERVED))})")
+    if fig.change and not fig.resample:
+        raise ValueError(f"figure {fig.name!r}: a change from generation 0 needs resampling (resample=...)")
+    for sel in (fig.console, fig.change):
+        if isinstance(sel, tuple) and (not fig.buckets or not set(sel) <= set(F.BUCKETS)):
+            raise ValueError(f"figure {fig.name!r}: console/change name buckets only for a per-bucket figure, "
+                             f"among {', '.join(F.BUCKETS)}")
     if fig.point is not None and fig.buckets:
         raise ValueError(f"figure {fig.name!r}: a figure computed from counts is one number (per-bucket figures come "
                          "from the stages that write them)")

@@ -110,7 +110,7 @@ def _norm_ppf(p: float) -> float:
 # ---------------------------------------------------------------------- figures of resampled corpora
 
 def corpus_boot(wts: Weights, gen: Corpus, ref: np.ndarray | Corpus, head: np.ndarray,
-                alpha: float = 0.5, chunk: int = 125) -> dict[str, np.ndarray]:
+                alpha: float = 0.5, chunk: int = 125, rank: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every figure of ``gen`` under each resample: bucket shares (R, nb) and scalars (R,).
 
     Bucket shares are ratios of sums: the bootstrap (``wts.boot``). The scalars count distinct types or
@@ -136,7 +136,9 @@ def corpus_boot(wts: Weights, gen: Corpus, ref: np.ndarray | Corpus, head: np.nd
     RtT = _pad_cols(ref.C, V).T.tocsr() if paired_ref else None
     ref_row = None if paired_ref else np.pad(np.asarray(ref, np.float64), (0, V - len(ref)))[None, :]
     head = np.pad(head, (0, V - len(head)))
-    rank = _pad_cols(ref.C, V).sum(0).A1 if paired_ref else ref_row[0]  # a figure's point form ranks by these
+    if rank is None:  # the counts a figure's point form ranks types by: the row's (``rank_counts``), else the reference
+        rank = _pad_cols(ref.C, V).sum(0).A1 if paired_ref else ref_row[0]
+    rank = np.pad(np.asarray(rank), (0, max(0, V - len(rank))))[:V]
 
     def scored(figs, H: np.ndarray) -> dict[str, np.ndarray]:
         got = {f.name: np.empty(len(H)) for f in figs}
@@ -255,7 +257,7 @@ def bucket_names() -> tuple[str, ...]:
 
 def flat_point(row: dict, names: tuple[str, ...] = BUCKETS) -> dict[str, float | None]:
     """The figures of a metrics row under the flat names of the resamples (``bucket_shift.1-10`` ...)."""
-    out = {k: row.get(k) for k in scalar_names()}
+    out = {f.name: row.get(f.name) for f in FIGURES.values() if not f.buckets}  # with an interval or not
     for b in names:
         for fig in bucket_names():
             out[f"{fig}.{b}"] = (row.get(fig) or {}).get(b)

@@ -87,7 +87,9 @@ class ModelKind:
         raise NotImplementedError
 
     def check_fits(self, cfg, model) -> None:
-        """Raise ModelError where the run's settings cannot work with this model (context, trainable parts)."""
+        """Raise ModelError where the run's settings cannot work with this model (context, trainable parts, decoding
+        settings a kind's own sampler cannot honour). Called with the skeleton by the checks, and again with
+        the loaded model where the tokenizer came with it (a scratch model just built)."""
         from collapse.errors import ModelError
 
         ctx = context_length(model)
@@ -125,7 +127,8 @@ class ModelKind:
         raise NotImplementedError
 
     def save(self, cfg, model, gen_folder: Path, is_main: bool):
-        """Write model g into ``gen_folder`` (atomically); return the model the later stages use."""
+        """Write model g into ``gen_folder / weights_subdir(cfg)`` (atomically); return the model the later stages use.
+        Every folder of a generation holds weights only: checksums and ``keep_checkpoints`` treat them so."""
         raise NotImplementedError
 
     def save_merged(self, model, folder: Path, is_main: bool):
@@ -172,6 +175,8 @@ class ModelKind:
                                reduction="none").view(B, T)
 
     def log_probs_without(self, model, x: torch.Tensor, start: int, drop: int | None) -> torch.Tensor:
+        """Log-probabilities [B, L-start] of tokens ``start..L-1`` of ``x`` with token ``drop`` (the separator)
+        removed from the distribution first (None: nothing removed): a synthetic source's KL to the truth."""
         dev = next(model.parameters()).device
         T = x.shape[1] - start
         logits = model(input_ids=x.to(dev)).logits[:, -T - 1:-1].float()
@@ -189,7 +194,11 @@ class ModelKind:
 
     def sample(self, model, prompts: torch.Tensor, new_tokens: int, gen_cfg, u: torch.Tensor,
                suppress_ids: tuple[int, ...]) -> torch.Tensor | None:
-        """A kind's own sampler for these settings ([B, new_tokens]), or None for the shared decode loop."""
+        """A kind's own sampler ([B, new_tokens] token ids), or None for the shared decode loop (the fast engines).
+
+        Asked for sampling and greedy decoding only (beam search always runs the shared loop). ``u`` is
+        [new_tokens, B] float64 uniforms for the whole batch, None for greedy; a kind that samples must honour
+        every ``generation.*`` filter itself, or refuse it in ``check_fits``, or return None."""
         return None
 
     def evaluation_extras(self, model, blocks: np.ndarray, batch_size: int) -> dict:

@@ -73,6 +73,13 @@ def make_report(run_dirs: list[Path], out: Path | None, quiet: bool = False, vec
         if key not in seen:
             seen.add(key)
             runs.append(load_run(d))
+    for r in runs:  # what the report reads must be what the run wrote (a folder without checksums: as it is)
+        if (r.path / "manifest.json").is_file():
+            from collapse.loop.integrity import verify_folder
+
+            damaged, _ = verify_folder(r.path, only=("metrics.json", "samples.parquet"))
+            if damaged:
+                raise DataError(f"{r.path}: {damaged[0]}: rerun the same `collapse run` to redo it, then the report.")
     buckets = check_buckets(runs)
     unique_names(runs)
     out = Path(out) if out is not None else (runs[0].path / "report" if len(runs) == 1 else Path("report"))
