@@ -68,6 +68,16 @@ def test_verify_names_each_damaged_or_missing_file(finished, tmp_path):
     assert r.returncode == 0 and "no checksums" in r.stdout
 
 
+def test_a_folder_from_before_checksums_resumes_with_one_note(finished, tmp_path):
+    out = _copy(finished, tmp_path)
+    m = json.loads((out / "manifest.json").read_text())
+    m.pop("checksums")
+    (out / "manifest.json").write_text(json.dumps(m))
+    r = _rerun(out)
+    assert r.returncode == 0 and sum("no checksums" in ln for ln in r.stderr.splitlines()) == 1, r.stderr[-2000:]
+    assert (out / "metrics.jsonl").read_bytes() == (finished / "metrics.jsonl").read_bytes()
+
+
 def test_the_report_refuses_a_damaged_file_it_would_read(finished, tmp_path):
     out = _copy(finished, tmp_path)
     _flip(out / "gen_001" / "metrics.json")

@@ -330,6 +330,9 @@ def verify_stages(manifest: Manifest, out: Path, generations: int, n_seq: int, w
     are missing or damaged, that generation's training is redone. Returns one note per redone stage.
     """
     notes, older = [], {}
+    if manifest.data["generations"] and "checksums" not in manifest.data:
+        notes.append("no checksums: this run folder was made before collapse recorded them; its files are checked "
+                     "as before, the stages from now on record theirs")
     for g in range(generations, -1, -1):  # newest first: a redone training needs the weights before it
         if str(g) not in manifest.data["generations"]:
             continue
