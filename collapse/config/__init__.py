@@ -33,7 +33,7 @@ RESULT_NEUTRAL_KEYS = ("resume", "overwrite", "wandb", "out_dir", "keep_checkpoi
 @dataclass
 class DataConfig:
     source: str = setting("kjv", "`kjv` (embedded King James text), `synthetic` (a Markov source with known "
-                     "distribution: data.synthetic), a hub dataset id, or a local .txt/.jsonl/.parquet file.")
+                          "distribution: data.synthetic), a hub dataset id, or a local .txt/.jsonl/.parquet file.")
     config: str | None = setting(None, "Hub dataset configuration name, e.g. `wikitext-2-raw-v1`.")
     text_field: str = setting("text", "Column holding the text.")
     split: str | None = setting(None, "Single source split to split ourselves; default: use the source's train/validation/test if it has them.")
@@ -70,8 +70,8 @@ class ScratchConfig:
     seed: int = setting(0, "Seed of the build (weight init, batch order). Not the run's seed: every run seed starts from the "
                       "same generation 0, as in the paper.")
     until: str = setting("converged", "`converged`: the peak rate until the validation loss stops improving (patience, "
-                    "min_delta), a linear cooldown to 10%, then on until it stops again (at most `steps`); `steps`: "
-                    "exactly `steps` steps, cosine decay over them.", choices=("converged", "steps"))
+                         "min_delta), a linear cooldown to 10%, then on until it stops again (at most `steps`); `steps`: "
+                         "exactly `steps` steps, cosine decay over them.", choices=("converged", "steps"))
     steps: int = setting(8000, "Optimizer steps: the number (until=steps) or the cap (until=converged).")
     eval_every: int = setting(100, "until=converged: steps between validation losses (the curve in scratch.json).")
     patience: int = setting(600, "until=converged: the loss has stopped improving when its best improved by less than "
@@ -101,11 +101,11 @@ class ScratchConfig:
 @dataclass
 class ModelConfig:
     name_or_path: str = setting("scratch", "`scratch` (a small model trained here; the embedded default ships it), "
-                           "`ngram` (a count-based model: model.ngram), a hub id, or a local model folder.")
+                                "`ngram` (a count-based model: model.ngram), a hub id, or a local model folder.")
     trust_remote_code: bool = setting(False, "Allow a hub model's own Python code to run. Off unless you trust it.")
     revision: str | None = setting(None, "Hub revision (branch, tag or commit) of the model.")
     dtype: str = setting("auto", "`auto` (bf16 on CUDA with bf16 support, else fp32), `float32`, `bfloat16`, `float16`.",
-                    choices=("auto", "float32", "bfloat16", "float16"))
+                         choices=("auto", "float32", "bfloat16", "float16"))
     scratch: ScratchConfig = field(default_factory=ScratchConfig)
     ngram: NGramConfig = field(default_factory=NGramConfig)
 
@@ -116,8 +116,8 @@ class MeasureConfig:
     window: int = setting(256, "Tokens taken from the start of each example; the model continues the first half.")
     split: str = setting("validation", "Which split the examples come from: `validation` or `test`.", choices=("validation", "test"))
     rank_by: str = setting("reference", "What ranks the token types into buckets: `reference` (the true second halves, as "
-                      "in the motivating experiment) or `train` (the real training split's counts, so types absent "
-                      "from the examples still get a bucket).", choices=("reference", "train"))
+                           "in the motivating experiment) or `train` (the real training split's counts, so types absent "
+                           "from the examples still get a bucket).", choices=("reference", "train"))
 
     def __post_init__(self) -> None:
         if self.samples < 1:
@@ -139,9 +139,9 @@ class GenerationConfig:
     num_beams: int = setting(1, "Beam search width (1 = sampling / greedy); exactly HF `generate`'s beam search, fixed length.")
     repetition_penalty: float = setting(1.0, "CTRL-style penalty on tokens already in the sequence (1.0 = off).")
     engine: str = setting("auto", "`auto`: the fast GPT-2/OPT/Llama-family decoder where supported, else HF's forward; "
-                     "`hf`: always HF's forward; `hf-generate` (beam search only): HF `generate` itself, the slow "
-                     "reference.",
-                     choices=("auto", "hf", "hf-generate"))
+                          "`hf`: always HF's forward; `hf-generate` (beam search only): HF `generate` itself, the slow "
+                          "reference.",
+                          choices=("auto", "hf", "hf-generate"))
     keep_prompt: bool = setting(False, "Train the next generation on prompt + continuation instead of the continuation only.")
 
     def __post_init__(self) -> None:
@@ -187,9 +187,9 @@ class LoraConfig:
 class TrainConfig:
     method: str = setting("lora", "`lora` (peft adapters) or `full` fine-tune.", choices=("lora", "full"))
     init: str = setting("base", "`base`: each generation starts from generation 0's weights (the paper); `previous`: from model g.",
-                   choices=("base", "previous"))
+                        choices=("base", "previous"))
     select: str = setting("best_val", "`best_val`: keep the epoch with the lowest REAL validation loss (the paper); `last`.",
-                     choices=("best_val", "last"))
+                          choices=("best_val", "last"))
     epochs: int = setting(2, "Epochs over each generation's training set.")
     lr: float = setting(2e-3, "Peak learning rate (linear warmup, cosine decay).")
     batch_size: int = setting(32, "Sequences per optimizer step, over all processes and accumulation steps.")
@@ -198,7 +198,7 @@ class TrainConfig:
     weight_decay: float = setting(0.0, "AdamW weight decay.")
     max_grad_norm: float = setting(1.0, "Gradient clipping (0 = off).")
     mixed_precision: str = setting("auto", "`auto` (bf16 where supported on GPU), `no`, `bf16`, `fp16`.",
-                              choices=("auto", "no", "bf16", "fp16"))
+                                   choices=("auto", "no", "bf16", "fp16"))
     lora: LoraConfig = field(default_factory=LoraConfig)
     gen0_epochs: int = setting(0, "Epochs of fine-tuning the base model on the real training split before generation 0.")
 
@@ -225,17 +225,17 @@ class EvalConfig:
 @dataclass
 class WandbConfig:
     mode: str = setting("auto", "`auto`: online when logged in to W&B (WANDB_API_KEY or a netrc entry for the W&B host), "
-                   "else offline, with the `wandb sync` command printed at the end; the WANDB_MODE environment "
-                   "variable, when set, decides instead. `disabled` | `offline` | `online` (online falls back to "
-                   "offline without an API key). Never a prompt.", choices=("auto", "disabled", "offline", "online"))
+                        "else offline, with the `wandb sync` command printed at the end; the WANDB_MODE environment "
+                        "variable, when set, decides instead. `disabled` | `offline` | `online` (online falls back to "
+                        "offline without an API key). Never a prompt.", choices=("auto", "disabled", "offline", "online"))
     project: str = setting("collapse", "W&B project.")
     entity: str | None = setting(None, "W&B entity (team or user).")
     group: str | None = setting(None, "W&B group, e.g. one per regime, to compare seeds (`collapse sweep` sets one per sweep).")
     tags: list[str] = setting([], "W&B tags.")
     name: str | None = setting(None, "W&B run name (default: the run folder's name).")
     log_weights: bool = setting(True, "Upload each generation's weights (LoRA adapter or model) in its W&B artifact. "
-                           "false: weight artifacts hold only what they were made from (a small JSON), so the lineage "
-                           "stays and nothing large is uploaded.")
+                                "false: weight artifacts hold only what they were made from (a small JSON), so the lineage "
+                                "stays and nothing large is uploaded.")
     log_every: int = setting(1, "Optimizer steps between points of the training curves (train/loss, train/lr, ...).")
 
     def __post_init__(self) -> None:
@@ -249,7 +249,7 @@ class Config:
     seed: int = setting(0, "Master seed: every stage draws from (seed, generation, stage, shard).")
     generations: int = setting(5, "Generations after generation 0 (model 0 is the base).")
     resume: str = setting("auto", "`auto`: continue a run of the same config in out_dir; `never`: start over.",
-                     choices=("auto", "never"))
+                          choices=("auto", "never"))
     overwrite: bool = setting(False, "With resume=never, allow deleting a non-empty out_dir.")
     keep_checkpoints: int | None = setting(None, "Generations that keep model weights (newest first); null = all.")
     data: DataConfig = field(default_factory=DataConfig)

@@ -96,7 +96,7 @@ class StatsConfig:
 @dataclass
 class RegimeConfig:
     kind: str = setting("replace", "`replace` | `mix` | `accumulate` | `accumulate_subsample`, or a regime registered "
-                   "with collapse.loop.regimes.regime.")
+                        "with collapse.loop.regimes.regime.")
     real_fraction: float = setting(0.1, "For `mix`: share of each training set drawn fresh from real blocks.")
     size: int | None = setting(None, "For `accumulate_subsample`: training-set size (null = one generation's sample count).")
 
