@@ -71,17 +71,27 @@ def record(manifest, d: Path, g: int, stage: str, later_done: bool) -> float:
     return time.perf_counter() - t0
 
 
-def damaged(manifest, out: Path, g: int, stage: str) -> str | None:
-    """The first file of a recorded stage whose bytes no longer match their checksum, or None."""
-    sums = manifest.data.get(KEY, {}).get(str(g), {}).get(stage)
-    d = out / f"gen_{g:03d}"
-    for rel, want in (sums or {}).items():
+def _compare(d: Path, sums: dict[str, str], only: tuple[str, ...] | None = None):
+    """(path in ``d``, "ok" | "missing" | "damaged") of each recorded file; pruned weights are skipped (absent by
+    ``keep_checkpoints``: where they are needed, the kind's check says so)."""
+    for rel, want in sums.items():
+        if only is not None and rel not in only:
+            continue
         p = d / rel
         if not p.is_file():
-            if _is_weights(rel):
-                continue  # pruned (keep_checkpoints); where they are needed, the kind's check says so
+            if not _is_weights(rel):
+                yield rel, "missing"
+            continue
+        yield rel, "ok" if sha256(p) == want else "damaged"
+
+
+def damaged(manifest, out: Path, g: int, stage: str) -> str | None:
+    """The first file of a recorded stage whose bytes no longer match their checksum, or None."""
+    d = out / f"gen_{g:03d}"
+    for rel, state in _compare(d, manifest.data.get(KEY, {}).get(str(g), {}).get(stage) or {}):
+        if state == "missing":
             return f"{d.name}/{rel} is missing"
-        if sha256(p) != want:
+        if state == "damaged":
             return f"{d.name}/{rel} does not match its checksum (damaged)"
     return None
 
@@ -110,15 +120,10 @@ def verify_folder(out: Path, only: tuple[str, ...] | None = None) -> tuple[list[
     for g, stages in sorted((data.get(KEY) or {}).items(), key=lambda kv: int(kv[0])):
         d = out / f"gen_{int(g):03d}"
         for stage, sums in stages.items():
-            for rel, want in sums.items():
-                if only is not None and rel not in only:
-                    continue
-                p = d / rel
-                if not p.is_file():
-                    if not _is_weights(rel):
-                        problems.append(f"{d.name}/{rel}: missing (written by {stage})")
-                    continue
-                checked += 1
-                if sha256(p) != want:
+            for rel, state in _compare(d, sums, only):
+                checked += state != "missing"
+                if state == "missing":
+                    problems.append(f"{d.name}/{rel}: missing (written by {stage})")
+                elif state == "damaged":
                     problems.append(f"{d.name}/{rel}: damaged (its sha256 differs from the one {stage} recorded)")
     return problems, checked

@@ -17,6 +17,7 @@ from collapse import metrics as M
 from collapse.io import read_json, write_json
 from collapse.loop.rundir import BOOTSTRAP, EVAL_BLOCKS
 from collapse.metrics import stats as S
+from collapse.metrics.registry import columns
 
 PPL_BINS = np.logspace(0, 4, 81)  # gen0_ppl histogram edges, shared by all generations (1 .. 10^4)
 
@@ -93,16 +94,9 @@ METHOD = ("percentile bootstrap (shares, shifts, losses, means); delete-half jac
 
 
 def console_columns(which: str = "console") -> list[tuple[str, str, M.Figure]]:
-    """(heading, flat figure name, figure) of each console column, in registry order: the figures whose
-    ``console`` (or ``change``, for the table of changes) is set, per bucket where it names buckets."""
-    cols = []
-    for f in M.FIGURES.values():
-        sel = getattr(f, which)
-        if sel is True:
-            cols.append((f.heading(short=True), f.name, f))
-        elif sel:
-            cols += [(f.heading(b, short=True), f"{f.name}.{b}", f) for b in sel]
-    return cols
+    """(heading, flat figure name, figure) of each console column (``which``: ``console``, or ``change`` for the
+    table of changes), from the registry's :func:`collapse.metrics.registry.columns`."""
+    return [(h, k, M.FIGURES[k.split(".")[0]]) for k, h, _ in columns(which, short=True)]
 
 
 def _columns(head: list[str], rows: list[list[str]]) -> list[str]:

@@ -171,14 +171,20 @@ def resampled_names() -> tuple[str, ...]:
     return tuple(f.name for f in corpus_figures() if f.resample)
 
 
-def columns(flag: str, buckets: dict[str, list[str]] | None = None) -> list[tuple[str, str, str]]:
-    """(flat key, heading, format) of the figures whose ``flag`` (``report``, ``summary``) is set, in registry
-    order; a per-bucket figure once per bucket (``buckets[name]``, default every bucket)."""
+def columns(flag: str, buckets: dict[str, list[str]] | None = None, short: bool = False) -> list[tuple[str, str, str]]:
+    """(flat key, heading, format) of the figures whose ``flag`` (``console``, ``change``, ``report``, ``summary``)
+    is set, in registry order; a per-bucket figure once per bucket: those its flag names, else ``buckets[name]``,
+    else every bucket. ``short``: the console's shorter bucket names in the headings."""
     cols = []
     for f in FIGURES.values():
-        if getattr(f, flag):
-            cols += ([(f"{f.name}.{b}", f.heading(b), f.fmt) for b in (buckets or {}).get(f.name, F.BUCKETS)]
-                     if f.buckets else [(f.name, f.heading(), f.fmt)])
+        sel = getattr(f, flag)
+        if not sel:
+            continue
+        if not f.buckets:
+            cols.append((f.name, f.heading(short=short), f.fmt))
+            continue
+        names = sel if isinstance(sel, tuple) else (buckets or {}).get(f.name, F.BUCKETS)
+        cols += [(f"{f.name}.{b}", f.heading(b, short=short), f.fmt) for b in names]
     return cols
 
 
