@@ -207,7 +207,7 @@ def check_run(cfg: Config, accelerator) -> tuple[Plan, Checked]:
     from collapse.data import real_data, split_ids
     from collapse.loop.checkpoints import Checkpoints, disk_estimate
     from collapse.models import kind_for
-    from collapse.models.hf import vocab_size
+    from collapse.models.hf import never_sampled, vocab_size
     from collapse.runtime import fmt_bytes
 
     plan = Plan("run", main=accelerator.is_main_process, warnings=ineffective_settings(cfg, "run"))
@@ -216,6 +216,10 @@ def check_run(cfg: Config, accelerator) -> tuple[Plan, Checked]:
     kind_for(cfg.model.name_or_path).check_early(cfg, splits, "run")
     checked = Checked(splits, check_model(cfg, plan, splits, accelerator.device))
     skel, tok = checked.facts.skeleton, checked.facts.tokenizer
+    if plan.resuming and checked.facts.file is not None:  # before the weights are read for nothing
+        from collapse.loop.rundir import base_file_digest
+
+        base_file_digest(plan.out, checked.facts.file)
     if cfg.data.source == "synthetic":  # kl_truth reads whole truth documents after a separator
         from collapse.errors import ModelError
         from collapse.models import context_length
@@ -227,7 +231,7 @@ def check_run(cfg: Config, accelerator) -> tuple[Plan, Checked]:
     gc = cfg.generation
     if tok is not None:
         checked.ids = split_ids(tok, splits, checked.facts.token_cache)
-        checked.data = d = real_data(cfg, checked.ids, tok.eos_token_id, vocab_size(skel, tok))
+        checked.data = d = real_data(cfg, checked.ids, tok.eos_token_id, vocab_size(skel, tok), never_sampled(tok))
         n_seq = d.n_seq
         plan.add("blocks", f"{len(d.real_rows):,} real training rows of {d.real_rows.shape[1]} tokens; "
                            f"{len(d.val_blocks):,} validation and {len(d.test_blocks):,} test blocks of "
@@ -269,12 +273,14 @@ def check_measure(cfg: Config, accelerator) -> tuple[Plan, Checked]:
         raise ModelError(f"measure.window={w} exceeds the model's context of {ctx} tokens: use measure.window<={ctx}"
                          f"{kind.context_hint(cfg)}.")
     if tok is not None:  # the examples long enough for the window, counted with the model's tokenizer
-        from collapse.data import measure_windows, split_ids
+        from collapse.data import measure_docs, measure_windows, split_ids
 
         checked.ids = split_ids(tok, splits, checked.facts.token_cache)
-        checked.data = measure_windows(checked.ids[cfg.measure.split], w, cfg.measure.samples, cfg.measure.split)
+        checked.data = measure_windows(measure_docs(checked.ids, cfg.measure.split), w, cfg.measure.samples, cfg.measure.split)
+    from collapse.data import split_label
+
     n = f"{len(checked.data)}" if checked.data is not None else f"up to {cfg.measure.samples}"
-    plan.add("measure", f"{n} {cfg.measure.split} examples of {w} tokens: the model continues the first {w // 2} "
+    plan.add("measure", f"{n} {split_label(cfg.measure.split)} examples of {w} tokens: the model continues the first {w // 2} "
                         f"for {w // 2} tokens")
     plan.add("W&B", wandb_mode(cfg))
     plan.add("processes", _world(accelerator))

@@ -93,10 +93,11 @@ def figure_text(result: dict, f) -> str:
 def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = False):
     """Measure one model; with ``check_only`` return the checks' plan instead (``collapse measure --check``)."""
     from collapse.check import check_measure
-    from collapse.data import measure_windows, split_ids
+    from collapse.data import measure_docs, measure_windows, split_ids, split_label
     from collapse.decoding.generate import generate_corpus
     from collapse.models import kind_for
-    from collapse.models.hf import decode_rows, set_threads
+    from collapse.models.gguf import sha256 as gguf_sha256
+    from collapse.models.hf import decode_rows, never_sampled, set_threads
     from collapse.report import plot_bucket_shift
     from collapse.runtime import make_accelerator
     from collapse.tracking import make_logger
@@ -117,18 +118,18 @@ def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = Fals
     windows, ids = checked.data, checked.ids  # made by the checks where the tokenizer was at hand
     if checked.facts.tokenizer is None:  # else with the one that came with the model just built
         ids = split_ids(tok, checked.splits, loaded.token_cache)
-        windows = measure_windows(ids[cfg.measure.split], cfg.measure.window, cfg.measure.samples, cfg.measure.split)
+        windows = measure_windows(measure_docs(ids, cfg.measure.split), cfg.measure.window, cfg.measure.samples, cfg.measure.split)
     train_ids = ids["train"] if cfg.measure.rank_by == "train" else None
     half = cfg.measure.window // 2
     prompts, refs = windows[:, :half], windows[:, half:]
     if len(windows) < cfg.measure.samples:
         log.warning("only %d %s examples have %d tokens (asked for %d): measuring those.", len(windows),
-                    cfg.measure.split, cfg.measure.window, cfg.measure.samples)
+                    split_label(cfg.measure.split), cfg.measure.window, cfg.measure.samples)
 
     gens: dict[int, np.ndarray] = {}
     stats = generate_corpus(model, prompts, half, cfg.generation, key=(cfg.seed, "measure"),
                             sink=lambda b, p, g: gens.__setitem__(b, g), accelerator=accelerator,
-                            suppress_ids=(tok.eos_token_id,) if tok.eos_token_id is not None else (),
+                            suppress_ids=never_sampled(tok),
                             progress=show_progress, desc="continue")
     result: dict = {}
     if is_main:
@@ -138,6 +139,7 @@ def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = Fals
         rank_c = ref_c if cfg.measure.rank_by == "reference" else M.counts(train_ids, vocab)
         result = {
             "model": model_ref,
+            **({"model_sha256": gguf_sha256(loaded.file)} if loaded.file is not None else {}),
             "settings": {"window": cfg.measure.window, "split": cfg.measure.split, "prompt_tokens": half,
                          "new_tokens": half, "temperature": cfg.generation.temperature,
                          "top_k": cfg.generation.top_k, "top_p": cfg.generation.top_p, "min_p": cfg.generation.min_p,
@@ -165,7 +167,7 @@ def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = Fals
         })
         plot_bucket_shift(result["bucket_shift"], out / "buckets.png",
                           title=f"Token frequencies of {half}-token continuations vs the true second halves\n"
-                                f"{kind_for(cfg.model.name_or_path).title(cfg)}, {len(windows)} {cfg.measure.split} "
+                                f"{kind_for(cfg.model.name_or_path).title(cfg)}, {len(windows)} {split_label(cfg.measure.split)} "
                                 "examples, "
                                 f"window {cfg.measure.window}")
         result["seconds"] = round(time.perf_counter() - t0, 2)

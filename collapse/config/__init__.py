@@ -101,7 +101,12 @@ class ScratchConfig:
 @dataclass
 class ModelConfig:
     name_or_path: str = setting("scratch", "`scratch` (a small model trained here; the embedded default ships it), "
-                                "`ngram` (a count-based model: model.ngram), a hub id, or a local model folder.")
+                                "`ngram` (a count-based model: model.ngram), a hub id, a local model folder, a local "
+                                "`.gguf` file, or `package:<module>/<file>.gguf` (a GGUF file inside an installed "
+                                "Python package).")
+    gguf_file: str | None = setting(None, "The `.gguf` file to read inside the hub repo or local folder that "
+                                    "model.name_or_path names (needs the gguf extra). Weights are dequantized to "
+                                    "model.dtype; the tokenizer comes from the same file.")
     trust_remote_code: bool = setting(False, "Allow a hub model's own Python code to run. Off unless you trust it.")
     revision: str | None = setting(None, "Hub revision (branch, tag or commit) of the model.")
     dtype: str = setting("auto", "`auto` (bf16 on CUDA with bf16 support, else fp32), `float32`, `bfloat16`, `float16`.",
@@ -114,7 +119,9 @@ class ModelConfig:
 class MeasureConfig:
     samples: int = setting(100, "Held-out examples to continue (each needs at least `window` tokens).")
     window: int = setting(256, "Tokens taken from the start of each example; the model continues the first half.")
-    split: str = setting("validation", "Which split the examples come from: `validation` or `test`.", choices=("validation", "test"))
+    split: str = setting("heldout", "Which examples: `heldout` (the validation chapters, then the test chapters: "
+                         "the embedded corpus has about 100 of 256 tokens), `validation` or `test`.",
+                         choices=("heldout", "validation", "test"))
     rank_by: str = setting("reference", "What ranks the token types into buckets: `reference` (the true second halves, as "
                            "in the motivating experiment) or `train` (the real training split's counts, so types absent "
                            "from the examples still get a bucket).", choices=("reference", "train"))

@@ -310,12 +310,22 @@ def flat_ids(doc_ids: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(doc_ids).astype(np.int64) if doc_ids else np.zeros(0, dtype=np.int64)
 
 
+def measure_docs(by_split: dict, split: str) -> list:
+    """The documents `collapse measure` draws from: one split, or ``heldout`` = validation then test (neither is
+    trained on; `collapse run` keeps using them as they are)."""
+    return list(by_split["validation"]) + list(by_split["test"]) if split == "heldout" else list(by_split[split])
+
+
+def split_label(split: str) -> str:
+    return "held-out (validation + test)" if split == "heldout" else split
+
+
 def measure_windows(doc_ids: list[np.ndarray], window: int, samples: int, split: str) -> np.ndarray:
     """The first ``window`` tokens of the first ``samples`` documents that have that many (rows in document order)."""
     long_enough = [ids[:window] for ids in doc_ids if len(ids) >= window]
     if not long_enough:
         longest = max((len(i) for i in doc_ids), default=0)
-        raise DataError(f"every {split} example is shorter than measure.window={window} tokens (longest: {longest}): "
+        raise DataError(f"every {split_label(split)} example is shorter than measure.window={window} tokens (longest: {longest}): "
                         "lower measure.window or use longer documents.")
     return np.stack(long_enough[:samples]).astype(np.int32)
 
@@ -352,9 +362,10 @@ def _check_fits_memory(n_seq: int, length: int) -> None:
                         f"of memory, and {free / 2**30:,.1f} GiB are free: lower generation.num_sequences.")
 
 
-def real_data(cfg: Config, ids: dict[str, list[np.ndarray]], eos: int | None, vocab: int) -> RealData:
+def real_data(cfg: Config, ids: dict[str, list[np.ndarray]], eos: int | None, vocab: int,
+              suppress: tuple[int, ...] | None = None) -> RealData:
     """The splits' token ids (``split_ids``) cut into what `collapse run` uses; the prompts are the same every
-    generation."""
+    generation. ``suppress``: the ids never sampled (default: EOS)."""
     gc = cfg.generation
     L = gc.prompt_tokens + gc.new_tokens
     eval_len = cfg.eval.block_size or L
@@ -383,5 +394,5 @@ def real_data(cfg: Config, ids: dict[str, list[np.ndarray]], eos: int | None, vo
         buckets = truth.bucket_of(max(vocab, len(ref_counts)))
     return RealData(prompts=prompt_blocks[order[:n_seq], : gc.prompt_tokens], real_rows=real_rows,
                     val_blocks=val_blocks, test_blocks=test_blocks, ref_counts=ref_counts,
-                    bucket_of=buckets, suppress=(eos,) if eos is not None else (),
+                    bucket_of=buckets, suppress=suppress if suppress is not None else (eos,) if eos is not None else (),
                     n_batches=math.ceil(n_seq / gc.batch_size), truth=truth)

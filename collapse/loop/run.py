@@ -54,6 +54,7 @@ from collapse.loop.rows import PPL_BINS, interval_part, metrics_row, metrics_tab
 from collapse.loop.rundir import (
     EVAL_BLOCKS,
     Manifest,
+    base_file_digest,
     clean_temp,
     disk_full,
     empty_out_dir,
@@ -70,7 +71,7 @@ from collapse.metrics import stats as S
 from collapse.metrics.evaluate import evaluate_blocks, sequence_ppl
 from collapse.metrics.truth import add_truth, kl_truth
 from collapse.models import TrainJob, kind_for
-from collapse.models.hf import decode_rows, set_threads, vocab_size
+from collapse.models.hf import decode_rows, never_sampled, set_threads, vocab_size
 from collapse.runtime import StageClock, fmt_bytes, fmt_pct, fmt_s, make_accelerator
 from collapse.seeding import numpy_rng
 from collapse.tracking import NullLogger, StepAxis, close_quietly, make_logger, new_run_id, train_steps, wants_wandb
@@ -244,6 +245,7 @@ class Run:
     tok: object
     data: RealData
     ckpt: Checkpoints
+    base_file: Path | None = None  # a single-file base checkpoint (GGUF): its sha256 is the run's
     t_start: float = field(default_factory=time.perf_counter)
     samples_cache: dict = field(default_factory=dict)
     boot_cache: dict = field(default_factory=dict)
@@ -285,7 +287,7 @@ class Run:
         if checked.facts.tokenizer is None:  # it came with the model just built: the checks that needed it
             kind.check_fits(cfg, model0)
             ids = split_ids(tok, checked.splits, loaded.token_cache)
-            data = real_data(cfg, ids, tok.eos_token_id, vocab_size(model0, tok))
+            data = real_data(cfg, ids, tok.eos_token_id, vocab_size(model0, tok), never_sampled(tok))
         else:  # the blocks the checks made with the same tokenizer
             data = checked.data
             if cache is not None and not cache.is_file() and accelerator.is_main_process:
@@ -293,7 +295,7 @@ class Run:
                     save_split_ids(cache, checked.splits, checked.ids)
         return cls(cfg=cfg, out=plan.out, resuming=plan.resuming, wipe=plan.wipe, accelerator=accelerator, show=show,
                    model0=model0, model_ref=model_ref, tok=tok, data=data,
-                   ckpt=Checkpoints(cfg, plan.out, accelerator.device), t_start=t0)
+                   ckpt=Checkpoints(cfg, plan.out, accelerator.device), base_file=loaded.file, t_start=t0)
 
     # ---- the stage runner
 
@@ -404,6 +406,8 @@ class Run:
                 clean_temp(out)
         acc.wait_for_everyone()
         self.manifest = m = Manifest.load_or_new(out / "manifest.json", cfg.fingerprint())
+        if self.base_file is not None:  # a changed base file would make every finished generation another model's
+            m.data["base_model_sha256"] = base_file_digest(out, self.base_file)
         if self.resuming:  # every process checks (read-only) so all agree on what is redone; the main one says it
             for note in verify_stages(m, out, cfg.generations, self.data.n_seq, self.ckpt.subdir,
                                       self.ckpt.continues_previous, self.ckpt.weights_problem):

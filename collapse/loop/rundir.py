@@ -141,6 +141,21 @@ def prepare_out_dir(cfg: Config) -> tuple[Path, bool, bool]:
     return out, False, False
 
 
+def base_file_digest(out: Path, file: Path) -> str:
+    """The sha256 of a single-file base model (GGUF); a resume refuses a file the run did not begin with."""
+    from collapse.models.gguf import sha256
+
+    digest = sha256(file)
+    try:
+        recorded = read_json(out / "manifest.json").get("base_model_sha256")
+    except (OSError, ValueError, AttributeError):
+        recorded = None  # a new run, or a manifest the resume checks report on their own
+    if recorded not in (None, digest):
+        raise DataError(f"{file} is not the file this run began with (sha256 {digest[:12]}…, the run recorded "
+                        f"{recorded[:12]}…): restore that file, or start over in another out_dir.")
+    return digest
+
+
 def _manifest_fingerprint(out: Path) -> str | None:
     """The config fingerprint a run folder's manifest records, or None (none, or unreadable)."""
     try:

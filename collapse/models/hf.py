@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -48,44 +49,146 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or os.sep in name and name.count("/") != 1 or Path(name).expanduser().exists()
 
 
-def model_source(name_or_path: str) -> str:
-    """A local model folder (checked: it exists and holds a config.json) or a hub id, as transformers takes it."""
+@dataclass(frozen=True)
+class Source:
+    """Where transformers reads a model: a hub id or a local folder, and the GGUF file in it (if any)."""
+
+    where: str
+    local: bool
+    gguf_file: str | None = None  # the file's name inside ``where``
+
+    @property
+    def file(self) -> Path | None:
+        """The local GGUF file (checked, hashed into the run folder), or None."""
+        return Path(self.where) / self.gguf_file if self.local and self.gguf_file else None
+
+    def kwargs(self) -> dict:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model",
+                   "vocab.txt")
+
+
+def model_source(name_or_path: str, gguf_file: str | None = None) -> Source:
+    """A checked local folder or GGUF file, or a hub id (with ``model.gguf_file``: the file, fetched or cached)."""
+    from collapse.models import gguf as G
+
+    if name_or_path.startswith(G.PACKAGE):
+        return _gguf_source(G.package_file(name_or_path), gguf_file, name_or_path)
     if not _looks_local(name_or_path):
-        return name_or_path
+        if gguf_file:
+            return _gguf_source(_hub_file(name_or_path, gguf_file), None, name_or_path)
+        return Source(name_or_path, local=False)
     path = Path(name_or_path).expanduser()
+    if G.is_gguf_name(name_or_path) and not path.is_dir():
+        return _gguf_source(path, gguf_file, name_or_path)
     if not path.is_dir():
         raise ModelError(f"model folder {path} does not exist: check model.name_or_path "
-                         "(a local folder, a hub id, or `scratch`).")
-    if not (path / "config.json").is_file():
+                         "(a local folder, a .gguf file, a hub id, or `scratch`).")
+    if gguf_file:
+        return _gguf_source(path / gguf_file, None, name_or_path)
+    _check_folder(path)
+    return Source(str(path), local=True)
+
+
+def _gguf_source(path: Path, gguf_file: str | None, name: str) -> Source:
+    from collapse.models.gguf import read_facts
+
+    if gguf_file:
+        raise ModelError(f"model.name_or_path={name} is a .gguf file and model.gguf_file={gguf_file} names another: "
+                         "set model.gguf_file only with a folder or hub repo.")
+    read_facts(path)  # one line for a missing, foreign, truncated or unreadable file
+    return Source(str(path.parent), local=True, gguf_file=path.name)
+
+
+def _hub_file(repo: str, filename: str) -> Path:
+    """The hub repo's GGUF file in the local cache (downloaded first where the network allows)."""
+    from huggingface_hub import hf_hub_download
+
+    from collapse.models.gguf import require_gguf
+
+    require_gguf()
+    try:
+        return Path(hf_hub_download(repo, filename))
+    except Exception as e:  # noqa: BLE001 - hub errors are many types; offline is the common one
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise ModelError(f"cannot load `{repo}` / {filename}: offline (HF_HUB_OFFLINE=1) and not in the local "
+                             "cache. Download it once with network access, or pass the local .gguf file.") from None
+        raise ModelError(f"cannot fetch {filename} from `{repo}`: {first_line(e, 120)}") from None
+
+
+def _check_folder(path: Path) -> None:
+    """A local model folder holds a readable config.json, safetensors weights and a tokenizer: else one line
+    naming what is missing, not whatever transformers stumbles on later."""
+    import json
+
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        if ggufs:
+            raise ModelError(f"model folder {path} holds no config.json but GGUF file(s) {', '.join(ggufs)}: set "
+                             f"model.name_or_path={path / ggufs[0]} (or model.gguf_file={ggufs[0]}).")
         raise ModelError(f"model folder {path} holds no model (no config.json): point model.name_or_path at a folder "
-                         "written by save_pretrained, a hub id, or `scratch`.")
-    return str(path)
+                         "written by save_pretrained, a .gguf file, a hub id, or `scratch`.")
+    try:
+        conf = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelError(f"{cfg_file} is not valid JSON ({first_line(e, 100)}): restore it from where the model "
+                         "came from, or save the model again with save_pretrained.") from None
+    if not isinstance(conf, dict) or "model_type" not in conf:
+        raise ModelError(f"{cfg_file} names no model_type: it is not a transformers model config.")
+    if not any(path.glob("*.safetensors")) and not (path / "model.safetensors.index.json").is_file():
+        pickled = sorted(p.name for p in path.glob("*.bin"))
+        if pickled:
+            raise ModelError(f"model folder {path} holds only pickled weights ({', '.join(pickled[:3])}), which "
+                             "collapse does not load: save them as safetensors (save_pretrained(..., "
+                             "safe_serialization=True)).")
+        raise ModelError(f"model folder {path} holds a config.json but no weights (*.safetensors): copy the weights "
+                         "in, or save the model with save_pretrained.")
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelError(f"model folder {path} holds no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}): save "
+                         "it there with tokenizer.save_pretrained.")
 
 
 @contextmanager
-def _loading(name_or_path: str, source: str):
-    """Turn what transformers raises for a model that cannot be loaded into one ModelError line."""
+def _loading(name_or_path: str, source: Source):
+    """Turn what transformers raises for a model that cannot be loaded into one ModelError line; its own
+    progress bars (weights, GGUF dequantization) stay off: loading takes seconds and the plan says what loads."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         yield
+    except ModelError:
+        raise
     except ImportError as e:  # a model's own code (trust_remote_code) needs a package that is not installed
         raise ModelError(f"cannot load model `{name_or_path}`: {first_line(e)} (install the package it names).") from None
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
         first = first_line(e)
-        if source == name_or_path and os.environ.get("HF_HUB_OFFLINE") == "1":
+        if not source.local and os.environ.get("HF_HUB_OFFLINE") == "1":
             raise ModelError(f"cannot load `{name_or_path}`: offline (HF_HUB_OFFLINE=1) and not in the local cache. "
                              "Download it once with network access, or pass a local folder.") from None
         if "trust_remote_code" in first:
             raise ModelError(f"`{name_or_path}` ships its own code: set model.trust_remote_code=true "
                              "if you trust it.") from None
         raise ModelError(f"cannot load model `{name_or_path}`: {first}") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
-def _tokenizer(source: str, cfg: ModelConfig):
+def _tokenizer(source: Source, cfg: ModelConfig, name: str):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
+    tok = AutoTokenizer.from_pretrained(source.where, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
+                                        **source.kwargs())
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
+    if not tok("In the beginning", add_special_tokens=False)["input_ids"]:
+        raise ModelError(f"the tokenizer of `{name}` turns text into no tokens: its vocabulary files are missing "
+                         "or empty (save the model's tokenizer there with tokenizer.save_pretrained).")
     return tok
 
 
@@ -110,16 +213,22 @@ def decode_rows(tok, rows) -> list[str]:
 
 
 def load_pretrained(name_or_path: str, cfg: ModelConfig, device: torch.device, dtype: torch.dtype | None = None):
-    """(model, tokenizer) from a local folder or a hub id; clear ModelError otherwise."""
+    """(model, tokenizer) from a local folder, a GGUF file or a hub id; clear ModelError otherwise."""
     from transformers import AutoModelForCausalLM
 
     dtype = dtype or resolve_dtype(cfg.dtype, device)
-    source = model_source(name_or_path)
+    source = model_source(name_or_path, getattr(cfg, "gguf_file", None))
     with _loading(name_or_path, source):
-        tok = _tokenizer(source, cfg)
+        tok = _tokenizer(source, cfg, name_or_path)
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision, use_safetensors=True
-        )
+            source.where, dtype=dtype, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
+            use_safetensors=None if source.gguf_file else True, **source.kwargs())
+    if source.gguf_file:
+        from collapse.models.gguf import drop_quantizer
+
+        drop_quantizer(model)
+        if source.file is not None:  # adapters (peft's base_model_name_or_path) name the base file
+            model.config._name_or_path = model.name_or_path = str(source.file)
     model.to(device)
     model.eval()
     return model, tok
@@ -129,14 +238,23 @@ def load_skeleton(name_or_path: str, cfg: ModelConfig, device: torch.device):
     """(weightless model on the meta device, tokenizer): shapes, context and module names in seconds, for checks."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    source = model_source(name_or_path)
+    source = model_source(name_or_path, getattr(cfg, "gguf_file", None))
     with _loading(name_or_path, source):
-        tok = _tokenizer(source, cfg)
-        mc = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
+        tok = _tokenizer(source, cfg, name_or_path)
+        mc = AutoConfig.from_pretrained(source.where, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
+                                        **source.kwargs())
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(mc, dtype=resolve_dtype(cfg.dtype, device),
                                                      trust_remote_code=cfg.trust_remote_code)
     return model, tok
+
+
+def never_sampled(tok) -> tuple[int, ...]:
+    """Ids no sample may contain: EOS (every continuation has its full length, as the paper forces 64 new tokens)
+    and the tokenizer's other special tokens (an instruct model's chat markers are not text)."""
+    ids = {tok.eos_token_id} | set(getattr(tok, "all_special_ids", None) or ())
+    ids |= {i for i, t in (getattr(tok, "added_tokens_decoder", None) or {}).items() if getattr(t, "special", False)}
+    return tuple(sorted(i for i in ids if i is not None))
 
 
 def vocab_size(model, tokenizer) -> int:

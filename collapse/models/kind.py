@@ -29,6 +29,7 @@ class ModelFacts:
     tokenizer: Any  # None: the tokenizer is made together with the model (a scratch model still to build)
     label: str  # one line for the plan
     token_cache: Path | None = None  # where the splits' token ids are cached beside the model, if anywhere
+    file: Path | None = None  # a single-file checkpoint (GGUF) the run folder records the sha256 of
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Loaded:
     tokenizer: Any
     ref: str
     token_cache: Path | None = None
+    file: Path | None = None  # a single-file checkpoint (GGUF) the run folder records the sha256 of
 
 
 @dataclass

@@ -31,10 +31,10 @@ class TransformerKind(ModelKind):
 
     # ---- check, then load
     def facts(self, cfg, splits, device) -> ModelFacts:
-        from collapse.models.hf import load_skeleton
+        from collapse.models.hf import load_skeleton, model_source, resolve_dtype
 
         m = cfg.model
-        cache = None
+        cache = file = None
         if m.name_or_path == "scratch":
             from collapse.models.scratch import SHIPPED, TOKENS_FILE, build_scratch_model, scratch_folder
 
@@ -56,10 +56,17 @@ class TransformerKind(ModelKind):
         else:
             skel, tok = load_skeleton(m.name_or_path, m, device)
             label = m.name_or_path
+            file = model_source(m.name_or_path, m.gguf_file).file
+            if file is not None:
+                from collapse.models.gguf import read_facts
+
+                g = read_facts(file)
+                label = (f"{m.name_or_path}: GGUF {g.architecture} `{g.name}` ({g.size / 2**20:,.1f} MiB; tensors "
+                         f"{g.quantization}), dequantized to {str(resolve_dtype(m.dtype, device)).replace('torch.', '')}")
         n = sum(p.numel() for p in skel.parameters())
         toks = f"tokenizer {len(tok):,} entries" if tok is not None else "tokenizer built with it"
         return ModelFacts(skel, tok, f"{label}; {n / 1e6:.2f}M parameters, context {context_length(skel):,}; {toks}",
-                          cache)
+                          cache, file)
 
     def check_early(self, cfg, splits, command: str) -> None:
         """Before a scratch model is built for `collapse measure`: its byte-level BPE gives a document at most as
@@ -69,9 +76,11 @@ class TransformerKind(ModelKind):
         if command != "measure" or cfg.model.name_or_path != "scratch":
             return
         w = cfg.measure.window
-        longest = max((len(d.encode("utf-8")) for d in splits[cfg.measure.split]), default=0)
+        from collapse.data import measure_docs, split_label
+
+        longest = max((len(d.encode("utf-8")) for d in measure_docs(splits, cfg.measure.split)), default=0)
         if longest < w:
-            raise DataError(f"every {cfg.measure.split} example is shorter than measure.window={w} tokens (longest: "
+            raise DataError(f"every {split_label(cfg.measure.split)} example is shorter than measure.window={w} tokens (longest: "
                             f"{longest} bytes): lower measure.window or use longer documents.")
 
     def context_hint(self, cfg) -> str:
@@ -108,8 +117,10 @@ class TransformerKind(ModelKind):
             folder = get_scratch_model(cfg.scratch, splits, show_progress, accelerator=accelerator)
             model, tok = load_pretrained(str(folder), cfg, device)
             return Loaded(model, tok, str(folder), folder / TOKENS_FILE)
+        from collapse.models.hf import model_source
+
         model, tok = load_pretrained(cfg.name_or_path, cfg, device)
-        return Loaded(model, tok, cfg.name_or_path)
+        return Loaded(model, tok, cfg.name_or_path, file=model_source(cfg.name_or_path, cfg.gguf_file).file)
 
     # ---- train, save, load
     def _lora(self, cfg) -> bool:
