@@ -21,8 +21,9 @@ from collapse.io import write_json, write_parquet, write_text
 log = logging.getLogger("collapse")
 
 
-def bucket_table(bs: dict, title: str = "", rank_by: str = "reference") -> str:
-    """Per bucket: the true and generated shares, the shift and its 95% interval (``*``: excludes 0)."""
+def bucket_table(bs: dict, title: str = "", rank_by: str = "train") -> str:
+    """Per bucket: the true and generated shares, the shift and its 95% interval (``*``: excludes 0); the ranked
+    buckets' shares are over the tokens of ranked types, ``unseen``'s over all tokens (``metrics.shares_of``)."""
     lines = [title] if title else []
     head = "true rank" if rank_by == "reference" else "train rank"
     lines.append(f"{'bucket (' + head + ')':<21}{'true share':>11}{'gen share':>11}{'shift %':>9}  {'95% interval':<17}")
@@ -31,6 +32,8 @@ def bucket_table(bs: dict, title: str = "", rank_by: str = "reference") -> str:
         ci = v.get("ci95") or [None, None]
         ci_txt = "" if ci[0] is None else f"[{ci[0]:+.1f}, {ci[1]:+.1f}]{'*' if ci[0] > 0 or ci[1] < 0 else ''}"
         lines.append(f"{name:<21}{100 * v['ref_share']:>10.2f}%{100 * v['gen_share']:>10.2f}%{shift:>9}  {ci_txt:<17}")
+    lines.append("(ranked buckets: shares of the tokens of ranked types; unseen: share of all tokens, types the "
+                 f"{'true halves' if rank_by == 'reference' else 'training split'} lack)")
     return "\n".join(lines)
 
 
@@ -169,7 +172,7 @@ def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = Fals
                           title=f"Token frequencies of {half}-token continuations vs the true second halves\n"
                                 f"{kind_for(cfg.model.name_or_path).title(cfg)}, {len(windows)} {split_label(cfg.measure.split)} "
                                 "examples, "
-                                f"window {cfg.measure.window}")
+                                f"window {cfg.measure.window}", rank_by=cfg.measure.rank_by)
         result["seconds"] = round(time.perf_counter() - t0, 2)
         write_json(out / "measure.json", result)
 

@@ -14,7 +14,10 @@ from collapse import metrics as M
 from collapse.config import load_config
 
 WINDOW = 64
-MEASURE = TINY + ["measure.samples=8", f"measure.window={WINDOW}", "generation.batch_size=4", "seed=0"]
+# ranked by the true halves: the recomputations below need nothing but continuations.parquet (the default,
+# rank_by=train, is tested on its own at the end)
+MEASURE = TINY + ["measure.samples=8", f"measure.window={WINDOW}", "generation.batch_size=4", "seed=0",
+                  "measure.rank_by=reference"]
 
 
 def _measure(out, *extra):
@@ -73,8 +76,11 @@ def test_bucket_shares_recomputed_exactly(runs):
         assert m["bucket_shift"][name]["ref_share"] == expect[name]["ref_share"], name
         assert m["bucket_shift"][name]["gen_share"] == expect[name]["gen_share"], name
     assert {b: {k: v[k] for k in ("ref_share", "gen_share", "shift_pct")} for b, v in m["bucket_shift"].items()} == expect
-    assert sum(v["ref_share"] for v in m["bucket_shift"].values()) == pytest.approx(1.0, abs=1e-12)
-    assert sum(v["gen_share"] for v in m["bucket_shift"].values()) == pytest.approx(1.0, abs=1e-12)
+    ranked = [b for b in M.BUCKETS if b != "unseen"]
+    assert sum(m["bucket_shift"][b]["ref_share"] for b in ranked) == pytest.approx(1.0, abs=1e-12)
+    assert sum(m["bucket_shift"][b]["gen_share"] for b in ranked) == pytest.approx(1.0, abs=1e-12)
+    unseen = ~np.isin(gen, np.flatnonzero(ref_c))  # tokens of types no true half holds: a share of all tokens
+    assert m["bucket_shift"]["unseen"]["gen_share"] == pytest.approx(unseen.mean(), abs=1e-12)
     # the scalar metrics come from the same ids
     assert m["kl_ref_gen"] == pytest.approx(M.kl(ref_c, gen_c), abs=1e-12)
     assert m["js"] == pytest.approx(M.js(ref_c, gen_c), abs=1e-12)
@@ -120,7 +126,7 @@ def test_intervals_recomputed_independently_from_the_continuations(runs):
 
 
 def test_measure_prints_intervals_and_the_power_line(tmp_path):
-    r = _measure(tmp_path / "m", "wandb.mode=disabled", "stats.resamples=200", "measure.rank_by=train")
+    r = _measure(tmp_path / "m", "wandb.mode=disabled", "stats.resamples=200", "measure.rank_by=train")  # the default
     assert "95% interval" in r.stderr and "power:" in r.stderr, r.stderr[-2000:]
     m = json.loads((tmp_path / "m" / "measure.json").read_text())
     assert m["rank_by"] == "train" and m["intervals"]["resamples"] == 200

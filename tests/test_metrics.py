@@ -100,9 +100,14 @@ def test_bucket_shares_hand_example():
     b = M.bucket_of(c)
     assert M.bucket_shares(c, b).tolist() == [1.0, 0, 0, 0, 0, 0]
     # a count vector longer than the bucket map: types beyond it are unseen.
-    # c = [1, 0, 0, 3]: type 0 in 1-10 (1 token), type 3 unseen (3 tokens) -> shares 1/4, 3/4
+    # c = [1, 0, 0, 3]: type 0 in 1-10 (1 token), type 3 unseen (3 tokens): the ranked bucket holds every ranked
+    # token (share 1 of the ranked), unseen 3 of all 4 tokens, apart
     s = M.bucket_shares(arr(1, 0, 0, 3), b)
-    assert s[B["1-10"]] == 0.25 and s[B["unseen"]] == 0.75
+    assert s[B["1-10"]] == 1.0 and s[B["unseen"]] == 0.75
+    # ranked shares over the ranked tokens: 2 in 1-10 and 6 in 11-100 of 8 ranked, 2 unseen of 10
+    tot = np.array([2, 6, 0, 0, 0, 2])
+    assert M.shares_of(tot).tolist() == [0.25, 0.75, 0, 0, 0, 0.2]
+    assert M.shares_of(np.zeros(6)).tolist() == [0.0] * 6  # nothing: no shares, no NaN
     # empty counts -> zeros, not NaN
     assert M.bucket_shares(arr(0, 0, 0), b).tolist() == [0.0] * 6
 
@@ -111,22 +116,22 @@ def test_bucket_shift_hand_example():
     # reference: 12 types, type t has count 13 - t (rank t + 1); total = 13 + 12 + ... + 2 = 90
     #   1-10  : types 0..9  -> 13 + ... + 4 = 85 tokens -> ref_share 85/90
     #   11-100: types 10,11 -> 3 + 2 = 5 tokens          -> ref_share 5/90
-    # generated: type 0 twice, type 11 once, type 12 (absent from the reference) once -> 4 tokens
-    #   1-10 : 2/4 = 0.5  -> shift = 100 * (0.5 / (85/90) - 1) = 100 * (45/85 - 1) = -4000/85 ≈ -47.06 %
-    #   11-100: 1/4       -> shift = 100 * (0.25 / (5/90) - 1) = 100 * (4.5 - 1) = +350 %
-    #   unseen: 1/4, shift None (ref_share 0); 101-1000 .. 10001+: 0 / 0 -> None
+    # generated: type 0 twice, type 11 once, type 12 (absent from the reference) once -> 4 tokens, 3 of ranked types
+    #   1-10 : 2/3 of the ranked -> shift = 100 * ((2/3) / (85/90) - 1) = 100 * (60/85 - 1) = -2500/85 ≈ -29.41 %
+    #   11-100: 1/3              -> shift = 100 * ((1/3) / (5/90) - 1) = 100 * (6 - 1) = +500 %
+    #   unseen: 1/4 of all tokens, apart; shift None (ref_share 0); 101-1000 .. 10001+: 0 / 0 -> None
     ref = arr(*[13 - t for t in range(12)])
     gen = M.counts(arr(0, 0, 11, 12))
     bs = M.bucket_shift(ref, gen)
     assert list(bs) == list(M.BUCKETS)
     assert bs["1-10"]["ref_share"] == pytest.approx(85 / 90, abs=1e-15)
     assert bs["11-100"]["ref_share"] == pytest.approx(5 / 90, abs=1e-15)
-    assert bs["1-10"]["gen_share"] == 0.5
-    assert bs["11-100"]["gen_share"] == 0.25
+    assert bs["1-10"]["gen_share"] == pytest.approx(2 / 3, abs=1e-15)
+    assert bs["11-100"]["gen_share"] == pytest.approx(1 / 3, abs=1e-15)
     assert bs["unseen"]["gen_share"] == 0.25
     assert bs["unseen"]["ref_share"] == 0.0
-    assert bs["1-10"]["shift_pct"] == pytest.approx(-4000 / 85, rel=1e-12)
-    assert bs["11-100"]["shift_pct"] == pytest.approx(350.0, rel=1e-12)
+    assert bs["1-10"]["shift_pct"] == pytest.approx(-2500 / 85, rel=1e-12)
+    assert bs["11-100"]["shift_pct"] == pytest.approx(500.0, rel=1e-12)
     for name in ("101-1000", "1001-10000", "10001+", "unseen"):
         assert bs[name]["shift_pct"] is None, name
 
@@ -266,8 +271,12 @@ PROP = settings(max_examples=100, deadline=None)
 @given(ref=ids, gen=ids)
 def test_bucket_shares_sum_to_one(ref, gen):
     bs = M.bucket_shift(M.counts(arr(*ref)), M.counts(arr(*gen)))
-    assert sum(v["ref_share"] for v in bs.values()) == pytest.approx(1.0, abs=1e-12)
-    assert sum(v["gen_share"] for v in bs.values()) == pytest.approx(1.0, abs=1e-12)
+    ranked = [b for b in M.BUCKETS if b != "unseen"]
+    assert sum(bs[b]["ref_share"] for b in ranked) == pytest.approx(1.0, abs=1e-12)
+    # the ranked buckets' shares are over the ranked tokens; unseen's is over all of them, apart
+    n_gen, n_unseen = len(gen), sum(1 for t in gen if t not in set(ref))
+    assert bs["unseen"]["gen_share"] == pytest.approx(n_unseen / n_gen, abs=1e-12)
+    assert sum(bs[b]["gen_share"] for b in ranked) == pytest.approx(1.0 if n_unseen < n_gen else 0.0, abs=1e-12)
     assert bs["unseen"]["ref_share"] == 0.0 and bs["unseen"]["shift_pct"] is None
     for v in bs.values():
         assert (v["shift_pct"] is None) == (v["ref_share"] == 0.0)

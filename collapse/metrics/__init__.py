@@ -21,6 +21,7 @@ from collapse.metrics.formulas import (
     js,
     kl,
     ranks,
+    shares_of,
     shift_map,
     shift_pct,
     tail_mass,
@@ -41,4 +42,4 @@ from collapse.metrics.registry import (
 __all__ = ["BUCKETS", "FIGURES", "KL_ALPHA", "RANK_EDGES", "UNSEEN", "Figure", "Resampled", "Sample", "bucket_of",
            "bucket_shares", "bucket_shift", "columns", "corpus_figures", "counts", "coverage", "distinct_n",
            "distribution_metrics", "entropy", "js", "kl", "ranks", "register", "resampled_names", "shift_map",
-           "shift_pct", "tail_mass", "unregister"]
+           "shares_of", "shift_pct", "tail_mass", "unregister"]

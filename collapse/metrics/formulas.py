@@ -92,13 +92,24 @@ def bucket_of(ref_counts: np.ndarray, vocab: int | None = None) -> np.ndarray:
     return b.astype(np.int64)
 
 
+def shares_of(tot: np.ndarray) -> np.ndarray:
+    """Tokens per bucket ``[..., len(BUCKETS)]`` -> shares. A ranked bucket's share is over the tokens of ranked
+    types (those shares sum to 1); ``unseen``'s is over all tokens and stands apart. Mass outside the ranking
+    (a model writing types the ranking corpus lacks) would otherwise pull every bucket's shift down alike
+    (README, "How the buckets are ranked")."""
+    tot = np.asarray(tot, np.float64)
+    ranked = tot[..., :UNSEEN].sum(-1, keepdims=True)
+    every = tot.sum(-1, keepdims=True)
+    out = tot / np.where(ranked > 0, ranked, 1.0)
+    out[..., UNSEEN] = tot[..., UNSEEN] / np.where(every[..., 0] > 0, every[..., 0], 1.0)
+    return out
+
+
 def bucket_shares(c: np.ndarray, buckets: np.ndarray) -> np.ndarray:
-    """Share of all tokens in ``c`` whose type falls in each bucket (sums to 1 when c is non-empty)."""
+    """Share of the tokens in ``c`` in each bucket (:func:`shares_of`: ranked buckets over ranked tokens)."""
     if len(buckets) < len(c):  # types beyond the reference vocabulary are unseen by definition
         buckets = np.pad(buckets, (0, len(c) - len(buckets)), constant_values=UNSEEN)
-    tot = np.bincount(buckets[: len(c)], weights=c, minlength=len(BUCKETS))
-    s = tot.sum()
-    return tot / s if s > 0 else tot
+    return shares_of(np.bincount(buckets[: len(c)], weights=c, minlength=len(BUCKETS)))
 
 
 def shift_pct(gen_share: np.ndarray, ref_share: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from collapse.metrics.formulas import BUCKETS, bucket_shares, shift_pct
+from collapse.metrics.formulas import BUCKETS, bucket_shares, shares_of, shift_pct
 from collapse.metrics.registry import FIGURES, Resampled, corpus_figures, resampled_names
 from collapse.metrics.units import Corpus, gram_units, types_present, unit_counts
 
@@ -127,10 +127,9 @@ def corpus_boot(wts: Weights, gen: Corpus, ref: np.ndarray | Corpus, head: np.nd
     """
     paired_ref = isinstance(ref, Corpus)
     gs = wts.boot @ gen.B
-    out = {"gen_share": gs / gs.sum(1, keepdims=True)}
+    out = {"gen_share": shares_of(gs)}
     if paired_ref:
-        rs = wts.boot @ ref.B
-        out["ref_share"] = rs / rs.sum(1, keepdims=True)
+        out["ref_share"] = shares_of(wts.boot @ ref.B)
     V = max(gen.C.shape[1], ref.C.shape[1] if paired_ref else len(ref))
     CtT = _pad_cols(gen.C, V).T.tocsr()  # (V, n): the product below is a sparse @ dense per chunk
     RtT = _pad_cols(ref.C, V).T.tocsr() if paired_ref else None

@@ -73,28 +73,37 @@ def draw_figures(groups: list[Group], tail_buckets: list[str], shift_buckets: li
 # ---------------------------------------------------------------------- measure's figure
 
 
-def plot_bucket_shift(bucket_shift: dict, path: str | Path, title: str = "") -> Path:
-    """Bar chart of ``shift_pct`` per frequency bucket (the motivating figure); unseen is annotated, not drawn."""
+def plot_bucket_shift(bucket_shift: dict, path: str | Path, title: str = "", rank_by: str = "train") -> Path:
+    """Bar chart of ``shift_pct`` per frequency bucket (the motivating figure) with its 95% interval where the
+    measure has one; unseen is annotated, not drawn (it has no shift: its share stands apart)."""
     plt = mpl()
     names = [b for b, v in bucket_shift.items() if v["shift_pct"] is not None]
     vals = [bucket_shift[b]["shift_pct"] for b in names]
+    cis = [bucket_shift[b].get("ci95") or [None, None] for b in names]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     colors = [OVER if v >= 0 else UNDER for v in vals]
     hatches = ["" if v >= 0 else "//" for v in vals]
     bars = ax.bar(names, vals, color=colors, edgecolor="black", linewidth=0.6)
-    for bar, h, v in zip(bars, hatches, vals):
+    if all(c[0] is not None for c in cis) and cis:
+        ax.errorbar(names, vals, yerr=[[v - c[0] for v, c in zip(vals, cis)], [c[1] - v for v, c in zip(vals, cis)]],
+                    fmt="none", ecolor="black", elinewidth=1, capsize=4, label="95% interval over examples")
+        ax.legend(loc="best", fontsize=8, frameon=False)
+    for bar, h, v, c in zip(bars, hatches, vals, cis):
         bar.set_hatch(h)
-        ax.annotate(f"{v:+.1f}%", (bar.get_x() + bar.get_width() / 2, v), ha="center",
+        end = v if c[0] is None else (c[1] if v >= 0 else c[0])
+        ax.annotate(f"{v:+.1f}%", (bar.get_x() + bar.get_width() / 2, end), ha="center",
                     va="bottom" if v >= 0 else "top", fontsize=9, xytext=(0, 2 if v >= 0 else -2),
                     textcoords="offset points")
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xlabel("frequency rank of the token type in the true text (bucket)")
+    ax.set_xlabel("frequency rank of the token type in the " + ("real training split" if rank_by == "train"
+                                                                 else "true second halves") + " (bucket)")
     ax.set_ylabel("over(+) / under(−) representation (%)")
     unseen = bucket_shift.get("unseen", {}).get("gen_share", 0.0)
     ax.set_title(title or "Generated vs true token frequencies", fontsize=10, wrap=True)
-    fig.text(0.99, 0.01, f"generated tokens of types absent from the true text (bucket 'unseen'): {100 * unseen:.2f}%",
-             ha="right", va="bottom", fontsize=8, color="0.3")
-    lim = max([abs(v) for v in vals] + [1.0]) * 1.25
+    fig.text(0.99, 0.01, f"generated tokens of types the ranking lacks ('unseen', apart from the shares): "
+                         f"{100 * unseen:.2f}%", ha="right", va="bottom", fontsize=8, color="0.3")
+    ends = [abs(x) for c in cis for x in c if x is not None]
+    lim = max([abs(v) for v in vals] + ends + [1.0]) * 1.25
     ax.set_ylim(-lim, lim)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
