@@ -33,7 +33,7 @@ def bucket_table(bs: dict, title: str = "", rank_by: str = "train") -> str:
         ci_txt = "" if ci[0] is None else f"[{ci[0]:+.1f}, {ci[1]:+.1f}]{'*' if ci[0] > 0 or ci[1] < 0 else ''}"
         lines.append(f"{name:<21}{100 * v['ref_share']:>10.2f}%{100 * v['gen_share']:>10.2f}%{shift:>9}  {ci_txt:<17}")
     lines.append("(ranked buckets: shares of the tokens of ranked types; unseen: share of all tokens, types the "
-                 f"{'true halves' if rank_by == 'reference' else 'training split'} lack)")
+                 f"{'true halves lack' if rank_by == 'reference' else 'training split lacks'})")
     return "\n".join(lines)
 
 

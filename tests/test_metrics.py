@@ -381,3 +381,12 @@ def test_the_registry_refuses_names_and_selections_it_cannot_serve():
         with pytest.raises(ValueError):
             register(bad)
     assert not {"a.b", "toy_d", "toy_e"} & set(M.FIGURES) and M.FIGURES.get("gen_tokens") is None
+
+
+def test_unseen_has_a_share_but_never_a_shift():
+    # ranked by other counts (measure.rank_by=train): type 2 is in the reference but not in the ranking counts
+    ref, gen, rank = M.counts(arr(0, 1, 2, 2)), M.counts(arr(0, 2, 2, 2)), M.counts(arr(0, 0, 1))
+    bs = M.bucket_shift(ref, gen, rank_counts=rank)
+    assert bs["unseen"]["ref_share"] == 0.5 and bs["unseen"]["gen_share"] == 0.75
+    assert bs["unseen"]["shift_pct"] is None
+    assert bs["1-10"]["ref_share"] == 1.0 and bs["1-10"]["gen_share"] == 1.0 and bs["1-10"]["shift_pct"] == 0.0

@@ -97,15 +97,17 @@ def bench_real(repeats: int, batch: int = 100, prompt: int = 128, new: int = 32,
         sample_batch(model, prompts, new, cfg, seeded_generator(0, "bench-real"), suppress, engines=engines)
 
     @torch.inference_mode()
-    def hf():
+    def hf(n: int = new):
         model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), do_sample=True, top_k=0,
-                       max_new_tokens=new, min_new_tokens=new, pad_token_id=tok.pad_token_id)
+                       max_new_tokens=n, min_new_tokens=n, pad_token_id=tok.pad_token_id)
 
     say("real LM: timing (interleaved)")
     prefill()
     t = interleaved({"matmuls": matmuls, "head": head_only, "prefill": prefill, "step": one_step,
                      "sampling": sampling, "ours": ours}, repeats)
-    t_hf = interleaved({"hf": hf}, max(1, repeats // 2 + 1), warmup=False)["hf"]
+    th = interleaved({"hf": hf, "hf_prefill": lambda: hf(1)}, max(1, repeats // 2 + 1), warmup=False)
+    t_hf = th["hf"]
+    hf_decode = B * (new - 1) / (median(t_hf) - median(th["hf_prefill"]))  # HF's own steps after its prefill
     step, mm = median(t["step"]), median(t["matmuls"])
     pre = median(t["prefill"])
     decode_s = median(t["ours"]) - pre  # the sampler's decode steps: its wall time less one prefill
@@ -117,18 +119,21 @@ def bench_real(repeats: int, batch: int = 100, prompt: int = 128, new: int = 32,
         result_row("  one decode step (engine)", t["step"], B),
         result_row("  one sampling pass (softmax, float64 cumsum, search)", t["sampling"], B),
         result_row(f"HF generate (sampling, {new} new tokens)", t_hf, B * new),
+        result_row("  HF generate, 1 new token (its prefill)", th["hf_prefill"], B),
     ]
     sampler_rate = B * (new - 1) / decode_s if decode_s > 0 else None  # new-1 steps after the prefill
     limit_rate = B / mm
     return {
         "model": source, "batch": B, "prompt_tokens": prompt, "new_tokens": new, "rows": rows,
         "info": {"decode tokens/s (sample_batch, prefill excluded)": sampler_rate,
+                 "HF generate decode tokens/s (prefill excluded)": hf_decode,
                  "limit tokens/s (F.linear of every weight)": limit_rate,
                  "engine step vs the limit's products": step / mm,
                  "output layer share of the limit": median(t["head"]) / mm,
                  "sampling pass share of a step": median(t["sampling"]) / step},
         "ratios": {"decode rate / limit": (sampler_rate or 0) / limit_rate,
-                   "sample_batch / HF generate (whole call)": median(t_hf) / median(t["ours"])},
+                   "sample_batch / HF generate (whole call)": median(t_hf) / median(t["ours"]),
+                   "decode rate / HF generate's decode rate": (sampler_rate or 0) / hf_decode},
         "targets": [target("decode rate / matmul limit", (sampler_rate or 0) / limit_rate, ">=", 0.5)],
         "profile": _profile(one_step),
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -113,10 +113,14 @@ def bucket_shares(c: np.ndarray, buckets: np.ndarray) -> np.ndarray:
 
 
 def shift_pct(gen_share: np.ndarray, ref_share: np.ndarray) -> np.ndarray:
-    """``100 (gen / ref - 1)`` elementwise (per bucket, per resample), NaN where the reference share is 0."""
+    """``100 (gen / ref - 1)`` elementwise (per bucket, per resample), NaN where the reference share is 0 and
+    for ``unseen``."""
     gen_share, ref_share = np.asarray(gen_share, np.float64), np.asarray(ref_share, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(ref_share > 0, 100.0 * (gen_share / np.where(ref_share > 0, ref_share, 1.0) - 1.0), np.nan)
+        out = np.where(ref_share > 0, 100.0 * (gen_share / np.where(ref_share > 0, ref_share, 1.0) - 1.0), np.nan)
+    if out.shape[-1:] == (len(BUCKETS),):
+        out[..., UNSEEN] = np.nan  # unseen has a share (over all tokens), not a shift: it stands apart
+    return out
 
 
 def shift_map(gen_share: np.ndarray, ref_share: np.ndarray) -> dict[str, float | None]:

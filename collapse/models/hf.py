@@ -159,6 +159,12 @@ def _loading(name_or_path: str, source: Source):
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
+    gguf_utils = None
+    if source.gguf_file:  # its dequantization bar is a plain tqdm, deaf to the switch above
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+        bar = getattr(gguf_utils, "tqdm", None)
+        gguf_utils.tqdm = lambda it, *a, **k: it
     try:
         yield
     except ModelError:
@@ -177,6 +183,8 @@ def _loading(name_or_path: str, source: Source):
     finally:
         if bars:
             hf_logging.enable_progress_bar()
+        if gguf_utils is not None and bar is not None:
+            gguf_utils.tqdm = bar
 
 
 def _tokenizer(source: Source, cfg: ModelConfig, name: str):
