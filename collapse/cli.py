@@ -101,7 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         from collapse.bench import main as bench_main
 
         return bench_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may follow an option (`collapse run cfg.yaml --check seed=1`): argparse stops the
+    # positional list at the first option and hands the rest back
+    if extra and (not isinstance(getattr(args, "args", None), list) or any(a.startswith("-") for a in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.args += extra
     from collapse.runtime import quiet_libraries, setup_logging
 
     quiet_libraries()

@@ -76,3 +76,11 @@ def test_user_error_is_one_clean_line(tmp_path, data_files, command, overrides, 
     # every case fails before a model is built: the (empty) model cache stays empty
     built = sorted(str(p.relative_to(cache)) for p in cache.rglob("*")) if cache.exists() else []
     assert not built, f"a model was built or cached before the error: {built}"
+
+
+def test_overrides_may_follow_an_option(tmp_path):
+    # `collapse run CONFIG --check key=value`: the overrides after --check count; an unknown option does not
+    r = run_cli("run", "configs/tiny.yaml", "--check", "seed=3", f"out_dir={tmp_path / 'o'}", "wandb.mode=disabled")
+    assert r.returncode == 0 and f"{tmp_path / 'o'}: new run" in r.stdout, r.stderr[-2000:]
+    r = run_cli("run", "--check", "--bogus", f"out_dir={tmp_path / 'o'}")
+    assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
