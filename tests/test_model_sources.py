@@ -163,6 +163,7 @@ SOURCES = [
     ("gguf-header-only", "{d}/header-only.gguf", "truncated"),
     ("gguf-foreign", "{d}/foreign.gguf", "is not a GGUF file"),
     ("gguf-missing", "{d}/missing.gguf", "GGUF file {d}/missing.gguf does not exist"),
+    ("gguf-missing-relative", "no-such-dir/missing.gguf", "GGUF file no-such-dir/missing.gguf does not exist"),
     ("folder-config-not-json", "{d}/bad-json", "config.json is not valid JSON"),
     ("folder-config-only", "{d}/config-only", "holds a config.json but no weights"),
     ("folder-no-tokenizer", "{d}/no-tokenizer", "holds no tokenizer"),

@@ -34,8 +34,9 @@ def _bucket_shift_counter(ref: collections.Counter, gen: collections.Counter) ->
         rs[bucket[t]] += c
     for t, c in gen.items():
         gs[bucket.get(t, len(BUCKETS) - 1)] += c
-    rt, gt = sum(rs), sum(gs)
-    return {name: (None if rs[k] == 0 else 100.0 * ((gs[k] / gt) / (rs[k] / rt) - 1.0)) for k, name in enumerate(BUCKETS)}
+    rt, gt = sum(rs[:-1]), sum(gs[:-1])  # ranked buckets: shares over the ranked tokens; unseen has no shift
+    return {name: (None if rs[k] == 0 or name == "unseen" else 100.0 * ((gs[k] / gt) / (rs[k] / rt) - 1.0))
+            for k, name in enumerate(BUCKETS)}
 
 
 def bench_counting(n: int, repeats: int, vocab: int = 4096) -> dict:

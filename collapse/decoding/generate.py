@@ -144,6 +144,8 @@ def _decode(model, prompts: torch.Tensor, new_tokens: int, cfg: GenerationConfig
         hist = torch.empty(B, P + new_tokens, dtype=torch.long, device=dev)
         hist[:, :P] = prompts
     suppress = torch.as_tensor(list(suppress_ids), dtype=torch.long, device=dev) if suppress_ids else None
+    if suppress is not None:  # a tokenizer's special ids beyond the output layer can never be drawn anyway
+        suppress = suppress[suppress < logits.shape[-1]]
     result = torch.empty(B, new_tokens, dtype=torch.long, device=dev)
     for t in range(new_tokens):
         if hist is not None:
@@ -194,7 +196,7 @@ def _beam_decode(model, prompts: torch.Tensor, new_tokens: int, cfg: GenerationC
     # HF's min_new_tokens blocks every EOS id of the model's generation config (some models have several)
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     gen_eos = [] if gen_eos is None else [gen_eos] if isinstance(gen_eos, int) else list(gen_eos)
-    block = sorted(set(suppress_ids) | set(gen_eos))
+    block = sorted(i for i in set(suppress_ids) | set(gen_eos) if i < V)
     suppress = torch.as_tensor(block, dtype=torch.long, device=dev) if block else None
     scores = torch.zeros(B, K, dtype=torch.float32, device=dev)
     scores[:, 1:] = -1e9

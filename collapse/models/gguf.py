@@ -100,7 +100,9 @@ def _read(path: str, size: int, mtime_ns: int) -> GGUFFacts:
         raise ModelError(f"{p} holds no tensors: it is not a model checkpoint.")
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
-    if arch not in GGUF_SUPPORTED_ARCHITECTURES:
+    # as transformers names them before it reads the file
+    known_as = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "gpt-oss": "gpt_oss", "minimax-m2": "minimax_m2"}
+    if known_as.get(arch, arch).replace("-", "_") not in GGUF_SUPPORTED_ARCHITECTURES:
         known = ", ".join(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer"))
         raise ModelError(f"{p} is a GGUF `{arch}` model, which this transformers cannot read (it reads: {known}): "
                          "use another checkpoint, or the model's transformers folder.")

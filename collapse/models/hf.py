@@ -70,15 +70,15 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                    "vocab.txt")
 
 
-def model_source(name_or_path: str, gguf_file: str | None = None) -> Source:
+def model_source(name_or_path: str, gguf_file: str | None = None, revision: str | None = None) -> Source:
     """A checked local folder or GGUF file, or a hub id (with ``model.gguf_file``: the file, fetched or cached)."""
     from collapse.models import gguf as G
 
     if name_or_path.startswith(G.PACKAGE):
         return _gguf_source(G.package_file(name_or_path), gguf_file, name_or_path)
-    if not _looks_local(name_or_path):
+    if not _looks_local(name_or_path) and not G.is_gguf_name(name_or_path):  # `x.gguf` is a path, never a hub id
         if gguf_file:
-            return _gguf_source(_hub_file(name_or_path, gguf_file), None, name_or_path)
+            return _gguf_source(_hub_file(name_or_path, gguf_file, revision), None, name_or_path)
         return Source(name_or_path, local=False)
     path = Path(name_or_path).expanduser()
     if G.is_gguf_name(name_or_path) and not path.is_dir():
@@ -102,7 +102,7 @@ def _gguf_source(path: Path, gguf_file: str | None, name: str) -> Source:
     return Source(str(path.parent), local=True, gguf_file=path.name)
 
 
-def _hub_file(repo: str, filename: str) -> Path:
+def _hub_file(repo: str, filename: str, revision: str | None = None) -> Path:
     """The hub repo's GGUF file in the local cache (downloaded first where the network allows)."""
     from huggingface_hub import hf_hub_download
 
@@ -110,7 +110,7 @@ def _hub_file(repo: str, filename: str) -> Path:
 
     require_gguf()
     try:
-        return Path(hf_hub_download(repo, filename))
+        return Path(hf_hub_download(repo, filename, revision=revision))
     except Exception as e:  # noqa: BLE001 - hub errors are many types; offline is the common one
         if os.environ.get("HF_HUB_OFFLINE") == "1":
             raise ModelError(f"cannot load `{repo}` / {filename}: offline (HF_HUB_OFFLINE=1) and not in the local "
@@ -225,7 +225,7 @@ def load_pretrained(name_or_path: str, cfg: ModelConfig, device: torch.device, d
     from transformers import AutoModelForCausalLM
 
     dtype = dtype or resolve_dtype(cfg.dtype, device)
-    source = model_source(name_or_path, getattr(cfg, "gguf_file", None))
+    source = model_source(name_or_path, getattr(cfg, "gguf_file", None), cfg.revision)
     with _loading(name_or_path, source):
         tok = _tokenizer(source, cfg, name_or_path)
         model = AutoModelForCausalLM.from_pretrained(
@@ -246,7 +246,7 @@ def load_skeleton(name_or_path: str, cfg: ModelConfig, device: torch.device):
     """(weightless model on the meta device, tokenizer): shapes, context and module names in seconds, for checks."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    source = model_source(name_or_path, getattr(cfg, "gguf_file", None))
+    source = model_source(name_or_path, getattr(cfg, "gguf_file", None), cfg.revision)
     with _loading(name_or_path, source):
         tok = _tokenizer(source, cfg, name_or_path)
         mc = AutoConfig.from_pretrained(source.where, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,

@@ -56,7 +56,7 @@ class TransformerKind(ModelKind):
         else:
             skel, tok = load_skeleton(m.name_or_path, m, device)
             label = m.name_or_path
-            file = model_source(m.name_or_path, m.gguf_file).file
+            file = model_source(m.name_or_path, m.gguf_file, m.revision).file
             if file is not None:
                 from collapse.models.gguf import read_facts
 
@@ -123,7 +123,7 @@ class TransformerKind(ModelKind):
         from collapse.models.hf import model_source
 
         model, tok = load_pretrained(cfg.name_or_path, cfg, device)
-        return Loaded(model, tok, cfg.name_or_path, file=model_source(cfg.name_or_path, cfg.gguf_file).file)
+        return Loaded(model, tok, cfg.name_or_path, file=model_source(cfg.name_or_path, cfg.gguf_file, cfg.revision).file)
 
     # ---- train, save, load
     def _lora(self, cfg) -> bool:

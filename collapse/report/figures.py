@@ -85,7 +85,7 @@ def plot_bucket_shift(bucket_shift: dict, path: str | Path, title: str = "", ran
     hatches = ["" if v >= 0 else "//" for v in vals]
     bars = ax.bar(names, vals, color=colors, edgecolor="black", linewidth=0.6)
     if all(c[0] is not None for c in cis) and cis:
-        ax.errorbar(names, vals, yerr=[[v - c[0] for v, c in zip(vals, cis)], [c[1] - v for v, c in zip(vals, cis)]],
+        ax.errorbar(names, vals, yerr=[[max(0.0, v - c[0]) for v, c in zip(vals, cis)], [max(0.0, c[1] - v) for v, c in zip(vals, cis)]],
                     fmt="none", ecolor="black", elinewidth=1, capsize=4, label="95% interval over examples")
         ax.legend(loc="best", fontsize=8, frameon=False)
     for bar, h, v, c in zip(bars, hatches, vals, cis):
