@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from collapse.config import load_config
     from collapse.data import load_splits
-    from collapse.runtime import quiet_libraries, setup_logging
     from collapse.models.scratch import SHIPPED, SHIPPED_INFO, TOKENS_FILE, build, file_sha256, scratch_key
+    from collapse.runtime import quiet_libraries, setup_logging
 
     quiet_libraries()
     log = setup_logging()

@@ -153,3 +153,44 @@ def test_mix_chains_follow_the_linear_recursion_and_stay_diverse(source_rows):
     limit = law.mix_limit(n * L, a, rho, s_r)
     replace = law.replace_curve(rho, n * L, G)
     assert exact[-1] > 1.5 * replace[-1] and abs(exact[-1] - limit) < 0.02  # bounded away from 0, near its limit
+
+
+# ---------------------------------------------------------------------- the neutral temperature (tempered, add-k)
+
+
+def _drift_chains(R: int, real: np.ndarray, V: int, n: int, L: int, T: float, k: float) -> np.ndarray:
+    """R seeded one-generation steps of the loop's components at temperature T: generation 0 counts the real rows
+    (add-k), samples N = n x L tokens (generate.sample_batch, the run's decoder), model 1 counts them, samples again;
+    each step's change of the samples' plug-in entropy in bits (metrics.jsonl's ``entropy``)."""
+    from collapse.metrics import counts, entropy
+
+    cfg = GenerationConfig(temperature=T)
+    prompts = torch.zeros(n, 1, dtype=torch.long)
+    out = np.empty(R)
+    for r in range(R):
+        model = fit(real, V + 1, 1, k, V)
+        gen0 = sample_batch(model, prompts, L, cfg, seeded_generator(r, 0, "generate", 0), (V,)).numpy()
+        model = fit(gen0, V + 1, 1, k, V)
+        gen1 = sample_batch(model, prompts, L, cfg, seeded_generator(r, 1, "generate", 0), (V,)).numpy()
+        out[r] = entropy(counts(gen1, V + 1)) - entropy(counts(gen0, V + 1))
+    return out
+
+
+@pytest.mark.parametrize("k", [0.0, 0.5])
+def test_entropy_drift_follows_the_tempered_add_k_law_and_changes_sign_at_t_star(source_rows, k):
+    """The first generation's entropy change at two temperatures either side of the predicted T* matches
+    law.entropy_drift (4 standard errors of the chains' mean plus the law's Monte Carlo error), and the measured
+    drift changes sign between them: T* is where the law puts it, not at 1."""
+    V, n, L, R = 10, 16, 8, 200
+    p0 = np.append(np.bincount(source_rows.ravel(), minlength=V), 0).astype(np.float64)  # id V: the separator
+    p0 = (p0 + k) / (p0.sum() + k * (V + 1))
+    star = law.neutral_temperature(p0, n * L, k, V, repeats=4000)["t_star"]
+    assert star is not None and abs(star - 1.0) > 0.05  # at N = 128 the finite sample moves T* well away from 1
+    signs = []
+    for T in (star - 0.25, star + 0.25):
+        d = _drift_chains(R, source_rows, V, n, L, T, k)
+        exact, mc_se = law.entropy_drift(p0, n * L, T, k, V, repeats=4000)
+        se = np.hypot(d.std(ddof=1) / np.sqrt(R), mc_se)
+        assert abs(d.mean() - exact) < Z * se, f"T={T:.3f}, add_k={k}: measured {d.mean():+.4f} ± {se:.4f}, law {exact:+.4f}"
+        signs.append(np.sign(d.mean()))
+    assert signs == [-1.0, 1.0]

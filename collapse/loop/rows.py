@@ -81,6 +81,7 @@ def interval_part(run, g: int, row: dict, gen_ids: np.ndarray, ppl: np.ndarray) 
         if g > 0 and (dk / BOOTSTRAP).is_file():
             out["changes"][label] = S.changes(point, boot, S.flat_point(read_json(dk / "metrics.json"), names),
                                               S.load_boot(dk / BOOTSTRAP), st.level)
+    out.update(S.drift_part(g, out["changes"].get("from_gen0")))
     S.save_boot(d / BOOTSTRAP, boot)
     out["intervals"] = {"method": METHOD, "level": st.level, "resamples": st.resamples,
                         "units": {"samples": int(len(gen_ids)), "test_blocks": None if sums is None else int(len(sums))}}

@@ -272,6 +272,22 @@ def row_ci(row: dict, name: str) -> list | None:
     return row.get(f"{name}_ci")
 
 
+DRIFTS = (("entropy_drift", "entropy"), ("top10_drift", "bucket_shift.1-10"))  # figure, the change it divides
+
+
+def drift_part(g: int, from_gen0: dict | None) -> dict:
+    """The drift per generation of generation g: each paired change from generation 0 over g, with its interval
+    (a linear map of the same resamples: exact). Over a whole run it is the mean step, whatever the curve's shape;
+    its sign tells which end of the recursion a setting lands on (docs/results.md: the neutral temperature)."""
+    out: dict = {}
+    for name, key in DRIFTS:
+        c = (from_gen0 or {}).get(key)
+        if g > 0 and c is not None and c.get("delta") is not None:
+            out[name] = c["delta"] / g
+            out[f"{name}_ci"] = [None if x is None else x / g for x in c["ci95"]]
+    return out
+
+
 def row_change(row: dict, name: str, since: str = "from_gen0") -> dict | None:
     """The paired change of figure ``name`` in a metrics row (``delta``, ``ci95``, ``resolved``), or None."""
     return ((row.get("changes") or {}).get(since) or {}).get(name)

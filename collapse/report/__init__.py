@@ -37,6 +37,8 @@ from pathlib import Path
 from collapse.errors import DataError
 from collapse.io import write_text
 from collapse.report.figures import FIGURES, draw_figures, plot_bucket_shift
+from collapse.report.neutral import STEM as NEUTRAL_STEM
+from collapse.report.neutral import fig_neutral, neutral_markdown, neutral_summary
 from collapse.report.page import page_html, summary_markdown
 from collapse.report.plots import FORMATS
 from collapse.report.runs import (
@@ -95,9 +97,20 @@ def make_report(run_dirs: list[Path], out: Path | None, quiet: bool = False, vec
     finally:
         FORMATS.reset(token)
     summary = summarize(groups, tail_buckets, shift_buckets)
+    neutral = neutral_summary(groups)  # runs at 3+ temperatures of one learner: where the drift changes sign
+    if neutral:
+        token = FORMATS.set(("png", "svg") if vector else ("png",))
+        try:
+            figures[NEUTRAL_STEM] = fig_neutral(neutral, out)
+        except Exception as e:  # noqa: BLE001 - one figure must not stop the report
+            errors[NEUTRAL_STEM] = f"{type(e).__name__}: {e}"
+            note(f"report: figure {NEUTRAL_STEM} not drawn: {errors[NEUTRAL_STEM]}")
+        finally:
+            FORMATS.reset(token)
+        write_text(out / "neutral-temperature.json", json.dumps(neutral, indent=1) + "\n")
     write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
-    write_text(out / "summary.md", summary_markdown(summary))
-    page = page_html(runs, groups, figures, errors, tail_buckets, shift_buckets, summary)
+    write_text(out / "summary.md", summary_markdown(summary) + ("\n" + neutral_markdown(neutral) if neutral else ""))
+    page = page_html(runs, groups, figures, errors, tail_buckets, shift_buckets, summary, neutral)
     write_text(out / "report.html", page)
     for r in runs:
         if r.partial:

@@ -16,6 +16,7 @@ import numpy as np
 from collapse.loop.rundir import gen_dir
 from collapse.metrics.registry import columns
 from collapse.report.figures import FIGURES
+from collapse.report.neutral import STEM as NEUTRAL_STEM
 from collapse.report.plots import band_note
 from collapse.report.runs import IGNORED_KEYS, Group, Run, metric_getter, schema_drift, short_value
 
@@ -86,8 +87,31 @@ _FIG_TITLES = {"test-ppl": "Test perplexity", "tail-loss": "Tail loss by frequen
                "zipf": "Zipf plot"}
 
 
+def _neutral_html(neutral: dict, png: Path) -> str:
+    """The neutral temperature: the figure and, per learner, T* with its interval (collapse.report.neutral)."""
+    esc = html.escape
+    rows = []
+    for learner, s in neutral.items():
+        t = s["t_star"]
+        lo, hi = t["interval"]
+        val = t.get("note", "") if t["t_star"] is None else (
+            f"{t['t_star']:.3f} [{'—' if lo is None else f'{lo:g}'}, {'—' if hi is None else f'{hi:g}'}]")
+        t10 = s["t_star_top10"]
+        val10 = t10.get("note", "") if t10["t_star"] is None else f"{t10['t_star']:.3f}"
+        rows.append(f"<tr><td>{esc(learner)}</td><td>{esc(val)}</td><td>{esc(val10)}</td></tr>")
+    return (f'<h3 id="{NEUTRAL_STEM}">The neutral temperature</h3><figure><img src="{esc(png.name)}" '
+            'alt="drift per generation against temperature"><figcaption>The drift per generation (the last '
+            "generation's change from generation 0 over the number of generations) at each sampling temperature: "
+            "below 0 the samples sharpen generation after generation (the Curse of Recursion's direction), above 0 "
+            "they flatten. T*: where the entropy drift changes sign (interpolated), between the nearest points "
+            "resolved on either side.</figcaption></figure><table class=\"groups\"><thead><tr><th>learner</th>"
+            "<th>T* (entropy) [interval]</th><th>T* (top-10 share)</th></tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table>")
+
+
 def page_html(runs: list[Run], groups: list[Group], figures: dict[str, Path | None], errors: dict[str, str],
-              tail_buckets: list[str], shift_buckets: list[str], summary: list[dict] | None = None) -> str:
+              tail_buckets: list[str], shift_buckets: list[str], summary: list[dict] | None = None,
+              neutral: dict | None = None) -> str:
     """The whole of ``report.html``; ``figures`` and ``errors`` as :func:`~collapse.report.figures.draw_figures`
     returns them (a figure not drawn is named with the reason)."""
     esc = html.escape
@@ -141,6 +165,8 @@ def page_html(runs: list[Run], groups: list[Group], figures: dict[str, Path | No
                      f'<figcaption>{_CAPTIONS[stem]}'
                      + (f' <a href="{esc(stem)}.svg">SVG</a>' if png.with_suffix(".svg").is_file() else "")
                      + '</figcaption></figure>')
+    if neutral and figures.get(NEUTRAL_STEM) is not None:
+        parts.append(_neutral_html(neutral, figures[NEUTRAL_STEM]))
     parts.append('<h2 id="metrics">Metrics per generation</h2><p class="note">test ppl / NLL: on the real test text, '
                  "NLL in "
                  "nats/token (also per frequency bucket); shift: generated vs real share of a frequency bucket (%); "

@@ -1,4 +1,5 @@
-"""Exact laws of the loop for the unigram maximum-likelihood model (``model.ngram.n=1``, ``add_k=0``).
+"""Laws of the loop for the unigram n-gram (``model.ngram.n=1``): exact for maximum likelihood (``add_k=0``) at
+temperature 1 (below), numerical for tempered sampling with add-k smoothing (the neutral temperature, at the end).
 
 Notation: ``p_g`` is the distribution model g samples from (its counts over the symbols, the separator
 removed: generation never draws it), ``f_g`` the frequencies of the ``N`` tokens generation g generates
@@ -86,3 +87,63 @@ def mix_limit(N: int, a: float, rho: np.ndarray, s_r: float) -> float:
     k = (1 - a) ** 2 * (1 - 1 / n_kept)
     S = ((1 - a) ** 2 / n_kept + 2 * a * (1 - a) * C + a * a * s_r) / (1.0 - k)
     return (1.0 - 1.0 / N) * (1.0 - S)
+
+
+# ---------------------------------------------------------------------- the neutral temperature (add-k, tempered)
+
+def tempered(p: np.ndarray, T: float, sep: int | None) -> np.ndarray:
+    """What a unigram ``p`` samples at temperature T: ``p^(1/T)`` renormalised, the separator never drawn (rows)."""
+    p = np.asarray(p, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        logp = np.where(p > 0, np.log(np.where(p > 0, p, 1.0)), -np.inf) / T
+    if sep is not None:
+        logp[..., sep] = -np.inf
+    logp -= logp.max(-1, keepdims=True)
+    q = np.exp(logp)
+    return q / q.sum(-1, keepdims=True)
+
+
+def _plugin_entropy_bits(c: np.ndarray) -> np.ndarray:
+    f = c / c.sum(-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -np.where(f > 0, f * np.log2(np.where(f > 0, f, 1.0)), 0.0).sum(-1)
+
+
+def entropy_drift(p0: np.ndarray, N: int, T: float, add_k: float, sep: int | None, repeats: int = 2000,
+                  seed: int = 0) -> tuple[float, float]:
+    """(mean, standard error) of the first generation's change of the samples' plug-in entropy, in bits.
+
+    The step, as `collapse run` takes it for ``model.ngram.n=1`` (replace, continuations only): generation 0
+    draws N tokens from ``tempered(p0, T)``; model 1 is their add-k estimate ``(c + k) / (N + k V)`` over
+    all V ids (the separator's count 0); generation 1 draws N tokens from ``tempered(model 1, T)``. Both
+    entropies are plug-in values of N tokens, as metrics.jsonl's ``entropy``, so the finite-sample bias of
+    each is inside the expectation; it is computed by Monte Carlo over ``repeats`` two-stage draws."""
+    rng = np.random.default_rng(seed)
+    p0 = np.asarray(p0, dtype=np.float64)
+    p0 = p0 / p0.sum()
+    V = len(p0)
+    c0 = rng.multinomial(N, tempered(p0, T, sep), size=repeats).astype(np.float64)
+    p1 = (c0 + add_k) / (N + add_k * V)
+    c1 = rng.multinomial(N, tempered(p1, T, sep)).astype(np.float64)
+    d = _plugin_entropy_bits(c1) - _plugin_entropy_bits(c0)
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(repeats))
+
+
+def neutral_temperature(p0: np.ndarray, N: int, add_k: float, sep: int | None, lo: float = 0.5, hi: float = 2.0,
+                        repeats: int = 2000, tol: float = 1e-3) -> dict:
+    """The temperature T* at which :func:`entropy_drift` is 0, by bisection on [lo, hi] with the same random
+    draws at every T (the drift rises with T), and its Monte Carlo standard error (the drift's standard error at
+    T* over the drift's slope there). ``{"t_star": None, ...}`` when the drift has one sign over the range."""
+    f = lambda t: entropy_drift(p0, N, t, add_k, sep, repeats)  # noqa: E731 - one seed: common random numbers
+    (d_lo, _), (d_hi, _) = f(lo), f(hi)
+    if d_lo > 0 or d_hi < 0:
+        return {"t_star": None, "range": [lo, hi], "drift_at_range": [d_lo, d_hi]}
+    a, b = lo, hi
+    while b - a > tol:
+        m = 0.5 * (a + b)
+        a, b = (m, b) if f(m)[0] < 0 else (a, m)
+    t = 0.5 * (a + b)
+    h = max(0.02, 5 * tol)
+    (d1, _), (d2, _), (_, se) = f(t - h), f(t + h), f(t)
+    slope = (d2 - d1) / (2 * h)
+    return {"t_star": t, "se": se / slope if slope > 0 else None, "slope_bits_per_unit_t": slope, "range": [lo, hi]}
