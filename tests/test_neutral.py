@@ -50,8 +50,8 @@ def test_no_sign_change_is_said_and_learners_are_kept_apart():
     runs += [_run(f"b{T}", T, d, 0.01, method="full") for T, d in ((0.5, -0.2), (0.7, 0.1), (1.0, 0.3))]
     s = N.neutral_summary(group_runs(runs))
     assert len(s) == 2
-    lora = next(v for k, v in s.items() if "lora" in k)
-    full = next(v for k, v in s.items() if "full" in k)
+    assert set(s) == {"LoRA r=8", "full fine-tune"}
+    lora, full = s["LoRA r=8"], s["full fine-tune"]
     assert lora["t_star"]["t_star"] is None and "negative at every temperature" in lora["t_star"]["note"]
     assert 0.5 < full["t_star"]["t_star"] < 0.7 and full["t_star"]["interval"] == [0.5, 0.7]
 

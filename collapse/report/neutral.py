@@ -27,6 +27,7 @@ STEM = "neutral-temperature"
 DECODING = ("generation.temperature", "generation.top_p", "generation.top_k", "generation.min_p",
             "generation.num_beams", "generation.repetition_penalty")
 MIN_POINTS = 3
+NAMED = ("train.method", "train.lora.r", "train.lora.modules_to_save", "train.init")  # said by learner_name
 
 
 def _flat(run) -> dict:
@@ -76,11 +77,22 @@ def point(group: Group) -> dict:
     return out
 
 
+def learner_name(config: dict) -> str:
+    """The learner in words: ``LoRA r=8``, ``LoRA r=8 + output layer``, ``full fine-tune`` (``, from previous``)."""
+    t = config.get("train") or {}
+    lora = t.get("lora") or {}
+    name = "full fine-tune" if t.get("method") == "full" else f"LoRA r={lora.get('r', 8)}" + (
+        " + " + "/".join(lora["modules_to_save"]) if lora.get("modules_to_save") else "")
+    return name + (", from previous" if t.get("init") == "previous" else "")
+
+
 def learners(groups: list[Group]) -> dict[str, list[dict]]:
-    """Points by learner: groups keyed by every differing setting except the decoding, sorted by temperature."""
+    """Points by learner: groups keyed by the learner and every other differing setting except the decoding,
+    sorted by temperature."""
     by: dict[str, list[dict]] = {}
     for g in groups:
-        key = ", ".join(f"{k}={short_value(v)}" for k, v in g.diff.items() if k not in DECODING) or "all runs"
+        rest = [f"{k}={short_value(v)}" for k, v in g.diff.items() if k not in DECODING and k not in NAMED]
+        key = ", ".join([learner_name(g.runs[0].config), *rest])
         by.setdefault(key, []).append(point(g))
     return {k: sorted(v, key=lambda p: p["temperature"]) for k, v in by.items()}
 
