@@ -294,7 +294,7 @@ for _fig in (  # the order of the columns of the tables
            point=lambda s: F.distinct_n(s.seqs, 2), rows=_distinct_2_rows),
     # the gen-0 model on the samples, training, a synthetic source's truth
     Figure("gen0_ppl_mean", "gen-0 ppl", "perplexity", -1, ".1f", resample="bootstrap", console=True),
-    # the drift per generation: the paired change from generation 0 over g (collapse.loop.rows.drift_part)
+    # the drift per generation: the paired change from generation 0 over g (collapse.metrics.stats.drift_part)
     Figure("entropy_drift", "entropy drift / gen", "bits", -1, "+.4f", summary=True),
     Figure("top10_drift", "top-10 shift drift / gen (%)", "%", +1, "+.2f", summary=True),
     Figure("train_loss", "train loss", "nats", 0, ".3f"),
