@@ -60,6 +60,11 @@ def point(group: Group) -> dict:
            "decoding": ", ".join(f"{k.split('.', 1)[1]}={short_value(v)}" for k, v in group.diff.items()
                                  if k in DECODING) or f"temperature={short_value(f.get('generation.temperature'))}",
            "generations": min(r.gens[-1] for r in group.runs), "seeds": group.seeds}
+    ch = [((r.row(r.gens[-1]) or {}).get("changes") or {}).get("from_gen0", {}).get("test_ppl") for r in group.runs]
+    ch = [c for c in ch if c and as_float(c.get("delta")) is not None]
+    if ch:  # what the direction costs on real text: the test-perplexity change at the last generation
+        out["test_ppl_change"] = {"mean": float(np.mean([c["delta"] for c in ch])),
+                                  "ci95": ch[0]["ci95"] if len(ch) == 1 else None}
     for name, _ in DRIFTS:
         vals = [_drift(r, name) for r in group.runs]
         xs = [v for v, _ in vals if v is not None]
