@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from collapse.metrics.stats import DRIFTS, drift_part
-from collapse.report.runs import Group, short_value
+from collapse.report.runs import Group, _flatten, short_value
 from collapse.report.seeds import _ci, as_float
 
 STEM = "neutral-temperature"
@@ -28,18 +28,6 @@ DECODING = ("generation.temperature", "generation.top_p", "generation.top_k", "g
             "generation.num_beams", "generation.repetition_penalty")
 MIN_POINTS = 3
 NAMED = ("train.method", "train.lora.r", "train.lora.modules_to_save", "train.init")  # said by learner_name
-
-
-def _flat(run) -> dict:
-    out, stack = {}, [("", run.config)]
-    while stack:
-        prefix, d = stack.pop()
-        for k, v in d.items():
-            if isinstance(v, dict):
-                stack.append((f"{prefix}{k}.", v))
-            else:
-                out[f"{prefix}{k}"] = v
-    return out
 
 
 def _drift(run, name: str) -> tuple[float | None, list | None]:
@@ -52,7 +40,7 @@ def _drift(run, name: str) -> tuple[float | None, list | None]:
 
 def point(group: Group) -> dict:
     """One group's decoding and its drifts (mean, 95% interval, resolved) at the last generation."""
-    f = _flat(group.runs[0])
+    f = _flatten(group.runs[0].config)  # the report's own flattening of a config
     sampling = (int(f.get("generation.num_beams") or 1) == 1 and float(f.get("generation.top_p") or 1.0) == 1.0
                 and int(f.get("generation.top_k") or 0) == 0 and float(f.get("generation.min_p") or 0.0) == 0.0
                 and float(f.get("generation.repetition_penalty") or 1.0) == 1.0)
