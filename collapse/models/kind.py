@@ -133,8 +133,9 @@ class ModelKind:
         Every folder of a generation holds weights only: checksums and ``keep_checkpoints`` treat them so."""
         raise NotImplementedError
 
-    def save_merged(self, model, folder: Path, is_main: bool):
-        """Generation 0 fine-tuned on real text (``train.gen0_epochs``) into ``folder``; returns it ready to use."""
+    def save_merged(self, model, folder: Path, is_main: bool, tokenizer=None):
+        """Generation 0 fine-tuned on real text (``train.gen0_epochs`` / ``gen0_blocks``) into ``folder``, with the
+        tokenizer where the kind has one; returns it ready to use."""
         raise NotImplementedError(f"the {self.name} kind has no fine-tuned generation 0")
 
     def load_merged(self, folder: Path, device):

@@ -60,12 +60,16 @@ def _trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def finetune(model, rows: np.ndarray, val_blocks: np.ndarray, cfg, accelerator, key: tuple,
-             show_progress: bool = True, desc: str = "train", on_step=None, curve=None) -> dict:
+             show_progress: bool = True, desc: str = "train", on_step=None, curve=None, val_every: int = 0) -> dict:
     """Train ``model`` (its trainable parameters) on ``rows`` [N, L] for ``cfg.epochs`` epochs.
 
     After each epoch the mean NLL on the REAL validation blocks is computed; with ``select=best_val``
     the trainable weights of the best epoch are restored at the end (the paper's choice), with
     ``last`` the final ones stay. Raises TrainingError on a non-finite loss.
+
+    ``val_every`` > 0 (generation 0's budgeted fit) also looks at the validation loss before the first step and
+    every ``val_every`` steps; the best look of all (the untrained model's included) is the one kept, and the
+    result gains ``looks`` (step, val_nll), ``val_nll_before`` and ``step_selected``.
 
     The result's ``curve`` holds every step's loss, learning rate and gradient norm (when clipping is on).
     ``curve`` (optional) is told them as they are read back (``curve.steps(rows, tokens_per_s)``, every
@@ -90,8 +94,23 @@ def finetune(model, rows: np.ndarray, val_blocks: np.ndarray, cfg, accelerator, 
     steps_per_epoch = math.ceil(len(rows) / global_batch)
     total = steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_ratio * total))
-    history, points = [], []
+    history, points, looks = [], [], []
     best = (float("inf"), None, -1)
+    best_step = 0
+
+    def look(at: int) -> float:
+        """The REAL validation loss now; kept as the best so far where it is (with select=best_val)."""
+        nonlocal best, best_step
+        val = mean_nll(pmodel, val_blocks, accelerator=accelerator)
+        pmodel.train()
+        looks.append({"step": at, "val_nll": val})
+        if val < best[0] and cfg.select == "best_val":
+            best, best_step = (val, _trainable_state(accelerator.unwrap_model(pmodel)), epoch + 1), at
+        return val
+
+    epoch = 0
+    if val_every > 0:
+        look(0)  # the model before any step: a fit that never beats it keeps it
     # No step waits for the device: the rows live on it (one copy, not one per step), each epoch's order is
     # one upload, and the step losses stay there until a check every CHECK_EVERY steps and at the epoch's
     # end. The host then queues step s+1 while the device computes step s (on a GPU the per-step launch
@@ -146,13 +165,20 @@ def finetune(model, rows: np.ndarray, val_blocks: np.ndarray, cfg, accelerator, 
                 bar.update(1)
                 if on_step is not None:
                     on_step(step)
+                if val_every > 0 and step % val_every == 0 and s + 1 < steps_per_epoch:
+                    t_pause = time.perf_counter()
+                    bar.set_postfix(val=f"{look(step):.3f}", refresh=False)
+                    t_seen += time.perf_counter() - t_pause  # validation is not training time
             losses = losses.cpu().numpy()
-            val = mean_nll(pmodel, val_blocks, accelerator=accelerator)
+            if val_every > 0:
+                val = look(step)
+            else:
+                val = mean_nll(pmodel, val_blocks, accelerator=accelerator)
             history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses.astype(np.float64))), "val_nll": val})
             if curve is not None:
                 curve.epoch({**history[-1], "step": step})
             t_seen = time.perf_counter()  # validation is not training time
-            if val < best[0] and cfg.select == "best_val":
+            if val_every <= 0 and val < best[0] and cfg.select == "best_val":
                 best = (val, _trainable_state(accelerator.unwrap_model(pmodel)), epoch + 1)
             pmodel.train()
     chosen = cfg.epochs
@@ -167,9 +193,14 @@ def finetune(model, rows: np.ndarray, val_blocks: np.ndarray, cfg, accelerator, 
     model = accelerator.unwrap_model(pmodel)
     model.eval()
     accelerator.free_memory()
-    return {"history": history, "epoch_selected": chosen,
-            "train_loss": history[chosen - 1]["train_loss"], "val_nll": history[chosen - 1]["val_nll"],
-            "steps": step, "seconds": dt, "tokens_per_s": tokens / dt if dt > 0 else 0.0, "curve": points}
+    out = {"history": history, "epoch_selected": chosen,
+           "train_loss": history[chosen - 1]["train_loss"], "val_nll": history[chosen - 1]["val_nll"],
+           "steps": step, "seconds": dt, "tokens_per_s": tokens / dt if dt > 0 else 0.0, "curve": points}
+    if val_every > 0:  # the looks decide, not the epochs
+        sel = best_step if cfg.select == "best_val" and best[1] is not None else step
+        out.update(looks=looks, val_nll_before=looks[0]["val_nll"], step_selected=sel, tokens=tokens,
+                   val_nll=next(lk["val_nll"] for lk in looks if lk["step"] == sel))
+    return out
 
 
 def _read_back(losses: torch.Tensor, norms: torch.Tensor, lrs: list[float], start: int, stop: int, first_step: int,

@@ -153,7 +153,8 @@ class TransformerKind(ModelKind):
         from collapse.models.train import finetune
 
         stats = finetune(trainee, job.rows, job.val_blocks, job.train_cfg, job.accelerator, key=job.key,
-                         show_progress=job.show_progress, desc=job.desc, on_step=job.on_step, curve=job.curve)
+                         show_progress=job.show_progress, desc=job.desc, on_step=job.on_step, curve=job.curve,
+                         val_every=job.extra.get("val_every", 0))
         return trainee, stats
 
     def save(self, cfg, model, gen_folder: Path, is_main: bool):
@@ -171,12 +172,15 @@ class TransformerKind(ModelKind):
                     folded.save_pretrained(tmp, safe_serialization=True)
         return folded if folded is not None else model
 
-    def save_merged(self, model, folder: Path, is_main: bool):
-        """``model`` with any adapter folded in, saved in ``folder`` (generation 0 fine-tuned on real text)."""
+    def save_merged(self, model, folder: Path, is_main: bool, tokenizer=None):
+        """``model`` with any adapter folded in, saved in ``folder`` (generation 0 fine-tuned on real text), with
+        ``tokenizer`` beside it so the folder is a model source of its own."""
         model = merged(model)
         if is_main:
             with atomic_dir(folder) as tmp:
                 model.save_pretrained(tmp, safe_serialization=True)
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(tmp)
         return model.eval()
 
     def load_merged(self, folder: Path, device):

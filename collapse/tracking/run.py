@@ -81,8 +81,8 @@ def log_model(logger, out: Path, g: int, weights: Path | None, cfg, base_model: 
     uses: tuple[str, ...] = ()
     if g == 0:
         meta["made_from"] = {"base_model": base_model,
-                             **({"fine_tuned_on": "the real training split", "epochs": cfg.train.gen0_epochs}
-                                if cfg.train.gen0_epochs else {})}
+                             **({"fine_tuned_on": "the real training split", "epochs": cfg.train.gen0_epochs,
+                                 "blocks": cfg.train.gen0_blocks} if cfg.train.fits_gen0 else {})}
     else:
         sources = {int(k): v for k, v in (train.get("rows_by_source") or {}).items()}
         corpora = [artifact_name(logger.id, "corpus", k) for k in sorted(sources) if k >= 0]
@@ -211,7 +211,7 @@ def log_run_model(run, g: int) -> None:
     if g > 0:
         weights = run.dir(g) / run.ckpt.subdir
     else:  # generation 0 is the base model (named, not uploaded) unless it was fine-tuned here
-        weights = run.dir(0) / "model" if run.cfg.train.gen0_epochs else None
+        weights = run.dir(0) / "model" if run.cfg.train.fits_gen0 else None
     log_model(run.logger, run.out, g, weights, run.cfg, run.model_ref)
 
 
