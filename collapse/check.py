@@ -303,6 +303,12 @@ def check_measure(cfg: Config, accelerator) -> tuple[Plan, Checked]:
     n = f"{len(checked.data)}" if checked.data is not None else f"up to {cfg.measure.samples}"
     plan.add("measure", f"{n} {split_label(cfg.measure.split)} examples of {w} tokens: the model continues the first {w // 2} "
                         f"for {w // 2} tokens")
+    if cfg.measure.decodings:
+        from collapse.config.decodings import CONTROL
+
+        plan.add("decodings", f"{len(cfg.measure.decodings)} on the same prompts: "
+                              + ", ".join(d["name"] for d in cfg.measure.decodings)
+                              + f"; beside them `{CONTROL}` (random real training windows: the control)")
     plan.add("W&B", wandb_mode(cfg))
     plan.add("processes", _world(accelerator))
     return plan, checked

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -93,72 +94,135 @@ def figure_text(result: dict, f) -> str:
     return f"{f.label} {result[f.name]:{f.fmt}}" + ("" if lo is None else f" [{lo:{f.fmt}}, {hi:{f.fmt}}]")
 
 
-def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = False):
-    """Measure one model; with ``check_only`` return the checks' plan instead (``collapse measure --check``)."""
+@dataclass
+class Prepared:
+    """What every decoding of one `collapse measure` shares: the model, the paired prompts and true halves."""
+
+    cfg: Config
+    accelerator: object
+    plan: object
+    model: object
+    tok: object
+    model_ref: str
+    file: Path | None
+    windows: np.ndarray
+    train_docs: list  # token ids of every training document (the ranking, and the control's windows)
+    t0: float
+
+    @property
+    def half(self) -> int:
+        return self.cfg.measure.window // 2
+
+    @property
+    def prompts(self) -> np.ndarray:
+        return self.windows[:, :self.half]
+
+    @property
+    def refs(self) -> np.ndarray:
+        return self.windows[:, self.half:]
+
+    @property
+    def vocab(self) -> int:
+        return max(int(self.model.config.vocab_size), len(self.tok))
+
+    def rank_counts(self, ref_c: np.ndarray) -> np.ndarray:
+        return ref_c if self.cfg.measure.rank_by == "reference" else M.counts(self.train_docs, self.vocab)
+
+
+def prepare(cfg: Config, show_progress: bool, check_only: bool = False):
+    """The checks (their plan alone with ``check_only``), then the model and the examples."""
     from collapse.check import check_measure
     from collapse.data import measure_docs, measure_windows, split_ids, split_label
-    from collapse.decoding.generate import generate_corpus
     from collapse.models import kind_for
-    from collapse.models.gguf import sha256 as gguf_sha256
-    from collapse.models.hf import decode_rows, never_sampled, set_threads
-    from collapse.report import plot_bucket_shift
+    from collapse.models.hf import set_threads
     from collapse.runtime import make_accelerator
-    from collapse.tracking import make_logger
 
     t0 = time.perf_counter()
     set_threads()
     accelerator = make_accelerator()
-    is_main = accelerator.is_main_process
     plan, checked = check_measure(cfg, accelerator)  # data and out_dir first: before a scratch model is built for nothing
     if check_only:
         accelerator.end_training()
         return plan
-    for w in plan.warnings if is_main else ():
+    for w in plan.warnings if accelerator.is_main_process else ():
         log.warning(f"warning: {w}")
     loaded = kind_for(cfg.model.name_or_path).load(cfg.model, checked.splits, accelerator.device, show_progress,
                                                    accelerator=accelerator)
-    model, tok, model_ref = loaded.model, loaded.tokenizer, loaded.ref
     windows, ids = checked.data, checked.ids  # made by the checks where the tokenizer was at hand
     if checked.facts.tokenizer is None:  # else with the one that came with the model just built
-        ids = split_ids(tok, checked.splits, loaded.token_cache)
+        ids = split_ids(loaded.tokenizer, checked.splits, loaded.token_cache)
         windows = measure_windows(measure_docs(ids, cfg.measure.split), cfg.measure.window, cfg.measure.samples, cfg.measure.split)
-    train_ids = ids["train"] if cfg.measure.rank_by == "train" else None
-    half = cfg.measure.window // 2
-    prompts, refs = windows[:, :half], windows[:, half:]
     if len(windows) < cfg.measure.samples:
         log.warning("only %d %s examples have %d tokens (asked for %d): measuring those.", len(windows),
                     split_label(cfg.measure.split), cfg.measure.window, cfg.measure.samples)
+    return Prepared(cfg, accelerator, plan, loaded.model, loaded.tokenizer, loaded.ref, loaded.file, windows,
+                    ids["train"], t0)
+
+
+def continue_prompts(p: Prepared, gen_cfg, show_progress: bool, desc: str = "continue"):
+    """(the continuations [n, half] on the main process, else None; the generator's stats). Every decoding draws
+    from the same key, so a decodings measure's column equals the plain measure of the same settings."""
+    from collapse.decoding.generate import generate_corpus
+    from collapse.models.hf import never_sampled
 
     gens: dict[int, np.ndarray] = {}
-    stats = generate_corpus(model, prompts, half, cfg.generation, key=(cfg.seed, "measure"),
-                            sink=lambda b, p, g: gens.__setitem__(b, g), accelerator=accelerator,
-                            suppress_ids=never_sampled(tok),
-                            progress=show_progress, desc="continue")
+    stats = generate_corpus(p.model, p.prompts, p.half, gen_cfg, key=(p.cfg.seed, "measure"),
+                            sink=lambda b, _, g: gens.__setitem__(b, g), accelerator=p.accelerator,
+                            suppress_ids=never_sampled(p.tok), progress=show_progress, desc=desc)
+    if not p.accelerator.is_main_process:
+        return None, stats
+    return np.concatenate([gens[b] for b in sorted(gens)]).astype(np.int32), stats
+
+
+def shift_result(p: Prepared, gen: np.ndarray, key_suffix: tuple = ()) -> dict:
+    """The distribution figures of ``gen`` against the true second halves, with their intervals over examples."""
+    cfg, refs = p.cfg, p.refs
+    ref_c, gen_c = M.counts(refs, p.vocab), M.counts(gen, p.vocab)
+    rank_c = p.rank_counts(ref_c)
+    result = {"reference_tokens": int(refs.size), "generated_tokens": int(gen.size),
+              **M.distribution_metrics(ref_c, gen_c, gen_seqs=gen, ref_seqs=refs, rank_counts=rank_c)}
+    if cfg.stats.resamples:
+        measure_intervals(refs, gen, p.vocab, rank_c, result, (cfg.seed, "measure", "bootstrap", *key_suffix),
+                          cfg.stats.resamples, cfg.stats.level)
+    return result
+
+
+def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = False):
+    """Measure one model; with ``check_only`` return the checks' plan instead (``collapse measure --check``).
+    With ``measure.decodings`` every decoding of the list, beside real text (``collapse.measure_decodings``)."""
+    from collapse.data import split_label
+    from collapse.models import kind_for
+    from collapse.models.gguf import sha256 as gguf_sha256
+    from collapse.models.hf import decode_rows
+    from collapse.report import plot_bucket_shift
+    from collapse.tracking import make_logger
+
+    p = prepare(cfg, show_progress, check_only)
+    if check_only:
+        return p
+    if cfg.measure.decodings:
+        from collapse.measure_decodings import run_decodings
+
+        return run_decodings(p, show_progress)
+    accelerator, tok, model_ref, windows = p.accelerator, p.tok, p.model_ref, p.windows
+    is_main, half, prompts, refs, t0 = accelerator.is_main_process, p.half, p.prompts, p.refs, p.t0
+    gen, stats = continue_prompts(p, cfg.generation, show_progress)
     result: dict = {}
     if is_main:
-        gen = np.concatenate([gens[b] for b in sorted(gens)]).astype(np.int32)
-        vocab = max(int(model.config.vocab_size), len(tok))
-        ref_c, gen_c = M.counts(refs, vocab), M.counts(gen, vocab)
-        rank_c = ref_c if cfg.measure.rank_by == "reference" else M.counts(train_ids, vocab)
         result = {
             "model": model_ref,
-            **({"model_sha256": gguf_sha256(loaded.file)} if loaded.file is not None else {}),
+            **({"model_sha256": gguf_sha256(p.file)} if p.file is not None else {}),
             "settings": {"window": cfg.measure.window, "split": cfg.measure.split, "prompt_tokens": half,
                          "new_tokens": half, "temperature": cfg.generation.temperature,
                          "top_k": cfg.generation.top_k, "top_p": cfg.generation.top_p, "min_p": cfg.generation.min_p,
                          "num_beams": cfg.generation.num_beams,
                          "repetition_penalty": cfg.generation.repetition_penalty, "seed": cfg.seed},
             "samples": int(len(windows)),
-            "reference_tokens": int(refs.size),
-            "generated_tokens": int(gen.size),
-            **M.distribution_metrics(ref_c, gen_c, gen_seqs=gen, ref_seqs=refs, rank_counts=rank_c),
+            **shift_result(p, gen),
             "rank_by": cfg.measure.rank_by,
             "generation_tokens_per_s": stats["tokens_per_s"],
             "seconds": None,
         }
-        if cfg.stats.resamples:
-            measure_intervals(refs, gen, vocab, rank_c, result, (cfg.seed, "measure", "bootstrap"),
-                              cfg.stats.resamples, cfg.stats.level)
         out = Path(cfg.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", cfg.to_yaml())

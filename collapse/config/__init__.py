@@ -3,7 +3,8 @@
 Precedence is CLI over YAML over defaults. Every field carries a docstring-like ``help`` in its
 metadata; ``collapse keys`` prints them. Unknown keys, wrong types and out-of-range
 values raise :class:`ConfigError` with one line that names the key and what to do. ``sections`` holds the
-sections of the data source, the n-gram and the statistics; ``fields`` the one helper every field uses.
+sections of the data source, the n-gram and the statistics; ``generation`` the decoding section; ``decodings`` the
+check of ``measure.decodings``; ``fields`` the helper every field uses and the type check of a value.
 Imports errors and (to validate ``regime.kind``) loop.regimes only.
 """
 
@@ -14,7 +15,6 @@ import difflib
 import hashlib
 import json
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from collapse.config.fields import setting
+from collapse.config.fields import _coerce, setting
+from collapse.config.generation import GenerationConfig
 from collapse.config.sections import NGramConfig, RegimeConfig, StatsConfig, SyntheticConfig, check_explicit_keys
 from collapse.errors import ConfigError
 
@@ -129,53 +130,22 @@ class MeasureConfig:
                            "both ends even for real text; README, \"How the buckets are ranked\").",
                            choices=("train", "reference"))
 
+    decodings: list[dict] | None = setting(None, "Measure several decodings of the same prompts in one command: a list of "
+                                          "mappings of generation.* decoding settings (temperature, top_k, top_p, min_p, "
+                                          "num_beams, repetition_penalty, engine) with an optional `name`; the rest of "
+                                          "generation.* applies to each. Writes decodings.json / .md / .png with a column "
+                                          "of real training text as the control (docs/metrics.md). null = one decoding, "
+                                          "generation.* itself.")
+
     def __post_init__(self) -> None:
         if self.samples < 1:
             raise ConfigError(f"measure.samples={self.samples} is out of range: use at least 1.")
         if self.window < 2 or self.window % 2:
             raise ConfigError(f"measure.window={self.window} must be an even number of tokens, at least 2.")
+        if self.decodings is not None:
+            from collapse.config.decodings import check_decodings
 
-
-@dataclass
-class GenerationConfig:
-    prompt_tokens: int = setting(64, "Prompt length: real training blocks are cut to this many tokens.")
-    new_tokens: int = setting(64, "Tokens generated per sample (min = max: every sample has exactly this length).")
-    num_sequences: int | None = setting(None, "Samples per generation; null = as many as the real training split has blocks.")
-    batch_size: int = setting(256, "Sequences decoded together. Also fixes which sequences share a random stream.")
-    temperature: float = setting(1.0, "Softmax temperature; 0 = greedy.")
-    top_k: int = setting(0, "Keep only the k most likely tokens (0 = off).")
-    top_p: float = setting(1.0, "Nucleus sampling mass (1.0 = off).")
-    min_p: float = setting(0.0, "Min-p sampling: drop tokens below min_p times the top token's probability (0 = off).")
-    num_beams: int = setting(1, "Beam search width (1 = sampling / greedy); exactly HF `generate`'s beam search, fixed length.")
-    repetition_penalty: float = setting(1.0, "CTRL-style penalty on tokens already in the sequence (1.0 = off).")
-    engine: str = setting("auto", "`auto`: the fast GPT-2/OPT/Llama-family decoder where supported, else HF's forward; "
-                          "`hf`: always HF's forward; `hf-generate` (beam search only): HF `generate` itself, the slow "
-                          "reference.",
-                          choices=("auto", "hf", "hf-generate"))
-    keep_prompt: bool = setting(False, "Train the next generation on prompt + continuation instead of the continuation only.")
-
-    def __post_init__(self) -> None:
-        if self.prompt_tokens < 1 or self.new_tokens < 1:
-            raise ConfigError("generation.prompt_tokens and generation.new_tokens must be at least 1.")
-        if self.num_sequences is not None and self.num_sequences < 1:
-            raise ConfigError("generation.num_sequences must be at least 1 (or null for one per training block).")
-        if self.batch_size < 1:
-            raise ConfigError("generation.batch_size must be at least 1.")
-        if self.temperature < 0 or not math.isfinite(self.temperature):
-            raise ConfigError(f"generation.temperature={self.temperature} is out of range: use 0 (greedy) or more.")
-        if self.top_k < 0:
-            raise ConfigError("generation.top_k must be 0 (off) or positive.")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"generation.top_p={self.top_p} is out of range: use a value in (0, 1].")
-        if not 0.0 <= self.min_p < 1.0:
-            raise ConfigError(f"generation.min_p={self.min_p} is out of range: use a value in [0, 1) (0 = off).")
-        if self.num_beams < 1:
-            raise ConfigError("generation.num_beams must be at least 1.")
-        if self.repetition_penalty <= 0:
-            raise ConfigError("generation.repetition_penalty must be positive (1.0 = off).")
-        if self.engine == "hf-generate" and self.num_beams == 1:
-            raise ConfigError("generation.engine=hf-generate is for beam search only: set generation.num_beams > 1, "
-                              "or use engine=hf to sample through HF's forward.")
+            self.decodings = check_decodings(self.decodings)
 
 
 @dataclass
@@ -309,58 +279,6 @@ class Config:
 
 
 # ---------------------------------------------------------------------- parsing
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; convert ints to floats; raise ConfigError."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(e)
-        raise errors[0]
-    if origin is list:
-        if isinstance(value, str):  # `key=a,b` on the command line
-            value = [v for v in value.split(",") if v]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}.")
-        return [_coerce(v, args[0], key) for v in value]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}.")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{key}: expected an integer, got {value!r}.")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}.")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}.")
-    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}.")  # pragma: no cover
 
 
 def _hints(cls: type) -> dict[str, Any]:

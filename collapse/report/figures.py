@@ -115,6 +115,52 @@ def plot_bucket_shift(bucket_shift: dict, path: str | Path, title: str = "", ran
 
 
 
+def plot_decodings(columns: list[dict], path: str | Path, title: str = "", rank_by: str = "train") -> Path:
+    """Grouped bars: each ranked bucket's shift per column (the control first, grey and hatched), with 95% interval
+    bars; the unseen share of each column is listed below (it has no shift)."""
+    plt = mpl()
+    buckets = [b for b in columns[0]["bucket_shift"] if b != "unseen"
+               and any(c["bucket_shift"][b]["shift_pct"] is not None for c in columns)]
+    n = len(columns)
+    width = 0.8 / n
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(buckets) + 0.25 * n * len(buckets)), 4.6), dpi=120)
+    x = np.arange(len(buckets))
+    colors = iter(PALETTE[1:])
+    ends = []
+    for i, c in enumerate(columns):
+        vals = [c["bucket_shift"][b]["shift_pct"] for b in buckets]
+        vals = [np.nan if v is None else v for v in vals]
+        cis = [c["bucket_shift"][b].get("ci95") or [None, None] for b in buckets]
+        control = c.get("kind") == "control"
+        pos = x - 0.4 + width * (i + 0.5)
+        ax.bar(pos, vals, width, label=c["name"], color="0.75" if control else next(colors, "0.4"),
+               hatch="//" if control else "", edgecolor="black", linewidth=0.5)
+        lo = [max(0.0, v - ci[0]) if ci[0] is not None and np.isfinite(v) else 0.0 for v, ci in zip(vals, cis)]
+        hi = [max(0.0, ci[1] - v) if ci[1] is not None and np.isfinite(v) else 0.0 for v, ci in zip(vals, cis)]
+        ax.errorbar(pos, vals, yerr=[lo, hi], fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+        ends += [abs(e) for ci in cis for e in ci if e is not None] + [abs(v) for v in vals if np.isfinite(v)]
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(x, buckets)
+    ax.set_xlabel("frequency rank of the token type in the " + ("real training split" if rank_by == "train"
+                                                                 else "true second halves") + " (bucket)")
+    ax.set_ylabel("over(+) / under(−) representation (%)\n95% interval over examples")
+    lim = max(ends + [1.0]) * 1.1
+    ax.set_ylim(-lim, lim)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, frameon=False, ncol=min(n, 3), loc="best")
+    ax.set_title(title or "Generated vs true token frequencies, by decoding", fontsize=10, wrap=True)
+    unseen = ", ".join(f"{c['name']} {100 * c['bucket_shift'].get('unseen', {}).get('gen_share', 0.0):.2f}%"
+                       for c in columns)
+    fig.text(0.99, 0.01, f"unseen share (types the ranking lacks, apart): {unseen}", ha="right", va="bottom",
+             fontsize=7, color="0.3", wrap=True)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    return path
+
+
 # ---------------------------------------------------------------------- the report's figures over generations
 
 
