@@ -185,6 +185,19 @@ def check_model(cfg: Config, plan: Plan, splits: Splits, device) -> ModelFacts:
     return facts
 
 
+def check_processes(cfg: Config, world: int, builds_scratch: bool, command: str) -> None:
+    """What depends on the launch's process count, before any stage: else a stage would refuse it after writing."""
+    from collapse.errors import ConfigError
+
+    tc = cfg.train
+    if command == "run" and cfg.model.name_or_path != "ngram" and tc.batch_size % (world * tc.grad_accum):
+        raise ConfigError(f"train.batch_size={tc.batch_size} must be divisible by processes × train.grad_accum "
+                          f"= {world} × {tc.grad_accum}.")
+    if builds_scratch and cfg.model.scratch.batch_size % world:
+        raise ConfigError(f"model.scratch.batch_size={cfg.model.scratch.batch_size} must be divisible by the {world} "
+                          "processes.")
+
+
 def wandb_mode(cfg: Config) -> str:
     from collapse.tracking import resolve_mode
 
@@ -216,6 +229,7 @@ def check_run(cfg: Config, accelerator) -> tuple[Plan, Checked]:
     kind_for(cfg.model.name_or_path).check_early(cfg, splits, "run")
     checked = Checked(splits, check_model(cfg, plan, splits, accelerator.device))
     skel, tok = checked.facts.skeleton, checked.facts.tokenizer
+    check_processes(cfg, accelerator.num_processes, builds_scratch=tok is None, command="run")
     if plan.resuming and checked.facts.file is not None:  # before the weights are read for nothing
         from collapse.loop.rundir import base_file_digest
 
@@ -289,6 +303,7 @@ def check_measure(cfg: Config, accelerator) -> tuple[Plan, Checked]:
     kind.check_early(cfg, splits, "measure")  # before a model would be built for nothing
     checked = Checked(splits, check_model(cfg, plan, splits, accelerator.device))
     tok = checked.facts.tokenizer
+    check_processes(cfg, accelerator.num_processes, builds_scratch=tok is None, command="measure")
     w, ctx = cfg.measure.window, context_length(checked.facts.skeleton)
     if w > ctx:
         raise ModelError(f"measure.window={w} exceeds the model's context of {ctx} tokens: use measure.window<={ctx}"
@@ -305,6 +320,12 @@ def check_measure(cfg: Config, accelerator) -> tuple[Plan, Checked]:
                         f"for {w // 2} tokens")
     if cfg.measure.decodings:
         from collapse.config.decodings import CONTROL
+
+        if checked.ids is not None and not any(len(d) >= w // 2 for d in checked.ids["train"]):
+            from collapse.errors import DataError
+
+            raise DataError(f"no training document has {w // 2} tokens for the control's windows (measure.decodings): "
+                            "lower measure.window or use longer documents.")
 
         plan.add("decodings", f"{len(cfg.measure.decodings)} on the same prompts: "
                               + ", ".join(d["name"] for d in cfg.measure.decodings)

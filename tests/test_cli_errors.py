@@ -56,7 +56,20 @@ CASES = [
     ("run-generations-0", "run", ["generations=0"], "generations"),
     ("run-beyond-context", "run", ["generation.prompt_tokens=200", "generation.new_tokens=100"], "context of 256"),
     ("run-lora-targets", "run", ["train.lora.target_modules=[nope]"], "nope"),
+    # once refused by the training stage after generation 0 was written (issue 40): now by the plan
+    ("run-batch-not-divisible", "run", ["train.batch_size=3", "train.grad_accum=2"],
+     "train.batch_size=3 must be divisible by processes × train.grad_accum = 1 × 2"),
+    ("measure-bad-decoding", "measure", ["measure.decodings=[{{num_beams: 0}}]"], "measure.decodings[0]"),
 ]
+
+
+def test_a_setting_a_stage_would_refuse_is_refused_by_check_too(tmp_path):
+    out = tmp_path / "r"
+    r = run_cli("run", "--check", "train.batch_size=3", "train.grad_accum=2", f"out_dir={out}",
+                env={"HF_HUB_OFFLINE": "1"}, timeout=120)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "must be divisible" in lines[0], r.stderr[-2000:]
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("command, overrides, needle", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -68,6 +68,9 @@ def value_strategy(key: str, work: Path) -> st.SearchStrategy[str]:
         pool += [st.floats(allow_nan=True, allow_infinity=True).map(repr), st.floats(0, 1).map(repr)]
     elif base is bool:
         pool += [st.sampled_from(["true", "false", "yes", "no", "on", "1", "maybe"])]
+    elif typing.get_origin(base) is list and typing.get_args(base)[0] is dict:  # measure.decodings
+        pool += [st.sampled_from(["[{temperature: 0}]", "[{num_beams: 2, repetition_penalty: 3}]", "[{bogus: 1}]",
+                                  "[{temperature: .nan}]", "[{name: a}, {name: a}]", "[{top_p: 0}]", "[c_attn]", "[]"])]
     elif typing.get_origin(base) is list:
         pool += [st.sampled_from(["[c_attn]", "c_fc,c_proj", "[]", "[lm_head]", "[1, 2]", "[nope]", "[[a]]"])]
     else:  # str

@@ -49,3 +49,13 @@ def test_the_recursions_on_smollm2_scaled_down(tmp_path, config):
     assert (out / "gen_000" / "model" / "tokenizer.json").is_file()
     if "mix" in config:
         assert json.loads((out / "gen_001" / "train.json").read_text())["real_rows"] == 2  # round(0.1 * 16)
+
+
+def test_the_decodings_on_smollm2_scaled_down(tmp_path):
+    out = tmp_path / "dec"
+    r = run_cli("measure", str(REPO / "configs/real/smollm2-135m-decodings.yaml"), f"out_dir={out}",
+                "measure.samples=4", "measure.window=32", "generation.batch_size=4", "wandb.mode=disabled", timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "decodings.json").read_text())
+    assert [c["name"] for c in res["columns"]] == ["real text", "greedy", "beam5", "beam5 penalty 3", "T=0.7", "T=1"]
+    assert (out / "decodings.png").is_file() and len(res["model_sha256"]) == 64

@@ -44,7 +44,7 @@ class GenerationConfig:
             raise ConfigError(f"generation.min_p={self.min_p} is out of range: use a value in [0, 1) (0 = off).")
         if self.num_beams < 1:
             raise ConfigError("generation.num_beams must be at least 1.")
-        if self.repetition_penalty <= 0:
+        if not self.repetition_penalty > 0 or not math.isfinite(self.repetition_penalty):
             raise ConfigError("generation.repetition_penalty must be positive (1.0 = off).")
         if self.engine == "hf-generate" and self.num_beams == 1:
             raise ConfigError("generation.engine=hf-generate is for beam search only: set generation.num_beams > 1, "
