@@ -162,15 +162,23 @@ def assert_property(result, case) -> None:
 # ---------------------------------------------------------------------- the fuzz test and the regressions
 
 
+def drive(work: Path, budget: int, each) -> None:
+    """``each(case)`` for ``budget`` cases drawn from :func:`cases` (fixed seed; no shrinking: a case is a few
+    overrides already, and each try costs a process)."""
+    @settings(max_examples=budget, derandomize=True, deadline=None, database=None, phases=(Phase.generate,),
+              suppress_health_check=list(HealthCheck))
+    @given(cases(work))
+    def prop(case):
+        each(case)
+
+    prop()
+
+
 def test_fuzz_check_property(env, capsys):
     """Every generated case satisfies the property; all failures of the run are reported together."""
     work, failures, times = env[0], [], []
 
-    # no shrinking: a case is a few overrides already, and each try costs a process
-    @settings(max_examples=BUDGET, derandomize=True, deadline=None, database=None, phases=(Phase.generate,),
-              suppress_health_check=list(HealthCheck))
-    @given(cases(work))
-    def prop(case):
+    def each(case):
         SEEN.add(case)
         t0 = time.perf_counter()
         result = run_check(env, *case, n=len(SEEN))
@@ -180,7 +188,7 @@ def test_fuzz_check_property(env, capsys):
         except AssertionError as e:
             failures.append(str(e))
 
-    prop()
+    drive(work, BUDGET, each)
     with capsys.disabled():
         slow = sorted(times, key=lambda t: -t[0])[:3]
         print(f"\nfuzz: {len(SEEN)} distinct --check cases, {len(failures)} failing; slowest: "

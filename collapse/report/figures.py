@@ -107,6 +107,11 @@ def plot_bucket_shift(bucket_shift: dict, path: str | Path, title: str = "", ran
     ax.set_ylim(-lim, lim)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return _save_at(plt, fig, path)
+
+
+def _save_at(plt, fig, path: str | Path) -> Path:
+    """``fig`` written atomically to ``path`` in the format its suffix names, then closed."""
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
@@ -154,11 +159,7 @@ def plot_decodings(columns: list[dict], path: str | Path, title: str = "", rank_
     fig.text(0.99, 0.01, f"unseen share (types the ranking lacks, apart): {unseen}", ha="right", va="bottom",
              fontsize=7, color="0.3", wrap=True)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
-    plt.close(fig)
-    return path
+    return _save_at(plt, fig, path)
 
 
 # ---------------------------------------------------------------------- the report's figures over generations
