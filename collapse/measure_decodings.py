@@ -140,6 +140,9 @@ def run_decodings(p: Prepared, show_progress: bool) -> dict:
         logger.log({"bucket_shift": {c["name"]: {b: v["shift_pct"] for b, v in c["bucket_shift"].items()}
                                      for c in columns}}, step=0)
         logger.log_image("decodings", out / "decodings.png", step=0)
+        cells = [line.strip("|").split(" | ") for line in md.splitlines()[2:]]  # the table as W&B shows tables
+        logger.log_table("decodings_table", ["row", *(c["name"] for c in columns)], [[x.strip() for x in r] for r in cells],
+                         step=0)
         logger.close()
         log.info(f"\n{heading}\n{md}")
         log.info(f"wrote {out}/decodings.json, decodings.md, decodings.png, continuations/")
