@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from collapse.config.decodings import CONTROL, decoding_config
+from collapse.continuations import Prepared, continue_prompts, shift_result
 from collapse.io import write_json, write_parquet, write_text
-from collapse.measure import Prepared, continue_prompts, shift_result
 
 log = logging.getLogger("collapse")
 
