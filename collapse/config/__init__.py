@@ -218,6 +218,14 @@ class EvalConfig:
     batch_size: int = setting(64, "Blocks per forward pass in evaluation.")
     max_blocks: int | None = setting(None, "Evaluate at most this many test (and validation) blocks (null = all).")
 
+    def __post_init__(self) -> None:
+        if self.block_size is not None and self.block_size < 2:
+            raise ConfigError(f"eval.block_size={self.block_size} is out of range: use at least 2 tokens (or null).")
+        if self.batch_size < 1:
+            raise ConfigError(f"eval.batch_size={self.batch_size} is out of range: use at least 1.")
+        if self.max_blocks is not None and self.max_blocks < 1:
+            raise ConfigError(f"eval.max_blocks={self.max_blocks} is out of range: use at least 1 (or null for all).")
+
 
 @dataclass
 class WandbConfig:
