@@ -100,6 +100,8 @@ def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = Fals
             "generation_tokens_per_s": stats["tokens_per_s"],
             "seconds": None,
         }
+        for k in [k for k in result if k.endswith("_ci") or k == "intervals"]:  # after the figures, as always
+            result[k] = result.pop(k)
         out = Path(cfg.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", cfg.to_yaml())

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import time
 from pathlib import Path
 
 import numpy as np
 
-from collapse.config.decodings import CONTROL, decoding_config
+from collapse.config.decodings import CONTROL, decoding_config, slug
 from collapse.continuations import Prepared, continue_prompts, shift_result
 from collapse.io import write_json, write_parquet, write_text
 
@@ -29,7 +28,8 @@ log = logging.getLogger("collapse")
 
 
 def control_windows(p: Prepared) -> np.ndarray:
-    """One random window of ``half`` real training tokens per example, inside one training document (seeded)."""
+    """One random window of ``half`` real training tokens per example, inside one training document (seeded): a
+    document drawn uniformly among those long enough, then an offset in it."""
     from collapse.errors import DataError
     from collapse.seeding import numpy_rng
 
@@ -40,10 +40,6 @@ def control_windows(p: Prepared) -> np.ndarray:
     rng = numpy_rng(p.cfg.seed, "measure", "control")
     picks = rng.integers(len(docs), size=n)
     return np.stack([docs[i][(o := rng.integers(len(docs[i]) - half + 1)):o + half] for i in picks]).astype(np.int32)
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=-]+", "-", name).strip("-") or "decoding"
 
 
 def _cell(v: dict) -> str:
@@ -123,7 +119,7 @@ def run_decodings(p: Prepared, show_progress: bool) -> dict:
         }
         write_text(out / "config.yaml", cfg.to_yaml())
         for name, rows in texts.items():
-            write_parquet(out / "continuations" / f"{_slug(name)}.parquet", {
+            write_parquet(out / "continuations" / f"{slug(name)}.parquet", {
                 "prompt_ids": p.prompts, "generated_ids": rows, "reference_ids": p.refs,
                 "generated_text": decode_rows(p.tok, rows)})
         md = table(columns)

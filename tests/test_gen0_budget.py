@@ -100,6 +100,7 @@ def test_a_kill_inside_the_fit_resumes_to_the_same_run(fitted, gguf, tmp_path):
     (["train.gen0_blocks=100000000"], "exceeds the"),
     (["train.gen0_epochs=1"], "set one of them to 0"),
     (["train.gen0_val_every=0"], "train.gen0_val_every=0 is out of range"),
+    (["train.gen0_blocks=40"], "not a multiple of train.batch_size=16"),
 ])
 def test_a_bad_budget_is_one_line_before_anything_is_written(gguf, tmp_path, bad, needle):
     out = tmp_path / "r"

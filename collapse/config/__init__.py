@@ -142,7 +142,7 @@ class MeasureConfig:
             raise ConfigError(f"measure.samples={self.samples} is out of range: use at least 1.")
         if self.window < 2 or self.window % 2:
             raise ConfigError(f"measure.window={self.window} must be an even number of tokens, at least 2.")
-        if self.decodings is not None:
+        if self.decodings is not None:  # their types and names here; as settings with generation.* in Config
             from collapse.config.decodings import check_decodings
 
             self.decodings = check_decodings(self.decodings)
@@ -208,6 +208,9 @@ class TrainConfig:
         if self.gen0_blocks and self.gen0_epochs:
             raise ConfigError(f"train.gen0_epochs={self.gen0_epochs} and train.gen0_blocks={self.gen0_blocks} both size "
                               "generation 0's fit: set one of them to 0.")
+        if self.gen0_blocks % self.batch_size:
+            raise ConfigError(f"train.gen0_blocks={self.gen0_blocks} is not a multiple of train.batch_size="
+                              f"{self.batch_size}: a fit that sees each row once takes whole batches.")
         if self.gen0_val_every < 1:
             raise ConfigError(f"train.gen0_val_every={self.gen0_val_every} is out of range: use 1 or more steps.")
 
@@ -270,6 +273,10 @@ class Config:
     def __post_init__(self) -> None:
         if self.generations < 1:
             raise ConfigError(f"generations={self.generations} is out of range: use at least 1.")
+        if self.measure.decodings is not None:
+            from collapse.config.decodings import check_decodings
+
+            self.measure.decodings = check_decodings(self.measure.decodings, self.generation, self.model.name_or_path)
         if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
             raise ConfigError("keep_checkpoints must be at least 1 (or null to keep all).")
 

@@ -8,6 +8,7 @@ bad entry is one line naming it before anything is loaded or written.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from typing import Any
 
@@ -39,13 +40,21 @@ def default_name(d: dict[str, Any]) -> str:
     return " ".join(parts) or "generation.*"
 
 
-def check_decodings(entries: list[dict]) -> list[dict]:
-    """The entries with their values typed and a name each; ConfigError (one line, naming the entry) otherwise."""
+def slug(name: str) -> str:
+    """The file name of a column's continuations (``continuations/<slug>.parquet``)."""
+    return re.sub(r"[^A-Za-z0-9._=-]+", "-", name).strip("-") or "decoding"
+
+
+def check_decodings(entries: list[dict], base=None, model: str = "") -> list[dict]:
+    """The entries with their values typed and a name each; ConfigError (one line, naming the entry) otherwise.
+
+    With ``base`` (the run's ``generation.*``) each entry is checked as the settings it decodes with: the entry on
+    top of ``base``, by GenerationConfig's own rules; ``model``: the n-gram has no beam search or engines."""
     if not entries:
         raise ConfigError("measure.decodings is an empty list: give at least one decoding, or null for generation.* alone.")
     hints = typing.get_type_hints(GenerationConfig)
     fields = {f.name: f for f in dataclasses.fields(GenerationConfig)}
-    out, names = [], set()
+    out, names, slugs = [], set(), {slug(CONTROL)}
     for i, raw in enumerate(entries):
         where = f"measure.decodings[{i}]"
         extra = sorted(set(raw) - set(KNOBS) - {"name"})
@@ -59,16 +68,23 @@ def check_decodings(entries: list[dict]) -> list[dict]:
                 choices = fields[k].metadata.get("choices")
                 if choices and d[k] not in choices:
                     raise ConfigError(f"{where}.{k}={d[k]!r} is not one of: {', '.join(choices)}.")
-        try:
-            GenerationConfig(**d)  # the ranges and combinations generation.* itself accepts
+        if model == "ngram" and ({"num_beams", "engine"} & set(d)):
+            raise ConfigError(f"{where}: num_beams and engine mean nothing for model.name_or_path=ngram (it samples "
+                              "from its counts): remove them.")
+        try:  # the ranges and combinations generation.* itself accepts, on top of the run's generation.*
+            if base is not None:
+                dataclasses.replace(base, **d)
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
         name = str(raw["name"]).strip() if raw.get("name") is not None else default_name(d)
-        if not name or name == CONTROL:
-            raise ConfigError(f"{where}: the name {name!r} is empty or taken by the control column: choose another.")
-        if name in names:
-            raise ConfigError(f"{where}: the name {name!r} is used twice: names tell the columns apart.")
+        if not name or name == CONTROL or "|" in name:
+            raise ConfigError(f"{where}: the name {name!r} is empty, holds a '|' or is the control column's: choose "
+                              "another.")
+        if name in names or slug(name) in slugs:
+            raise ConfigError(f"{where}: the name {name!r} is used twice (or names the same file as another, "
+                              f"continuations/{slug(name)}.parquet): names tell the columns apart.")
         names.add(name)
+        slugs.add(slug(name))
         out.append({"name": name, **d})
     return out
 

@@ -200,6 +200,8 @@ def finetune(model, rows: np.ndarray, val_blocks: np.ndarray, cfg, accelerator, 
         sel = best_step if cfg.select == "best_val" and best[1] is not None else step
         out.update(looks=looks, val_nll_before=looks[0]["val_nll"], step_selected=sel, tokens=tokens,
                    val_nll=next(lk["val_nll"] for lk in looks if lk["step"] == sel))
+        if sel == 0:  # the untrained model was kept: no epoch's weights, no training loss describe it
+            out.update(epoch_selected=0, train_loss=None)
     return out
 
 
