@@ -91,7 +91,12 @@ class TransformerKind(ModelKind):
             from collapse.models.gguf import PACKAGE, is_gguf_name
 
             name = cfg.model.name_or_path
-            return Path(name).name if name.startswith(PACKAGE) or is_gguf_name(name) else name
+            if name.startswith(PACKAGE) or is_gguf_name(name):
+                return Path(name).name
+            path = Path(name)
+            if path.is_absolute() and len(path.parts) > 4:  # a run folder's model: its run, not the whole path
+                return str(Path("…", *path.parts[-3:]))
+            return name
         s = cfg.model.scratch
         return f"scratch {s.arch} ({s.n_layer} layers, d={s.d_model})"
 
