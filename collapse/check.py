@@ -93,10 +93,40 @@ def ineffective_settings(cfg: Config, command: str) -> list[str]:
                    f"(only {readers('real_fraction')} draw a fraction of real rows).")
     if "size" not in uses and cfg.regime.size is not None:
         out.append(f"regime.size has no effect with regime.kind={kind} (only {readers('size')}).")
+    out += idle_curate_settings(cfg)
     lc = cfg.train.lora
     if cfg.train.method == "full" and (lc.target_modules or lc.modules_to_save):
         out.append("train.lora.* has no effect with train.method=full (every weight is trained).")
     return out
+
+
+def idle_curate_settings(cfg: Config) -> list[str]:
+    """curate.* settings changed from their defaults that the chosen curator does not read."""
+    import dataclasses
+
+    from collapse.config.curate import CurateConfig
+    from collapse.loop.curate import USES
+
+    c, default = cfg.curate, CurateConfig()
+    changed = [f.name for f in dataclasses.fields(c) if f.name != "kind" and getattr(c, f.name) != getattr(default, f.name)]
+    idle = [k for k in changed if k not in USES.get(c.kind, ())]
+    if not idle:
+        return []
+    return [f"{', '.join(f'curate.{k}' for k in idle)} has no effect with curate.kind={c.kind} "
+            f"(it reads {', '.join(f'curate.{k}' for k in USES.get(c.kind, ())) or 'no setting'})."]
+
+
+def curate_line(cfg: Config) -> str:
+    """The plan's line for the curate stage; a curator whose library is missing is refused here."""
+    from collapse.loop.curate import USES, missing_library, resolved
+
+    problem = missing_library(cfg.curate.kind)
+    if problem:
+        raise ConfigError(problem)
+    c = resolved(cfg.curate)
+    settings = ", ".join(f"{k}={getattr(c, k)}" for k in USES.get(c.kind, ()))
+    return (f"{c.kind} ({settings}) on generations 0..{cfg.generations - 1}; the kept samples resampled to "
+            "each generation's sample count (collapse.loop.curate.fill)")
 
 
 # ---------------------------------------------------------------------- out_dir
@@ -259,6 +289,8 @@ def check_run(cfg: Config, accelerator) -> tuple[Plan, Checked]:
     per = f"{n_seq:,}" if n_seq else "one per training block"
     plan.add("samples", f"{per} × {gc.new_tokens} tokens from {gc.prompt_tokens}-token real prompts, "
                         f"{cfg.generations} generations, regime {cfg.regime.kind}")
+    if cfg.curate.active:
+        plan.add("curate", curate_line(cfg))
     plan.add("train", kind_for(cfg.model.name_or_path).training_line(cfg, skel))
     if n_seq:
         per_gen, total = disk_estimate(cfg, Checkpoints(cfg, plan.out, accelerator.device), skel, n_seq)

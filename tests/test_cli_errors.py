@@ -60,6 +60,11 @@ CASES = [
     ("run-batch-not-divisible", "run", ["train.batch_size=3", "train.grad_accum=2"],
      "train.batch_size=3 must be divisible by processes × train.grad_accum = 1 × 2"),
     ("measure-bad-decoding", "measure", ["measure.decodings=[{{num_beams: 0}}]"], "measure.decodings[0]"),
+    # the curate stage (issue 38): an unknown curator, a share outside (0, 1], a scoring model that does not exist
+    ("run-curate-unknown-kind", "run", ["curate.kind=magic"], "curate.kind='magic' is not one of"),
+    ("run-curate-share-0", "run", ["curate.kind=reference", "curate.share=0"], "curate.share=0.0 is out of range"),
+    ("run-curate-share-above-1", "run", ["curate.kind=random", "curate.share=1.5"], "curate.share=1.5 is out of range"),
+    ("run-curate-no-such-model", "run", ["curate.kind=perplexity", "curate.score_with=gen7"], "curate.score_with"),
 ]
 
 

@@ -5,7 +5,7 @@ metadata; ``collapse keys`` prints them. Unknown keys, wrong types and out-of-ra
 values raise :class:`ConfigError` with one line that names the key and what to do. ``sections`` holds the
 sections of the data source, the n-gram and the statistics; ``generation`` the decoding section; ``decodings`` the
 check of ``measure.decodings``; ``fields`` the helper every field uses and the type check of a value.
-Imports errors and (to validate ``regime.kind``) loop.regimes only.
+Imports errors and (to validate ``regime.kind`` and ``curate.kind``) loop.regimes and loop.curate only.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from collapse.config.curate import CurateConfig
 from collapse.config.fields import _coerce, setting
 from collapse.config.generation import GenerationConfig
 from collapse.config.sections import NGramConfig, RegimeConfig, StatsConfig, SyntheticConfig, check_explicit_keys
@@ -265,6 +266,7 @@ class Config:
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     regime: RegimeConfig = field(default_factory=RegimeConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
@@ -282,7 +284,10 @@ class Config:
 
     # ------------------------------------------------------------------ helpers
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not self.curate.active:  # no remedy: the config (and its fingerprint) of a run made before `curate`
+            d.pop("curate")
+        return d
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -346,6 +346,7 @@ class RealData:
     suppress: tuple[int, ...]  # ids never sampled (EOS: every sample has the full length)
     n_batches: int
     truth: object = None  # collapse.data.synthetic.SyntheticSource when data.source=synthetic: the known distribution
+    truths: np.ndarray | None = None  # [n_seq, new_tokens]: each prompt's true continuation (what a curator may verify)
 
     @property
     def n_seq(self) -> int:
@@ -393,6 +394,7 @@ def real_data(cfg: Config, ids: dict[str, list[np.ndarray]], eos: int | None, vo
         truth = source(cfg.data.synthetic)
         buckets = truth.bucket_of(max(vocab, len(ref_counts)))
     return RealData(prompts=prompt_blocks[order[:n_seq], : gc.prompt_tokens], real_rows=real_rows,
+                    truths=prompt_blocks[order[:n_seq], gc.prompt_tokens:],
                     val_blocks=val_blocks, test_blocks=test_blocks, ref_counts=ref_counts,
                     bucket_of=buckets, suppress=suppress if suppress is not None else (eos,) if eos is not None else (),
                     n_batches=math.ceil(n_seq / gc.batch_size), truth=truth)

@@ -112,16 +112,17 @@ def metrics_table(rows: list[dict]) -> str:
     figures' changes from generation 0 with their paired intervals, ``*`` where the interval excludes 0.
     """
     body = []
+    held = [c for c in console_columns() if any(c[1].split(".")[0] in r for r in rows)]  # a stage's figures where run
     for r in rows:
         point, cells = S.flat_point(r, M.BUCKETS), [str(r["generation"])]
-        for _, k, f in console_columns():
+        for _, k, f in held:
             v, ci = point.get(k), S.row_ci(r, k)
             text = "—" if v is None else format(v, f.fmt)
             if v is not None and ci and ci[0] is not None:
                 text += "±" + format((ci[1] - ci[0]) / 2, f.fmt.lstrip("+"))
             cells.append(text)
         body.append(cells)
-    lines = _columns(["gen", *(h for h, *_ in console_columns())], body)
+    lines = _columns(["gen", *(h for h, *_ in held)], body)
     changed = [r for r in rows if (r.get("changes") or {}).get("from_gen0")]
     if changed:
         cols = console_columns("change")

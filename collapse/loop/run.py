@@ -49,6 +49,7 @@ from collapse.errors import CollapseError, DataError
 from collapse.io import atomic_path, read_json, write_json, write_npz, write_parquet, write_text
 from collapse.loop import integrity
 from collapse.loop.checkpoints import Checkpoints, disk_estimate
+from collapse.loop.curate import curate_stage, read_repeats, row_figures
 from collapse.loop.regimes import regime_training_set
 from collapse.loop.rows import PPL_BINS, interval_part, metrics_row, metrics_table
 from collapse.loop.rundir import (
@@ -80,6 +81,7 @@ from collapse.tracking.run import (
     log_generation,
     log_report,
     log_run_corpus,
+    log_run_curated,
     log_run_model,
     relog_finished,
 )
@@ -89,7 +91,7 @@ log = logging.getLogger("collapse")
 
 
 def run_loop(cfg: Config, show_progress: bool = True) -> int:
-    """Generation 0, then G generations of train -> evaluate -> generate -> measure; resumable at any stage."""
+    """Generation 0, then G generations of train -> evaluate -> generate -> [curate] -> measure; resumable at any stage."""
     run = Run.prepare(cfg, show_progress)  # every check first: nothing is written (or deleted) before
     with run.session():  # the folder locked and checked, W&B open; errors become one line
         base = run.generation0()  # the base model, or it fine-tuned on real text (train.gen0_epochs)
@@ -101,6 +103,8 @@ def run_loop(cfg: Config, show_progress: bool = True) -> int:
             prev = None  # model g-1 is not needed after training g
             run.stage("evaluate", g, evaluate_stage, model)
             run.stage("generate", g, generate_stage, model, then=run.log_corpus)
+            if cfg.curate.active and g < cfg.generations:  # a remedy (collapse.loop.curate): what g+1 trains on
+                run.stage("curate", g, curate_stage, base, model, then=run.log_curated)
             run.stage("measure", g, measure_stage, base, then=run.log_generation)
             prev = model if run.ckpt.continues_previous else None
         model = prev = None  # the report needs no model
@@ -127,7 +131,7 @@ def train_stage(run: Run, g: int, base, prev: LazyModel | None, model: LazyModel
     """Fine-tune model g on the regime's training set: corpus g-1 alone or with real text / older corpora."""
     cfg = run.cfg
     rows, src = regime_training_set(cfg.regime.kind, real_blocks=run.data.real_rows,
-                                    samples=[run.samples(k) for k in range(g)],
+                                    samples=[run.train_rows(k) for k in range(g)],
                                     real_fraction=cfg.regime.real_fraction, size=cfg.regime.size,
                                     rng=numpy_rng(cfg.seed, g, "regime"))
     trainee = run.ckpt.start(g, base, prev)
@@ -200,6 +204,7 @@ def measure_stage(run: Run, g: int, base) -> str:
     fault.point("measure", g, 0)
     ppl = sequence_ppl(base, full, gc.prompt_tokens, run.cfg.eval.batch_size, run.accelerator)
     row = metrics_row(g, read_json(d / "eval.json"), run.data.ref_counts, gen_ids, ppl, d)
+    row.update(row_figures(d))  # the curate stage's figures (none without a curate.kind)
     add_truth(row, run.data.truth, read_json(d / "eval.json"), gen_ids, len(run.data.bucket_of))  # synthetic, n-gram
     if run.is_main:
         row.update(interval_part(run, g, row, gen_ids, ppl))
@@ -345,6 +350,11 @@ class Run:
             self.samples_cache[g] = load_samples(self.out, g, self.cfg.generation.keep_prompt)
         return self.samples_cache[g]
 
+    def train_rows(self, g: int) -> np.ndarray:
+        """Corpus g as the next generations train on it: curated (each sample as often as its record says), or whole."""
+        rows = self.samples(g)
+        return np.repeat(rows, read_repeats(self.dir(g)), axis=0) if self.cfg.curate.active else rows
+
     def weights(self, g: int, base) -> LazyModel:
         return LazyModel(lambda: self.ckpt.load(g, base), base if g == 0 else None)
 
@@ -375,6 +385,9 @@ class Run:
 
     def log_corpus(self, g: int) -> None:
         log_run_corpus(self, g)
+
+    def log_curated(self, g: int) -> None:
+        log_run_curated(self, g)
 
     def log_generation(self, g: int) -> None:
         if self.logger.has_generation(g):  # W&B off, another process, or a resumed W&B run that holds it
@@ -465,7 +478,8 @@ class Run:
                  "for the run")
         if self.resuming and not isinstance(self.logger, NullLogger):
             relog_finished(self)  # what the killed process may not have flushed, and the W&B run lacks
-        self.clock = StageClock(total_stages=4 * (G + 1) - 1 + (1 if cfg.train.fits_gen0 else 0), log=log)
+        self.clock = StageClock(total_stages=4 * (G + 1) - 1 + (1 if cfg.train.fits_gen0 else 0)
+                                + (G if cfg.curate.active else 0), log=log)
 
     def finish(self) -> None:
         """Record the run complete, prune old weights, print the table, draw the report."""

@@ -25,10 +25,10 @@ from collapse.errors import ConfigError, DataError, first_line
 from collapse.io import atomic_path, dumps_line, is_temp_name, read_id_column, read_json, write_text
 from collapse.loop.integrity import damaged, redoing
 
-STAGES = ("train", "evaluate", "generate", "measure")
+STAGES = ("train", "evaluate", "generate", "curate", "measure")  # curate: only with a curate.kind
 # a stage found broken on resume is redone together with the stages that read its files
-REDO_WITH = {"train": ("train",), "evaluate": ("evaluate", "measure"), "generate": ("generate", "measure"),
-             "measure": ("measure",)}
+REDO_WITH = {"train": ("train",), "evaluate": ("evaluate", "measure"), "generate": ("generate", "curate", "measure"),
+             "curate": ("curate", "measure"), "measure": ("measure",)}
 LOCK_NAME = ".lock"
 EVAL_BLOCKS = "eval_blocks.npz"  # per test block and bucket: summed NLL and token count (the test intervals' units)
 BOOTSTRAP = "bootstrap.npz"  # every figure of a generation under each bootstrap resample (paired changes)
@@ -301,6 +301,8 @@ def stage_problem(stage: str, g: int, out: Path, n_seq: int, weights_problem) ->
         return _json_problem(d, "eval.json", "test_ppl")
     if stage == "generate":
         return _samples_problem(d, n_seq)
+    if stage == "curate":
+        return _curated_problem(d, n_seq)
     problem = _json_problem(d, "metrics.json", "test_ppl")
     if problem is None:
         try:
@@ -309,6 +311,21 @@ def stage_problem(stage: str, g: int, out: Path, n_seq: int, weights_problem) ->
             problem = f"{d.name}/gen0_ppl.npy cannot be read ({first_line(e, 120)})"
     if problem is None:
         problem = _intervals_problem(d)
+    return problem
+
+
+def _curated_problem(d: Path, n_seq: int) -> str | None:
+    """A curate record that cannot be read, or whose rows do not add up to the generation's sample count."""
+    problem = _json_problem(d, "curate.json", "kept_share")
+    if problem is None:
+        try:
+            from collapse.loop.curate import read_repeats
+
+            rep = read_repeats(d)
+            if len(rep) != n_seq or int(rep.sum()) != n_seq:
+                return f"{d.name}/curated.parquet holds {len(rep)} samples and {int(rep.sum())} rows, not {n_seq}"
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+            return f"{d.name}/curated.parquet cannot be read ({first_line(e, 120)})"
     return problem
 
 

@@ -6,7 +6,9 @@ An override whose value has commas (and whose key is not a list) is an axis of t
 are fixed. Each point runs as its own `python -m collapse run` process (memory is returned between
 runs; a killed sweep reruns finished points as no-ops thanks to resume=auto) in
 ``<parent>/<key>=<value>,<key>=<value>``. The report groups points that differ only in the seed.
-A YAML may also hold the grid itself under a top-level ``sweep:`` mapping of key -> list of values.
+A YAML may also hold the grid itself under a top-level ``sweep:`` mapping of key -> list of values, and
+explicit points under ``points:``, a list of mappings key -> value (e.g. one remedy each): every point runs at
+every grid point (each seed), grid-major, so a sweep cut short has every point at its first seed.
 
 The runs of one sweep share a W&B group (``wandb.group``, default: the parent folder's name). With
 ``--wandb-sweep FILE`` nothing runs here: FILE is a W&B sweep configuration of the same grid (method ``grid``,
@@ -73,6 +75,16 @@ def parse_grid(items: list[str], yaml_grid: dict | None = None) -> tuple[list[tu
     return list(axes.items()), fixed
 
 
+def _variants(points, config: str) -> list[list[tuple[str, str]]]:
+    """The ``points:`` block as lists of (key, value text), checked to be a list of mappings."""
+    if points is None:
+        return []
+    if not isinstance(points, list) or not points or not all(isinstance(p, dict) and p for p in points):
+        raise ConfigError(f"{config}: `points:` must be a list of mappings key: value (one per point).")
+    return [[(str(k), yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip())
+             for k, v in p.items()] for p in points]
+
+
 def point_name(assign: list[tuple[str, str]]) -> str:
     return ",".join(f"{k}={v}" for k, v in assign).replace("/", "_") or "single"
 
@@ -137,16 +149,18 @@ def run_sweep(config: str | None, items: list[str], parent: str | None = None, l
               dry_run: bool = False, wandb_sweep: str | None = None) -> int:
     from collapse.report import make_report
 
-    grid = None
+    grid, variants = None, [[]]
     if config is not None and Path(config).is_file():
         raw = yaml.safe_load(Path(config).read_text()) or {}
         grid = raw.get("sweep") if isinstance(raw, dict) else None
+        variants = _variants(raw.get("points") if isinstance(raw, dict) else None, config) or variants
     axes, fixed = parse_grid(items, grid)
     base_items = fixed[:]
     cfg_path = config
-    if grid is not None:  # strip the sweep block: `collapse run` does not know it
+    if grid is not None or variants != [[]]:  # strip the sweep blocks: `collapse run` does not know them
         raw = yaml.safe_load(Path(config).read_text())
         raw.pop("sweep", None)
+        raw.pop("points", None)
         parent_dir = Path(parent or raw.get("out_dir", "runs/sweep"))
         parent_dir.mkdir(parents=True, exist_ok=True)
         cfg_path = str(parent_dir / "sweep-base.yaml")
@@ -156,10 +170,14 @@ def run_sweep(config: str | None, items: list[str], parent: str | None = None, l
     group = base.wandb.group or sweep_group(parent_dir)
     if base.wandb.group is None:  # the runs of one sweep share a W&B group
         base_items.append(f"wandb.group={group}")
-    points = list(itertools.product(*[[(k, v) for v in vals] for k, vals in axes])) or [()]
+    grid_points = list(itertools.product(*[[(k, v) for v in vals] for k, vals in axes])) or [()]
+    points = [(*v, *a) for a in grid_points for v in variants]
     # validate every point before running any, so a typo fails in a second, not after hours
     for assign in points:
         load_config(cfg_path, base_items + [f"{k}={v}" for k, v in assign])
+    if wandb_sweep is not None and variants != [[]]:
+        raise ConfigError(f"{config} lists `points:`, and a W&B grid sweep is a product of axes: run it with "
+                          "`collapse sweep`, or write each point's sweep separately.")
     if wandb_sweep is not None:
         # the fixed part in one file, so the command line holds the point alone (--under names the folder by it)
         base_yaml = str(Path(wandb_sweep).with_suffix(".base.yaml"))

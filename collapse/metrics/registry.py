@@ -301,5 +301,11 @@ for _fig in (  # the order of the columns of the tables
     Figure("kl_truth", "KL truth‖model (nats/token)", "nats", +1, ".4f", resample="bootstrap", summary=True),
     Figure("mass_forgotten", "true mass forgotten", "share", +1, ".4f", summary=True),
     Figure("gini_simpson", "Gini–Simpson", "share", -1, ".4f"),
+    # the curate stage (a remedy, collapse.loop.curate): only in the rows of a run with a curate.kind
+    Figure("kept_share", "kept", "share", 0, ".3f", console=True),
+    Figure("curate_score_q10", "curate score q10", "score", 0, ".3g"),
+    Figure("curate_score_q50", "curate score median", "score", 0, ".3g", console=True),
+    Figure("curate_score_q90", "curate score q90", "score", 0, ".3g"),
+    Figure("detector_accuracy", "detector accuracy", "share", 0, ".3f", console=True),
 ):
     register(_fig)

@@ -85,7 +85,8 @@ def log_model(logger, out: Path, g: int, weights: Path | None, cfg, base_model: 
                                  "blocks": cfg.train.gen0_blocks} if cfg.train.fits_gen0 else {})}
     else:
         sources = {int(k): v for k, v in (train.get("rows_by_source") or {}).items()}
-        corpora = [artifact_name(logger.id, "corpus", k) for k in sorted(sources) if k >= 0]
+        what = "curated" if cfg.curate.active else "corpus"  # a remedy: the model learns from the curated sets
+        corpora = [artifact_name(logger.id, what, k) for k in sorted(sources) if k >= 0]
         start = artifact_name(logger.id, "model", g - 1 if cfg.train.init == "previous" else 0)
         meta["made_from"] = {"corpora": corpora, "real_rows": sources.get(-1, 0), "starting_weights": start,
                              "regime": cfg.regime.kind, "init": cfg.train.init}
@@ -109,6 +110,18 @@ def log_corpus(logger, out: Path, g: int, n_samples: int, gen_cfg) -> None:
             "num_beams": gen_cfg.num_beams}
     logger.log_artifact(artifact_name(logger.id, "corpus", g), "dataset",
                         [Path(out) / f"gen_{g:03d}" / "samples.parquet"], meta, uses=(model,), job=f"generate-g{g}")
+
+
+def log_curated(logger, out: Path, g: int, cfg) -> None:
+    """Curated set g (``curated.parquet``, what the next generation trains on) as an artifact, made from corpus g."""
+    if not logger.active:
+        return
+    gd = Path(out) / f"gen_{g:03d}"
+    summary = json.loads((gd / "curate.json").read_text()) if (gd / "curate.json").is_file() else {}
+    corpus = artifact_name(logger.id, "corpus", g)
+    logger.log_artifact(artifact_name(logger.id, "curated", g), "dataset", [gd / "curated.parquet", gd / "curate.json"],
+                        {"generation": g, "made_from": {"corpus": corpus}, **summary}, uses=(corpus,),
+                        job=f"curate-g{g}")
 
 
 def log_report(logger, report_html: Path, generations: int) -> None:
@@ -221,6 +234,10 @@ def log_run_corpus(run, g: int) -> None:
     log_corpus(run.logger, run.out, g, run.data.n_seq, run.cfg.generation)
 
 
+def log_run_curated(run, g: int) -> None:
+    log_curated(run.logger, run.out, g, run.cfg)
+
+
 def relog_finished(run) -> None:
     """A resumed run: every finished stage's curves, artifacts and rows again, in the order they were made; the
     logger skips what the W&B run holds (online: from W&B's starting_step; offline: the earlier segments)."""
@@ -230,5 +247,7 @@ def relog_finished(run) -> None:
             log_run_model(run, g)
         if run.manifest.done(g, "generate"):
             log_run_corpus(run, g)
+        if run.manifest.done(g, "curate"):
+            log_run_curated(run, g)
         if run.manifest.done(g, "measure"):
             run.log_generation(g)

@@ -1,0 +1,55 @@
+"""The ``curate`` section: the remedy between generate and train (``collapse.loop.curate``). Its default,
+``kind: none``, is no stage at all: a run's config.yaml, fingerprint and files are those of a run made before
+the section existed."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from collapse.config.fields import setting
+from collapse.errors import ConfigError
+
+NONE = "none"
+
+
+@dataclass
+class CurateConfig:
+    kind: str = setting(NONE, "`none` | `perplexity` | `reference` | `random` | `detector` | `dedupe`, or a curator "
+                              "registered with collapse.loop.curate.curator: what of each generation's samples the "
+                              "next one trains on.")
+    share: float | None = setting(None, "Share of the samples kept (in (0, 1]); null = the curator's paper default "
+                                        "(reference, random: 0.125; perplexity: 0.5).")
+    keep: str = setting("highest", "For `perplexity`: keep the `highest` (most surprising), the `lowest`, or the "
+                                   "`middle` band of scores.", choices=("highest", "lowest", "middle"))
+    score_with: str = setting("current", "For `perplexity`: the model that scores, `current` (the generation that "
+                                         "wrote the samples) or `gen0`.", choices=("current", "gen0"))
+    power: float = setting(10.0, "For `detector`: weight (1 - P(machine))^power (Drayson et al.: 10).")
+    repeats: int = setting(3, "For `detector`: each sample's index repeated this often before the draw (Drayson: 3).")
+    draw: float = setting(1.5, "For `detector`: round(draw × N) indices drawn without replacement ∝ weight (Drayson: 1.5).")
+    threshold: float = setting(0.8, "For `dedupe`: estimated Jaccard similarity of token n-grams above which a sample "
+                                    "is a near duplicate of an earlier one.")
+    ngram: int = setting(5, "For `dedupe`: the token n-gram length of the MinHash shingles.")
+
+    def __post_init__(self) -> None:
+        from collapse.loop.curate import CURATORS
+
+        if self.kind != NONE and self.kind not in CURATORS:
+            raise ConfigError(f"curate.kind={self.kind!r} is not one of: {', '.join([NONE, *CURATORS])} (a curator of "
+                              "your own: name its module in COLLAPSE_PLUGINS).")
+        if self.share is not None and (math.isnan(self.share) or not 0.0 < self.share <= 1.0):
+            raise ConfigError(f"curate.share={self.share} is out of range: use a share in (0, 1], e.g. 0.125.")
+        if not self.power > 0 or math.isinf(self.power):
+            raise ConfigError(f"curate.power={self.power} is out of range: use a positive number (Drayson: 10).")
+        if self.repeats < 1:
+            raise ConfigError(f"curate.repeats={self.repeats} is out of range: use 1 or more (Drayson: 3).")
+        if not self.draw > 0 or math.isinf(self.draw):
+            raise ConfigError(f"curate.draw={self.draw} is out of range: use a positive multiple of N (Drayson: 1.5).")
+        if math.isnan(self.threshold) or not 0.0 < self.threshold <= 1.0:
+            raise ConfigError(f"curate.threshold={self.threshold} is out of range: use a similarity in (0, 1].")
+        if self.ngram < 1:
+            raise ConfigError(f"curate.ngram={self.ngram} is out of range: use 1 or more tokens.")
+
+    @property
+    def active(self) -> bool:
+        return self.kind != NONE
