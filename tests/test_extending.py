@@ -19,7 +19,7 @@ DOC = REPO / "docs" / "extending.md"
 
 def plugin_source() -> str:
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
-    assert len(blocks) == 3, "docs/extending.md: the figure, the kind and the regime"
+    assert len(blocks) == 4, "docs/extending.md: the figure, the kind, the regime and the curator"
     return "\n\n".join(blocks)
 
 
@@ -29,7 +29,7 @@ def test_the_guide_s_plugin_runs_and_its_figure_reaches_every_output(tmp_path):
     plugin = tmp_path / "my_plugin.py"
     plugin.write_text(plugin_source())
     out = tmp_path / "out"
-    r = run_cli("run", "model.name_or_path=unigram", "regime.kind=newest_and_previous", "generations=2",
+    r = run_cli("run", "model.name_or_path=unigram", "regime.kind=newest_and_previous", "curate.kind=diverse", "generations=2",
                 "generation.num_sequences=64", "generation.batch_size=32", "generation.prompt_tokens=16",
                 "generation.new_tokens=16", "eval.max_blocks=32", "wandb.mode=offline", f"out_dir={out}",
                 env={"COLLAPSE_PLUGINS": str(plugin), "WANDB_DIR": str(tmp_path), "WANDB_MODE": None})
@@ -54,6 +54,19 @@ def test_the_guide_s_plugin_runs_and_its_figure_reaches_every_output(tmp_path):
     src = json.loads((out / "gen_002" / "train.json").read_text())["rows_by_source"]
     assert src == {"0": 32, "1": 32}
     assert json.loads((out / "gen_001" / "train.json").read_text())["rows_by_source"] == {"-1": 32, "0": 32}
+    # the curator: half of each generation's samples kept (the most distinct tokens), resampled to 64 rows
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from collapse.io import read_id_column
+
+    for g in (0, 1):
+        rec = pq.read_table(out / f"gen_{g:03d}" / "curated.parquet").to_pandas()
+        ids = read_id_column(out / f"gen_{g:03d}" / "samples.parquet", "token_ids")
+        assert np.allclose(rec.score, [len(np.unique(r)) / len(r) for r in ids])
+        assert (rec.kept > 0).sum() == 32 and rec.repeats.sum() == 64
+        assert rec[rec.kept > 0].score.min() >= rec[rec.kept == 0].score.max()
+        assert rows[g]["kept_share"] == 0.5
 
 
 def test_a_plugin_that_fails_to_import_is_one_line_and_exit_2(tmp_path):
