@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--dry-run", action="store_true", help="validate and list the runs without starting them")
     sw.add_argument("--wandb-sweep", metavar="FILE", default=None, help="write the grid as a W&B sweep "
                     "configuration (run it with `wandb sweep FILE` and `wandb agent`) instead of running it")
+    ex = sub.add_parser("export", help="every figure of run, measure or sweep folders as one tidy table (pandas)")
+    ex.add_argument("runs", nargs="+", metavar="RUN_OR_SWEEP")
+    ex.add_argument("--to", required=True, metavar="FILE", help="a .parquet or .csv file")
     v = sub.add_parser("verify", help="check every file of a run folder against the checksums its stages recorded")
     v.add_argument("run_dir")
     sub.add_parser("keys", help="list every config key with its default and meaning")
@@ -156,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
                                 "the same `collapse run` to redo the stages that wrote them.")
             print(f"{args.run_dir}: {checked} files match their checksums" if checked else
                   f"{args.run_dir}: no checksums (made before collapse recorded them): nothing to verify")
+            return 0
+        if args.command == "export":
+            from collapse.results import export
+
+            path = export(args.runs, args.to)
+            print(f"wrote {path}")
             return 0
         if args.command == "report":
             from collapse.report import make_report

@@ -35,6 +35,7 @@ ADD_K = (0.0, 0.5)
 def measured_drifts(add_k: float, temperatures, seeds: int, root: Path) -> dict[float, list[float]]:
     from collapse.config import load_config
     from collapse.loop.run import run_loop
+    from collapse.results import load_runs
 
     out: dict[float, list[float]] = {}
     for t in temperatures:
@@ -44,8 +45,8 @@ def measured_drifts(add_k: float, temperatures, seeds: int, root: Path) -> dict[
             cfg = load_config(None, [*BASE, f"model.ngram.add_k={add_k}", f"generation.temperature={t}",
                                      f"seed={seed}", f"out_dir={d}"])
             run_loop(cfg, show_progress=False)
-            rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
-            out[t].append(rows[1]["entropy"] - rows[0]["entropy"])
+            entropy = load_runs(d, wide=True).set_index("generation")["entropy"]
+            out[t].append(float(entropy[1] - entropy[0]))
     return out
 
 

@@ -12,7 +12,6 @@ interval, against the exact Wright-Fisher curve and the mix recursion of collaps
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -20,11 +19,24 @@ import numpy as np
 
 
 def _runs(parent: Path) -> dict[str, list[list[dict]]]:
-    """{group (the point name without the seed): [rows of each seed's metrics.jsonl]}."""
+    """{group (the point name without the seed): [each seed's rows: {figure: value, figure_ci: [lo, hi]} by
+    generation]}, from the tidy table of the sweep (collapse.load_runs); a missing value is None."""
+    from collapse.results import load_runs
+
+    def _v(x):
+        return None if x != x else float(x)  # NaN: the figure is null in metrics.jsonl
+
+    df = load_runs(parent)
+    df = df[df.bucket.isna()]
     out: dict[str, list[list[dict]]] = {}
-    for d in sorted(p for p in parent.iterdir() if (p / "metrics.jsonl").is_file()):
-        key = ",".join(x for x in d.name.split(",") if not x.startswith("seed=")) or "all"
-        rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    for path, run in sorted(df.groupby("path"), key=lambda kv: Path(kv[0])):
+        key = ",".join(x for x in Path(path).name.split(",") if not x.startswith("seed=")) or "all"
+        rows = []
+        for g, at in run.groupby("generation"):
+            r: dict = {"generation": int(g)}
+            for f in at.itertuples():
+                r[f.figure], r[f"{f.figure}_ci"] = _v(f.value), [_v(f.lo), _v(f.hi)]
+            rows.append(r)
         out.setdefault(key, []).append(rows)
     return out
 

@@ -299,6 +299,7 @@ for _fig in (  # the order of the columns of the tables
     Figure("top10_drift", "top-10 shift drift / gen (%)", "%", +1, "+.2f", summary=True),
     Figure("train_loss", "train loss", "nats", 0, ".3f"),
     Figure("kl_truth", "KL truth‖model (nats/token)", "nats", +1, ".4f", resample="bootstrap", summary=True),
+    Figure("kl_truth_zero", "share of truth tokens at probability 0", "share", +1, ".4f", report=False),
     Figure("mass_forgotten", "true mass forgotten", "share", +1, ".4f", summary=True),
     Figure("gini_simpson", "Gini–Simpson", "share", -1, ".4f"),
     # the curate stage (a remedy, collapse.loop.curate): only in the rows of a run with a curate.kind
