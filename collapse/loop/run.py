@@ -49,7 +49,8 @@ from collapse.errors import CollapseError, DataError
 from collapse.io import atomic_path, read_json, write_json, write_npz, write_parquet, write_text
 from collapse.loop import integrity
 from collapse.loop.checkpoints import Checkpoints, disk_estimate
-from collapse.loop.curate import curate_stage, read_repeats, row_figures
+from collapse.loop.curate import read_repeats
+from collapse.loop.curate_stage import curate_stage, row_figures
 from collapse.loop.regimes import regime_training_set
 from collapse.loop.rows import PPL_BINS, interval_part, metrics_row, metrics_table
 from collapse.loop.rundir import (
@@ -104,7 +105,7 @@ def run_loop(cfg: Config, show_progress: bool = True) -> int:
             run.stage("evaluate", g, evaluate_stage, model)
             run.stage("generate", g, generate_stage, model, then=run.log_corpus)
             if cfg.curate.active and g < cfg.generations:  # a remedy (collapse.loop.curate): what g+1 trains on
-                run.stage("curate", g, curate_stage, base, model, then=run.log_curated)
+                run.stage("curate", g, curate_stage, base, model, then=lambda k: log_run_curated(run, k))
             run.stage("measure", g, measure_stage, base, then=run.log_generation)
             prev = model if run.ckpt.continues_previous else None
         model = prev = None  # the report needs no model
@@ -385,9 +386,6 @@ class Run:
 
     def log_corpus(self, g: int) -> None:
         log_run_corpus(self, g)
-
-    def log_curated(self, g: int) -> None:
-        log_run_curated(self, g)
 
     def log_generation(self, g: int) -> None:
         if self.logger.has_generation(g):  # W&B off, another process, or a resumed W&B run that holds it
