@@ -119,7 +119,7 @@ def run_measure(cfg: Config, show_progress: bool = True, check_only: bool = Fals
         result["seconds"] = round(time.perf_counter() - t0, 2)
         write_json(out / "measure.json", result)
 
-        logger = make_logger(cfg.wandb, out, cfg.to_dict(), is_main)
+        logger = make_logger(cfg.wandb, out, cfg.to_dict(), is_main, job_type="measure")
         flat = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         flat["bucket_shift"] = {k: v["shift_pct"] for k, v in result["bucket_shift"].items()}
         for end, i in (("lo", 0), ("hi", 1)):  # the intervals as series beside the values

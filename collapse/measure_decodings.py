@@ -132,7 +132,7 @@ def run_decodings(p: Prepared, show_progress: bool) -> dict:
                              f"{title}, {len(p.windows)} {split_label(cfg.measure.split)} examples")
         result["seconds"] = round(time.perf_counter() - p.t0, 2)
         write_json(out / "decodings.json", result)
-        logger = make_logger(cfg.wandb, out, cfg.to_dict(), is_main)
+        logger = make_logger(cfg.wandb, out, cfg.to_dict(), is_main, job_type="measure")
         logger.log({"bucket_shift": {c["name"]: {b: v["shift_pct"] for b, v in c["bucket_shift"].items()}
                                      for c in columns}}, step=0)
         logger.log_image("decodings", out / "decodings.png", step=0)

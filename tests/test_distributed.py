@@ -76,3 +76,17 @@ def test_one_set_of_files_and_one_wandb_run(runs):
     names = sorted(p.name for p in two.iterdir())
     assert names.count("metrics.jsonl") == 1 and not any(n.startswith(".") and n.endswith(".tmp") for n in names)
     assert len((two / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_the_training_loss_is_the_mean_over_processes(runs):
+    """Each process's loss is over its half of the batch; the logged loss is their mean, which is the 1-process
+    run's loss over the whole batch (the same rows), not rank 0's half."""
+    from wandb_offline import find_run_files, read_history
+
+    one, two, _ = runs
+    a = [p["loss"] for p in json.loads((one / "gen_001" / "train.json").read_text())["curve"]]
+    b = [p["loss"] for p in json.loads((two / "gen_001" / "train.json").read_text())["curve"]]
+    assert len(a) == len(b) > 0 and b == pytest.approx(a, rel=1e-4)
+    (w,) = find_run_files(two)
+    logged = [h["train/loss"] for h in read_history(w) if "train/loss" in h and h.get("train/generation") == 1]
+    assert logged == pytest.approx(b, rel=1e-6)

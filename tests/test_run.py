@@ -30,7 +30,8 @@ def tiny_run(tmp_path_factory):
     # no W&B setting and no login (no key, no netrc, no WANDB_MODE): wandb.mode=auto logs offline
     args = [a for a in TINY_RUN if not a.startswith("wandb.mode=")]
     r = run_cli("run", *args, f"out_dir={out}", "wandb.group=g1", "wandb.tags=[t1,t2]",
-                env={"WANDB_DIR": str(wdir), "WANDB_MODE": None, "WANDB_API_KEY": None, "NETRC": str(wdir / "no-netrc")})
+                env={"WANDB_DIR": str(wdir), "WANDB_MODE": None, "WANDB_API_KEY": None, "NETRC": str(wdir / "no-netrc"),
+                     "WANDB_X_STATS_SAMPLING_INTERVAL": "0.5"})  # system metrics on, sampled often enough to see
     assert r.returncode == 0, r.stderr[-3000:]
     return out, r
 
@@ -216,9 +217,41 @@ def test_wandb_offline_run_logged_per_generation(tiny_run):
     assert read_config(f)["seed"] == 0
     info = read_run_info(f)
     assert info["group"] == "g1" and sorted(info["tags"]) == ["t1", "t2"]
-    assert f"wandb sync {f.parent}" in r.stderr.splitlines()[-1]  # the last line: how to upload it
+    assert info["job_type"] == "recursion"  # a view can filter out the short lineage runs
+    # the last line: how to upload it (--id: a resumed run's segments append in order)
+    assert f"wandb sync --id {info['run_id']} {f.parent}" in r.stderr.splitlines()[-1]
     pre = next(h for h in hist if h.get("generation") == 0 and "test_ppl" in h)["charts/pretrain_table"]
     assert pre["_type"] == "table-file" and pre["nrows"] >= 2  # generation 0's pre-training curve (scratch.json)
+
+
+def test_wandb_series_a_researcher_groups_and_plots(tiny_run):
+    """The tail loss as ordinary series named in rank order against `generation`; the samples table, one table over
+    the generations with each sample's gen-0 perplexity; system metrics recorded."""
+    from wandb_offline import iter_records, read_history, read_metric_axes
+
+    out, _ = tiny_run
+    f = _wandb_file(out)
+    rows, hist = _rows(out), [h for h in read_history(f) if "test_ppl" in h]
+    axes = read_metric_axes(f)
+    for h in hist:
+        g = h["generation"]
+        ranked = sorted(k for k in h if k.startswith("tail_loss_rank/"))
+        present = [b for b, v in rows[g]["tail_loss"].items() if v is not None]
+        assert [k.split("_", 3)[-1] for k in ranked] == present  # sorted as text = sorted by rank
+        assert all(h[k] == pytest.approx(rows[g]["tail_loss"][k.split("_", 3)[-1]]) for k in ranked)
+        assert all(axes[k] == "generation" for k in ranked)
+    files = f.parent / "files"
+    seen = []
+    for h in hist:
+        t = h["samples"]
+        assert "incremental" in t["_type"]
+        table = json.loads((files / t["path"]).read_text())
+        assert table["columns"] == ["generation", "sample_index", "gen0_ppl", "text"]
+        for gen, idx, ppl, _ in table["data"]:
+            assert ppl == pytest.approx(float(np.load(out / f"gen_{gen:03d}" / "gen0_ppl.npy")[idx]), rel=1e-6)
+            seen.append(gen)
+    assert sorted(set(seen)) == [0, 1, 2] and len(seen) == 3 * 8  # each generation's rows sent once
+    assert any(rec.WhichOneof("record_type") == "stats" for rec in iter_records(f))
 
 
 def test_wandb_training_curves_continue_across_generations(tiny_run):
@@ -247,9 +280,10 @@ def test_wandb_artifacts_carry_the_lineage(tiny_run):
     out, _ = tiny_run
     f = _wandb_file(out)
     rid = read_run_info(f)["run_id"]
-    arts = {a["name"]: a for a in read_artifacts(f) if a["type"] != "run_table"}
+    ours = [a for a in read_artifacts(f) if a["type"] not in ("run_table", "wandb-run-incremental-table")]  # not W&B's tables
+    arts = {a["name"]: a for a in ours}
     want = {f"{rid}-{w}-g{g}" for w in ("model", "corpus") for g in range(3)} | {f"{rid}-report"}
-    assert set(arts) == want and len([a for a in read_artifacts(f) if a["type"] != "run_table"]) == len(want)
+    assert set(arts) == want and len(ours) == len(want)
     for g in range(3):
         c = arts[f"{rid}-corpus-g{g}"]
         assert c["type"] == "dataset" and c["metadata"]["made_from"]["model"] == f"{rid}-model-g{g}"

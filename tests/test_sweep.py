@@ -141,7 +141,8 @@ def test_ctrl_c_stops_the_sweep_and_its_run_cleanly(tmp_path, whom):
 
 def test_wandb_sweep_file_is_the_grid_and_its_command_runs_a_point(tmp_path):
     """--wandb-sweep writes a W&B grid sweep whose command, expanded as `wandb agent` does, is the `collapse run`
-    of that point: same config, the folder `collapse sweep` would use, and the sweep's W&B group."""
+    of that point: same config, the folder `collapse sweep` would use, the sweep's tag, and the point's W&B group
+    (its config without the seed); the file names the metric to minimise."""
     import shlex
     import subprocess
     import sys
@@ -156,10 +157,12 @@ def test_wandb_sweep_file_is_the_grid_and_its_command_runs_a_point(tmp_path):
     doc = yaml.safe_load(f.read_text())
     assert doc["method"] == "grid" and doc["name"] == "grid" and doc["project"] == "collapse"
     assert doc["parameters"] == {"seed": {"values": [0, 1]}, "generation.temperature": {"values": [0.7, 1.0]}}
+    assert doc["metric"] == {"name": "change/test_ppl", "goal": "minimize"}
     cmd = doc["command"]
     assert cmd[:5] == ["${env}", "${interpreter}", "-m", "collapse", "run"] and cmd[-2:] == ["--under", str(parent)]
     assert cmd[5:] == [str(tmp_path / "sweep.base.yaml"), "${args_no_hyphens}", "--under", str(parent)]
-    assert yaml.safe_load((tmp_path / "sweep.base.yaml").read_text())["wandb"]["group"] == "grid"
+    base_wandb = yaml.safe_load((tmp_path / "sweep.base.yaml").read_text())["wandb"]
+    assert base_wandb["group"] is None and base_wandb["tags"] == ["sweep-grid"]
     # the agent's expansion (wandb/wandb_agent.py): ${env} -> /usr/bin/env, ${interpreter} -> python, and
     # ${args_no_hyphens} -> f"{key}={value}" per parameter
     point = {"seed": 1, "generation.temperature": 0.7}
@@ -173,12 +176,17 @@ def test_wandb_sweep_file_is_the_grid_and_its_command_runs_a_point(tmp_path):
     out = parent / "seed=1,generation.temperature=0.7"  # the folder `collapse sweep` names this point
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["generation"] == 1
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    assert cfg["seed"] == 1 and cfg["generation"]["temperature"] == 0.7 and cfg["wandb"]["group"] == "grid"
+    assert cfg["seed"] == 1 and cfg["generation"]["temperature"] == 0.7 and cfg["wandb"]["tags"] == ["sweep-grid"]
     (w,) = find_run_files(out)
-    assert wait_until_finished(w) and read_run_info(w)["group"] == "grid"
-    # the local sweep runs the same points with the same group
+    info = read_run_info(w)
+    from collapse.tracking.mode import default_group
+
+    other_seed = {**cfg, "seed": 0, "out_dir": "elsewhere"}
+    assert wait_until_finished(w) and info["group"] == default_group(cfg) == default_group(other_seed)
+    assert info["tags"] == ["sweep-grid"] and info["job_type"] == "recursion"
+    # the local sweep runs the same points with the same tag
     r = run_cli("sweep", *items, "--out", str(parent), "--dry-run", timeout=120)
-    assert r.returncode == 0 and f"out_dir={out}" in r.stderr and "wandb.group=grid" in r.stderr
+    assert r.returncode == 0 and f"out_dir={out}" in r.stderr and 'wandb.tags=["sweep-grid"]' in r.stderr
 
 
 def test_wandb_sweep_needs_an_axis(tmp_path):

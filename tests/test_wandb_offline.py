@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import struct
 import sys
@@ -484,10 +485,13 @@ class StandIn:
 
     def init(self, **k):
         stand_in = self
-        name = k.get("job_type") or "main"
+        name = "main" if k.get("job_type") in (None, "recursion", "measure") else k["job_type"]
+
+        # wandb under `wandb agent`: the agent's run id wins over the id passed to init (wandb#5119)
+        agent_id = os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
 
         class Run:
-            id = k.get("id") or f"id-{name}"
+            id = agent_id or k.get("id") or f"id-{name}"
             starting_step = stand_in.starting_step if name == "main" else 0
 
             def define_metric(self, key, **kw):
@@ -506,6 +510,7 @@ class StandIn:
                 stand_in.calls.append(("finish", k.get("name")))
 
         self.calls.append(("init", k["mode"], k.get("name"), k.get("job_type"), k.get("group")))
+        self.calls.append(("id", k.get("name"), agent_id or k.get("id")))
         return Run()
 
 
@@ -539,7 +544,7 @@ def test_online_lineage_call_sequence(tmp_path, monkeypatch):
     _fake_run_folder(tmp_path, 2)
     wb = StandIn()
     lg = _online(tmp_path, monkeypatch, wb)
-    assert lg.mode == "online" and wb.calls[0] == ("init", "online", "run", None, "grp")
+    assert lg.mode == "online" and wb.calls[0] == ("init", "online", "run", "recursion", "grp")
     log_model(lg, tmp_path, 0, None, cfg, "base/model")  # what Run.log_corpus does: model g first, then corpus g
     log_corpus(lg, tmp_path, 0, 64, cfg.generation)
     for g in (1, 2):
@@ -550,7 +555,7 @@ def test_online_lineage_call_sequence(tmp_path, monkeypatch):
     log_report(lg, tmp_path / "report.html", 2)
     lg.close()
     seq = [c for c in wb.calls if c[0] in ("init", "use_artifact", "log_artifact", "finish")]
-    want = [("init", "online", "run", None, "grp"),
+    want = [("init", "online", "run", "recursion", "grp"),
             ("log_artifact", "run", "rid-model-g0")]
     for g in range(3):
         if g:
@@ -574,6 +579,30 @@ def test_online_lineage_call_sequence(tmp_path, monkeypatch):
             maker = next(x for x in seq[:i] if x[0] == "log_artifact" and x[2] == c[2])
             assert maker[1] != c[1]
     assert ("wait", "rid-model-g0") in wb.calls  # a used artifact is committed before it is used
+
+
+def test_lineage_runs_keep_their_own_ids_under_a_sweep_agent(tmp_path, monkeypatch):
+    """`wandb agent` sets WANDB_SWEEP_ID and WANDB_RUN_ID for the run it starts; wandb then gives every init in that
+    process the agent's id. The lineage runs start without the agent's variables and with ids of their own."""
+    from collapse.config import load_config
+    from collapse.tracking import StepAxis, WandbLogger, train_steps
+    from collapse.tracking.run import log_corpus, log_model
+
+    cfg = load_config(None, ["generations=1"])
+    _fake_run_folder(tmp_path, 1)
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SWEEP_ID", "sweep1")
+    monkeypatch.setenv("WANDB_RUN_ID", "agentid")
+    wb = StandIn()
+    lg = WandbLogger(mode="auto", project="p", entity=None, group="grp", tags=[], name="run", run_dir=tmp_path,
+                     config={}, run_id="agentid", axis=StepAxis(train_steps(tmp_path)), wandb_module=wb)
+    log_model(lg, tmp_path, 0, None, cfg, "base")
+    log_corpus(lg, tmp_path, 0, 64, cfg.generation)
+    log_model(lg, tmp_path, 1, tmp_path / "gen_001" / "adapter", cfg, "base")
+    ids = {name: i for kind, name, i in (c for c in wb.calls if c[0] == "id")}
+    assert ids == {"run": "agentid", "run-generate-g0": "agentid-generate-g0", "run-train-g1": "agentid-train-g1"}
+    assert os.environ["WANDB_RUN_ID"] == "agentid" and os.environ["WANDB_SWEEP_ID"] == "sweep1"  # restored
 
 
 def test_online_resume_logs_from_wandbs_starting_step(tmp_path, monkeypatch):

@@ -239,13 +239,16 @@ class WandbConfig:
                         "offline without an API key). Never a prompt.", choices=("auto", "disabled", "offline", "online"))
     project: str = setting("collapse", "W&B project.")
     entity: str | None = setting(None, "W&B entity (team or user).")
-    group: str | None = setting(None, "W&B group, e.g. one per regime, to compare seeds (`collapse sweep` sets one per sweep).")
+    group: str | None = setting(None, "W&B group; null: one per config without its seed (`<model>-<regime>-<8 hex>`), so "
+                                      "the seeds of one setting group and aggregate in W&B.")
     tags: list[str] = setting([], "W&B tags.")
     name: str | None = setting(None, "W&B run name (default: the run folder's name).")
     log_weights: bool = setting(True, "Upload each generation's weights (LoRA adapter or model) in its W&B artifact. "
                                 "false: weight artifacts hold only what they were made from (a small JSON), so the lineage "
                                 "stays and nothing large is uploaded.")
     log_every: int = setting(1, "Optimizer steps between points of the training curves (train/loss, train/lr, ...).")
+    system_metrics: bool = setting(True, "W&B's system metrics (CPU, memory, GPU) and the git commit of the working "
+                                   "folder; false turns both off.")
 
     def __post_init__(self) -> None:
         if self.log_every < 1:

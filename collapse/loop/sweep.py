@@ -10,7 +10,8 @@ A YAML may also hold the grid itself under a top-level ``sweep:`` mapping of key
 explicit points under ``points:``, a list of mappings key -> value (e.g. one remedy each): every point runs at
 every grid point (each seed), grid-major, so a sweep cut short has every point at its first seed.
 
-The runs of one sweep share a W&B group (``wandb.group``, default: the parent folder's name). With
+The runs of one sweep carry the tag ``sweep-<parent folder's name>``; each point's seeds share a W&B group (the
+default group, the config without its seed; an explicit ``wandb.group`` wins). With
 ``--wandb-sweep FILE`` nothing runs here: FILE is a W&B sweep configuration of the same grid (method ``grid``,
 one parameter per axis, the command ``collapse run`` of FILE's ``.base.yaml`` (the config and fixed overrides,
 resolved), the point's ``key=value`` pairs and ``--under <parent>``, which names the run's folder as this sweep
@@ -21,6 +22,7 @@ from this folder.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import subprocess
@@ -115,8 +117,8 @@ def _run_child(cmd: list[str], grace_s: float = 60.0) -> int:
 
 
 def sweep_group(parent_dir: Path) -> str:
-    """The W&B group of a sweep's runs: the parent folder's name (a name YAML would read as a number or a
-    boolean gets a prefix, so ``wandb.group=<name>`` stays a string)."""
+    """The name of a sweep: the parent folder's name (a name YAML would read as a number or a boolean gets a
+    prefix, so it stays a string)."""
     name = Path(parent_dir).resolve().name or "sweep"
     return name if isinstance(yaml.safe_load(name), str) else f"sweep-{name}"
 
@@ -139,6 +141,7 @@ def wandb_sweep_config(axes: list[tuple[str, list[str]]], base_yaml: str, parent
         **({"entity": entity} if entity else {}),
         "program": "collapse",  # a label: the command below runs `python -m collapse run`
         "method": "grid",
+        "metric": {"name": "change/test_ppl", "goal": "minimize"},  # the last generation's rise in test perplexity
         "parameters": {k: {"values": [_agent_value(v) for v in vals]} for k, vals in axes},
         "command": ["${env}", "${interpreter}", "-m", "collapse", "run", base_yaml, "${args_no_hyphens}",
                     "--under", str(parent_dir)],
@@ -167,9 +170,10 @@ def run_sweep(config: str | None, items: list[str], parent: str | None = None, l
         write_text(cfg_path, yaml.safe_dump(raw, sort_keys=False))
     base = load_config(cfg_path, base_items)
     parent_dir = Path(parent or base.out_dir)
-    group = base.wandb.group or sweep_group(parent_dir)
-    if base.wandb.group is None:  # the runs of one sweep share a W&B group
-        base_items.append(f"wandb.group={group}")
+    group = sweep_group(parent_dir)  # the sweep's name: a tag on each of its runs (W&B groups them by setting)
+    tag = f"sweep-{group}"
+    if tag not in base.wandb.tags:
+        base_items.append("wandb.tags=" + json.dumps([*base.wandb.tags, tag]))
     grid_points = list(itertools.product(*[[(k, v) for v in vals] for k, vals in axes])) or [()]
     points = [(*v, *a) for a in grid_points for v in variants]
     # validate every point before running any, so a typo fails in a second, not after hours

@@ -153,6 +153,8 @@ def finetune(model, rows: np.ndarray, val_blocks: np.ndarray, cfg, accelerator, 
                 opt.zero_grad(set_to_none=True)
                 step += 1
                 if (s + 1) % CHECK_EVERY == 0 or s + 1 == steps_per_epoch:
+                    if world > 1:  # the mean over processes: the run's loss, and a NaN on one rank stops every rank
+                        losses[checked:s + 1] = accelerator.reduce(losses[checked:s + 1].clone(), reduction="mean")
                     _check_finite(losses, checked, s + 1, step - (s + 1), epoch, desc, cfg.lr)
                     seen = _read_back(losses, norms, lrs, checked, s + 1, step - (s + 1), epoch + 1)
                     points += seen

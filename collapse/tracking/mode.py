@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -55,3 +57,17 @@ def new_run_id() -> str:
         return os.environ["WANDB_RUN_ID"]
     alphabet = string.ascii_lowercase + string.digits
     return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+AGENT_VARIABLES = ("WANDB_RUN_ID", "WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH")  # what `wandb agent` sets for its run
+NOT_A_CONDITION = ("seed", "out_dir", "wandb", "resume", "overwrite", "keep_checkpoints")  # repeats, not settings
+
+
+def default_group(config: dict) -> str:
+    """The W&B group of a run whose ``wandb.group`` is null: ``<model>-<regime>-<8 hex>``, the hex a hash of the
+    config without the seed and bookkeeping, so the seeds of one setting land in one group."""
+    rest = {k: v for k, v in config.items() if k not in NOT_A_CONDITION}
+    digest = hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    model = Path(str((config.get("model") or {}).get("name_or_path", "model"))).name or "model"
+    regime = (config.get("regime") or {}).get("kind", "run")
+    return f"{model[:32]}-{regime}-{digest}"

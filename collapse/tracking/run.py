@@ -132,6 +132,7 @@ def log_report(logger, report_html: Path, generations: int) -> None:
                                                        for g in range(generations + 1)]}})
 
 
+SAMPLES_LOGGED = 8  # sample texts per generation in the W&B table (with their gen-0 perplexity)
 IMAGES_PER_RUN = 5  # drawing the images is slow next to a fast generation (docs/benchmarks.md)
 
 
@@ -172,7 +173,8 @@ def log_generation(logger, row: dict, ppl: np.ndarray, samples_path: Path, g: in
     if logger.has_generation(g):
         return  # W&B disabled, or a resumed run whose W&B run has this generation already: nothing to draw
     scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    logger.log({**scalars, "tail_loss": row["tail_loss"], "bucket_shift": row["bucket_shift"],
+    ranked = {f"r{i}_{b}": v for i, (b, v) in enumerate(row["tail_loss"].items(), 1) if v is not None}
+    logger.log({**scalars, "tail_loss": row["tail_loss"], "tail_loss_rank": ranked, "bucket_shift": row["bucket_shift"],
                 "gen0_ppl": {"q50": row["gen0_ppl_quantiles"]["q50"], "q95": row["gen0_ppl_quantiles"]["q95"]},
                 **interval_series(row)}, step=g)
     logger.log_histogram("gen0_ppl_hist", ppl, step=g, bins=bins)
@@ -180,9 +182,10 @@ def log_generation(logger, row: dict, ppl: np.ndarray, samples_path: Path, g: in
     try:
         import pyarrow.parquet as pq
 
-        t = pq.read_table(samples_path, columns=["sample_index", "text"]).slice(0, 8).to_pylist()
-        logger.log_table("samples", ["generation", "sample_index", "text"],
-                         [[g, r["sample_index"], r["text"]] for r in t], step=g)
+        t = pq.read_table(samples_path, columns=["sample_index", "text"]).slice(0, SAMPLES_LOGGED).to_pylist()
+        logger.log_table("samples", ["generation", "sample_index", "gen0_ppl", "text"],
+                         [[g, r["sample_index"], float(ppl[r["sample_index"]]), r["text"]] for r in t], step=g,
+                         incremental=True)
     except Exception:  # noqa: BLE001 - a missing table must not stop the run
         pass
     try:

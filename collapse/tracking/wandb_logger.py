@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -11,12 +12,22 @@ from typing import Any
 
 import numpy as np
 
-from collapse.tracking.mode import resolve_mode, wants_wandb
+from collapse.tracking.mode import AGENT_VARIABLES, default_group, resolve_mode, wants_wandb
 from collapse.tracking.offline import offline_segments, offline_state
 from collapse.tracking.protocol import NullLogger, flatten
 from collapse.tracking.steps import StepAxis
 
 log = logging.getLogger("collapse")
+
+
+@contextlib.contextmanager
+def outside_agent():
+    """The environment without `wandb agent`'s run variables while a lineage run starts (restored after)."""
+    saved = {k: os.environ.pop(k) for k in AGENT_VARIABLES if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 class WandbLogger:
@@ -27,7 +38,7 @@ class WandbLogger:
     def __init__(self, *, mode: str, project: str, entity: str | None, group: str | None, tags: list[str],
                  name: str | None, run_dir: Path, config: dict[str, Any], run_id: str | None = None,
                  resume: bool = False, log_weights: bool = True, log_every: int = 1, axis: StepAxis | None = None,
-                 wandb_module=None):
+                 wandb_module=None, job_type: str = "recursion", system_metrics: bool = True):
         if wandb_module is None:
             import wandb as wandb_module
         wandb = self._wandb = wandb_module
@@ -43,11 +54,13 @@ class WandbLogger:
         if resume and run_id and self.mode == "offline":
             self.first_step, self.artifacts_logged = offline_state(self.run_dir, run_id)
         os.environ.setdefault("WANDB_SILENT", "true")
-        os.environ.setdefault("WANDB_DISABLE_GIT", "true")
-        self._settings = wandb.Settings(console="off", save_code=False, disable_git=True, x_disable_stats=True)
+        quiet = {} if system_metrics else {"disable_git": True, "x_disable_stats": True}
+        if system_metrics and os.environ.get("WANDB_X_STATS_SAMPLING_INTERVAL"):  # a test's short interval
+            quiet["x_stats_sampling_interval"] = float(os.environ["WANDB_X_STATS_SAMPLING_INTERVAL"])
+        self._settings = wandb.Settings(console="off", save_code=False, **quiet)
         init = dict(project=project, entity=entity, group=group, tags=list(tags) or None, name=self.name,
                     dir=str(run_dir), config=config, id=run_id, resume="allow" if resume else None,
-                    settings=self._settings, reinit="create_new")
+                    settings=self._settings, reinit="create_new", job_type=job_type)
         try:
             self.run = wandb.init(mode=self.mode, **init)
         except Exception as e:  # noqa: BLE001 - online but no server: the run goes on, offline
@@ -64,6 +77,7 @@ class WandbLogger:
             self.first_step = max(self.first_step, start if isinstance(start, int) else 0)
         self._last = -1  # W&B's step of the latest row logged (W&B drops a row logged below it)
         self._defined: set[str] = set()
+        self._tables: dict[str, Any] = {}  # incremental tables, by key
         self._made: dict[str, Any] = {}  # artifacts logged by this process, by name (online: the lineage runs use them)
 
     # ---- rows
@@ -90,8 +104,17 @@ class WandbLogger:
     def _media(self, key: str, obj, step: int) -> None:
         self._emit({key: obj, "generation": step}, self.axis.row(step), "generation")
 
-    def log_table(self, key, columns, rows, step):
-        self._media(key, self._wandb.Table(columns=columns, data=rows), step)
+    def log_table(self, key, columns, rows, step, incremental=False):
+        """A table; ``incremental``: one table growing across generations, each log sending only its new rows."""
+        if not incremental:
+            self._media(key, self._wandb.Table(columns=columns, data=rows), step)
+            return
+        table = self._tables.get(key)
+        if table is None:
+            table = self._tables[key] = self._wandb.Table(columns=columns, log_mode="INCREMENTAL")
+        for r in rows:
+            table.add_data(*r)
+        self._media(key, table, step)
 
     def log_histogram(self, key, values, step, bins=None):
         values = np.asarray(values, dtype=np.float64)
@@ -138,10 +161,11 @@ class WandbLogger:
             else:
                 art.add_file(str(p))
         if self.mode == "online" and job is not None:
-            stage = self._wandb.init(project=self.project, entity=self.entity, group=self.group or self.name,
-                                     job_type=job.split("-")[0], name=f"{self.name}-{job}", mode="online",
-                                     dir=str(self.run_dir), settings=self._settings, reinit="create_new",
-                                     config={"made_by": self.id})
+            with outside_agent():  # under `wandb agent` wandb would give this run the agent's id (wandb#5119)
+                stage = self._wandb.init(project=self.project, entity=self.entity, group=self.group or self.name,
+                                         job_type=job.split("-")[0], name=f"{self.name}-{job}", mode="online",
+                                         id=f"{self.id}-{job}", resume="allow", dir=str(self.run_dir),
+                                         settings=self._settings, reinit="create_new", config={"made_by": self.id})
             try:
                 for u in uses:
                     made = self._made.get(u)
@@ -170,7 +194,10 @@ class WandbLogger:
         if self.mode != "offline":
             return None
         dirs = offline_segments(self.run_dir, self.id)
-        return "wandb sync " + " ".join(shlex.quote(str(d)) for d in dirs) if dirs else None
+        if not dirs:
+            return None
+        # --id: the segments of a resumed run upload in order of start time, each appended (wandb >= 0.31)
+        return f"wandb sync --id {shlex.quote(self.id)} " + " ".join(shlex.quote(str(d)) for d in dirs)
 
     def close(self, exit_code: int = 0):
         self.run.finish(exit_code=exit_code)
@@ -180,13 +207,16 @@ class WandbLogger:
 
 
 def make_logger(wcfg, run_dir: Path, config: dict[str, Any], is_main: bool, run_id: str | None = None,
-                resume: bool = False, axis: StepAxis | None = None):
+                resume: bool = False, axis: StepAxis | None = None, job_type: str = "recursion"):
+    """The run's logger: W&B on the main process where wanted (its group: ``wandb.group``, else
+    :func:`collapse.tracking.mode.default_group`), else one that logs nothing."""
     if not is_main or not wants_wandb(wcfg):
         return NullLogger()
-    return WandbLogger(mode=wcfg.mode, project=wcfg.project, entity=wcfg.entity, group=wcfg.group, tags=wcfg.tags,
-                       name=wcfg.name or Path(run_dir).name, run_dir=Path(run_dir), config=config, run_id=run_id,
-                       resume=resume, log_weights=getattr(wcfg, "log_weights", True),
-                       log_every=getattr(wcfg, "log_every", 1), axis=axis)
+    return WandbLogger(mode=wcfg.mode, project=wcfg.project, entity=wcfg.entity, group=wcfg.group or default_group(config),
+                       tags=wcfg.tags, name=wcfg.name or Path(run_dir).name, run_dir=Path(run_dir), config=config,
+                       run_id=run_id, resume=resume, log_weights=getattr(wcfg, "log_weights", True),
+                       log_every=getattr(wcfg, "log_every", 1), axis=axis, job_type=job_type,
+                       system_metrics=getattr(wcfg, "system_metrics", True))
 
 
 def close_quietly(logger, exit_code: int) -> None:
