@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="every figure of run, measure or sweep folders as one tidy table (pandas)")
     ex.add_argument("runs", nargs="+", metavar="RUN_OR_SWEEP")
     ex.add_argument("--to", required=True, metavar="FILE", help="a .parquet or .csv file")
+    wv = sub.add_parser("wandb-view", help="save a W&B workspace of runs or sweeps: tail loss by bucket, test "
+                        "perplexity, bucket shift, grouped by what differs between them (needs a W&B login)")
+    wv.add_argument("runs", nargs="+", metavar="RUN_OR_SWEEP")
+    wv.add_argument("--entity", default=None)
+    wv.add_argument("--project", default=None, help="default: the runs' wandb.project")
+    wv.add_argument("--name", default=None, help="the workspace's name")
+    wv.add_argument("--spec", default=None, metavar="FILE", help="also write the view's specification (JSON) here")
     v = sub.add_parser("verify", help="check every file of a run folder against the checksums its stages recorded")
     v.add_argument("run_dir")
     sub.add_parser("keys", help="list every config key with its default and meaning")
@@ -165,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
 
             path = export(args.runs, args.to)
             print(f"wrote {path}")
+            return 0
+        if args.command == "wandb-view":
+            from collapse.tracking.view import save_view
+
+            print(f"saved the W&B workspace: {save_view(args.runs, args.entity, args.project, args.name, args.spec)}")
             return 0
         if args.command == "report":
             from collapse.report import make_report

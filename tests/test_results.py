@@ -109,3 +109,20 @@ def test_the_analysis_guide_runs(sweep, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "replace" in r.stdout and "mix" in r.stdout and (tmp_path / "regimes-test-ppl.png").stat().st_size > 0
+
+
+def test_the_wandb_view_groups_by_what_differs_and_is_built_offline(sweep, tmp_path):
+    from collapse.tracking.view import build_workspace, view_spec
+
+    spec = view_spec([sweep])
+    assert spec["groupby"] == ["regime.kind"]  # the seed differs too, and aggregates
+    assert spec["filters"] == {"job_type": "recursion", "tags": ["sweep-sweep"]}
+    tail = [p["y"][0] for p in spec["sections"][0]["panels"]]
+    assert tail == sorted(tail) and tail[0] == "tail_loss_rank/r1_1-10"  # rank order, the names run.py logs
+    assert all(p["x"] == "generation" for s in spec["sections"] for p in s["panels"])
+    ws = build_workspace(spec, entity="someone")  # W&B's own objects, no request made
+    assert ws.project == "collapse" and len(ws.sections) == 3 and ws.sections[1].panels[0].y == ["test_ppl"]
+    r = run_cli("wandb-view", str(sweep), "--spec", str(tmp_path / "view.json"),
+                env={"WANDB_API_KEY": None, "NETRC": str(tmp_path / "none")})
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "needs a W&B login" in r.stderr
+    assert json.loads((tmp_path / "view.json").read_text()) == spec
