@@ -75,6 +75,10 @@ def value_strategy(key: str, work: Path) -> st.SearchStrategy[str]:
         pool += [st.sampled_from(["[c_attn]", "c_fc,c_proj", "[]", "[lm_head]", "[1, 2]", "[nope]", "[[a]]"])]
     else:  # str
         pool += [st.text(max_size=12).filter(lambda s: "\x00" not in s), st.sampled_from(_paths(work))]
+    if key == "curate.kind":  # the registered curators, valid and not
+        from collapse.loop.curate import CURATORS
+
+        pool.append(st.sampled_from(["none", *CURATORS]))
     if key in ("out_dir", "data.source", "model.name_or_path"):
         pool = [st.sampled_from(_paths(work))] * 3 + pool
     return st.one_of(pool)
@@ -86,7 +90,8 @@ def cases(draw, work: Path):
     overrides = [f"{k}={draw(value_strategy(k, work))}" for k in keys]
     command = draw(st.sampled_from(["run", "measure"]))
     yaml_text = draw(st.none() | st.sampled_from([*ODD_YAML, "generation:\n  top_k: [1]\n", "model: 3\n",
-                                                    "sweep: {seed: [0, 1]}\n", "train:\n  lora:\n    r: 0\n"]))
+                                                    "sweep: {seed: [0, 1]}\n", "train:\n  lora:\n    r: 0\n",
+                                                    "points: [{curate.kind: random}]\n", "points: 3\n"]))
     return command, yaml_text, tuple(overrides)
 
 
