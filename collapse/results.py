@@ -94,6 +94,7 @@ def row_records(row: dict, g: int) -> list[dict]:
 def load_runs(paths, wide: bool = False):
     """The tidy table of every run in ``paths`` (see the module docstring); ``wide``: a column per figure."""
     import json
+    import logging
 
     import pandas as pd
     import yaml
@@ -102,6 +103,9 @@ def load_runs(paths, wide: bool = False):
 
     frames = []
     for folder in run_folders(paths):
+        if not (folder / "measure.json").is_file() and not (folder / "metrics.jsonl").is_file():
+            logging.getLogger("collapse").warning(f"{folder}: no finished generation yet: left out")
+            continue
         if (folder / "measure.json").is_file():
             config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
             rows = [(0, json.loads((folder / "measure.json").read_text()))]
@@ -118,9 +122,14 @@ def load_runs(paths, wide: bool = False):
         for k, v in _defaults().items():  # a key the run's config.yaml leaves out (curate.kind: none) at its default
             if k not in df.columns:
                 df[k] = v
+        if df["curate.kind"].iloc[0] != "none" and df["curate.share"].isna().all():  # the share the curator used
+            from collapse.loop.curate import SHARE
+
+            df["curate.share"] = SHARE.get(df["curate.kind"].iloc[0])
         df["path"] = str(folder)
         frames.append(df)
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*COLUMNS, "path"])
+    df = df.infer_objects()  # a config key that is null in some runs and a number in others stays numeric
     for c in ("value", "lo", "hi", "change", "change_lo", "change_hi"):
         df[c] = pd.to_numeric(df[c], errors="coerce")
     df["resolved"] = df["resolved"].astype("boolean")
@@ -147,5 +156,14 @@ def export(paths, to: str | Path) -> Path:
         if to.suffix == ".csv":
             df.to_csv(tmp, index=False)
         else:
-            df.astype({c: "string" for c in df.columns if df[c].dtype == object}).to_parquet(tmp, index=False)
+            import pyarrow as pa
+
+            mixed = []  # object columns arrow cannot type (values of several kinds): as text
+            for c in df.columns:
+                if df[c].dtype == object:
+                    try:
+                        pa.array(df[c])
+                    except (pa.ArrowInvalid, pa.ArrowTypeError):
+                        mixed.append(c)
+            df.astype({c: "string" for c in mixed}).to_parquet(tmp, index=False)
     return to

@@ -41,6 +41,13 @@ def test_top_share_keeps_the_share_it_is_asked_for():
     assert top_share(np.zeros(16), 0.5, rng).sum() == 8  # ties: still the share, drawn at random
 
 
+def test_a_nan_score_is_never_kept_first():
+    rng = np.random.default_rng(0)
+    scores = np.array([1.0, np.nan, 3.0, 2.0])
+    assert list(np.flatnonzero(top_share(scores, 0.25, rng))) == [2]
+    assert list(np.flatnonzero(top_share(scores, 0.25, rng, "lowest"))) == [0]
+
+
 def test_rouge1_is_the_clipped_unigram_f1():
     assert rouge1_f1(np.array([1, 2, 3, 4]), np.array([1, 2, 3, 4])) == 1.0
     assert rouge1_f1(np.array([1, 1, 2, 5]), np.array([1, 2, 2, 6])) == pytest.approx(2 * 2 / 8)  # 1 and 2 once each
@@ -55,6 +62,12 @@ def test_the_detector_tells_apart_what_differs_and_not_what_does_not():
     assert acc > 0.9 and p.mean() > 0.8
     p, acc = machine_probability(rng.integers(0, 500, size=(100, 32)), real, np.random.default_rng(1))
     assert 0.3 < acc < 0.7  # the same distribution: no better than chance
+    eos = real.copy()
+    eos[:, 5] = 999  # a token only real text holds (the EOS the samples never get): not a tell once ignored
+    same = rng.integers(0, 500, size=(100, 32))
+    _, told = machine_probability(same, eos, np.random.default_rng(1))
+    _, fair = machine_probability(same, eos, np.random.default_rng(1), ignore=(999,))
+    assert told > 0.9 and 0.3 < fair < 0.7
 
 
 def test_none_writes_no_curate_key():

@@ -433,7 +433,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             _build(Config, _dotted_to_nested(k, vals[0]))
     points = raw.pop("points", None) if isinstance(raw, dict) else None
     if points is not None:  # explicit points for `collapse sweep`: each a mapping of config keys
-        if not isinstance(points, list) or not all(isinstance(pt, dict) and pt for pt in points):
+        if not isinstance(points, list) or not points or not all(isinstance(pt, dict) and pt for pt in points):
             raise ConfigError("`points:` must be a list of mappings key: value (one per point).")
         for pt in points:
             for k, v in pt.items():

@@ -394,7 +394,7 @@ def real_data(cfg: Config, ids: dict[str, list[np.ndarray]], eos: int | None, vo
         truth = source(cfg.data.synthetic)
         buckets = truth.bucket_of(max(vocab, len(ref_counts)))
     return RealData(prompts=prompt_blocks[order[:n_seq], : gc.prompt_tokens], real_rows=real_rows,
-                    truths=prompt_blocks[order[:n_seq], gc.prompt_tokens:],
+                    truths=prompt_blocks[order[:n_seq], gc.prompt_tokens:] if cfg.curate.active else None,
                     val_blocks=val_blocks, test_blocks=test_blocks, ref_counts=ref_counts,
                     bucket_of=buckets, suppress=suppress if suppress is not None else (eos,) if eos is not None else (),
                     n_batches=math.ceil(n_seq / gc.batch_size), truth=truth)

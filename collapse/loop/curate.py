@@ -64,6 +64,7 @@ class Batch:
     real_rows: np.ndarray  # the real training rows
     score: Callable[[str], np.ndarray]
     extras: dict = field(default_factory=dict)  # a curator's own figures (the detector's held-out accuracy)
+    ignore: tuple[int, ...] = ()  # ids never sampled (EOS): real text has them, samples cannot; compare without them
 
 
 def missing_library(kind: str) -> str | None:
@@ -97,7 +98,9 @@ def top_share(scores: np.ndarray, share: float, rng: np.random.Generator, where:
     """1 for the ``ceil(share × N)`` samples of highest (``lowest``, ``middle``) score, else 0; ties broken at random."""
     n = len(scores)
     k = max(1, int(np.ceil(share * n - 1e-9)))
-    order = np.lexsort((rng.permutation(n), np.asarray(scores, np.float64)))  # ascending, random among ties
+    s = np.asarray(scores, np.float64)
+    s = np.where(np.isnan(s), -np.inf if where == "highest" else np.inf, s)  # a NaN score is never kept first
+    order = np.lexsort((rng.permutation(n), s))  # ascending, random among ties
     if where == "highest":
         pick = order[n - k:]
     elif where == "lowest":
@@ -135,7 +138,8 @@ def reference(batch: Batch, cfg, rng):
     """Yi et al. (ICLR 2026, "Verified Synthetic Data"; Feng et al. 2024): a verifier against the ground truth;
     here exact, since each sample continues a real prompt whose true continuation is known: ROUGE-1 F1 on token
     ids against it, the top share kept (Yi: 12.5%)."""
-    scores = np.array([rouge1_f1(s, t) for s, t in zip(batch.samples, batch.truths)])
+    ign = np.asarray(batch.ignore, np.int64)
+    scores = np.array([rouge1_f1(s, t[~np.isin(t, ign)]) for s, t in zip(batch.samples, batch.truths)])
     return top_share(scores, cfg.share, rng), scores
 
 
@@ -152,18 +156,20 @@ def detector(batch: Batch, cfg, rng):
     gives p = P(machine) per sample; weight (1 - p)^10; each index repeated 3 times, round(1.5 N) drawn without
     replacement ∝ weight. The detector here: logistic regression on hashed token uni- and bigram counts, trained on
     the spot on real training rows against the samples, cross-fitted over 2 folds so no sample is scored by a
-    detector that saw it (the held-out accuracy is recorded)."""
+    detector that saw it (the held-out accuracy is recorded). Ids the samples cannot hold (EOS) are left out of
+    both sides, so the detector cannot tell them apart by a token that only real text has."""
     from collapse.loop.detector import machine_probability
 
-    p, accuracy = machine_probability(batch.samples, batch.real_rows, rng)
+    p, accuracy = machine_probability(batch.samples, batch.real_rows, rng, ignore=batch.ignore)
     batch.extras["detector_accuracy"] = accuracy
     w = (1.0 - p) ** cfg.power
     n = len(p)
     pool = np.repeat(np.arange(n), cfg.repeats)
-    k = min(len(pool), int(round(cfg.draw * n)))
+    k = min(len(pool), max(1, int(round(cfg.draw * n))))
     wp = np.repeat(w, cfg.repeats)
-    if wp.sum() <= 0 or np.count_nonzero(wp) < k:  # every sample certain to be machine text: draw uniformly
-        wp = np.ones_like(wp)
+    if wp.sum() <= 0 or np.count_nonzero(wp) < k:  # too few samples with weight (p = 1): the rest drawn uniformly
+        batch.extras["detector_uniform_draw"] = True
+        wp = np.where(wp > 0, wp, wp[wp > 0].min() * 1e-6 if (wp > 0).any() else 1.0)
     drawn = rng.choice(len(pool), size=k, replace=False, p=wp / wp.sum())
     return np.bincount(pool[drawn], minlength=n), p
 

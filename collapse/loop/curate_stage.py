@@ -35,7 +35,7 @@ def curate_stage(run, g: int, base, model) -> str:
 
     c = resolved(cfg.curate)
     batch = Batch(g, full[:, gc.prompt_tokens:], texts, full[:, :gc.prompt_tokens], run.data.truths,
-                  run.data.real_rows, score)
+                  run.data.real_rows, score, ignore=tuple(run.data.suppress))
     rng = numpy_rng(cfg.seed, g, "curate")
     fault.point("curate", g, 0)
     kept, scores = CURATORS[c.kind](batch, c, rng)

@@ -15,14 +15,19 @@ DIM = 1 << 12  # feature buckets
 STEPS, LR, L2 = 300, 0.5, 1e-3
 
 
-def features(rows: np.ndarray, dim: int = DIM) -> np.ndarray:
+def features(rows: np.ndarray, dim: int = DIM, ignore: tuple[int, ...] = ()) -> np.ndarray:
+    """Hashed unigram and bigram counts per row, log(1 + count), unit length; ``ignore``: ids (and the bigrams
+    they are in) left out."""
     rows = np.asarray(rows, np.int64)
     n, length = rows.shape
+    keep = ~np.isin(rows, np.asarray(ignore, np.int64))
     uni = rows % dim
     bi = (rows[:, :-1] * 1_000_003 + rows[:, 1:]) % dim if length > 1 else np.zeros((n, 0), np.int64)
     cols = np.concatenate([uni, bi], axis=1)
+    use = np.concatenate([keep, keep[:, :-1] & keep[:, 1:]], axis=1)
     x = np.zeros((n, dim))
-    np.add.at(x, (np.repeat(np.arange(n), cols.shape[1]), cols.ravel()), 1.0)
+    r = np.repeat(np.arange(n), cols.shape[1]).reshape(cols.shape)
+    np.add.at(x, (r[use], cols[use]), 1.0)
     x = np.log1p(x)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -38,12 +43,12 @@ def fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def machine_probability(samples: np.ndarray, real_rows: np.ndarray, rng: np.random.Generator,
-                        folds: int = 2) -> tuple[np.ndarray, float]:
+                        folds: int = 2, ignore: tuple[int, ...] = ()) -> tuple[np.ndarray, float]:
     """(P(machine) of each sample, held-out accuracy) from detectors cross-fitted over ``folds`` folds."""
     n, length = samples.shape
     pick = rng.choice(len(real_rows), size=n, replace=len(real_rows) < n)
     real = np.asarray(real_rows)[pick, :length]
-    xg, xr = features(samples), features(real)
+    xg, xr = features(samples, ignore=ignore), features(real, ignore=ignore)
     fold_g, fold_r = rng.permutation(n) % folds, rng.permutation(n) % folds
     p = np.zeros(n)
     right = 0

@@ -443,7 +443,7 @@ class Run:
             m.data["base_model_sha256"] = base_file_digest(out, self.base_file)
         if self.resuming:  # every process checks (read-only) so all agree on what is redone; the main one says it
             for note in verify_stages(m, out, cfg.generations, self.data.n_seq, self.ckpt.subdir,
-                                      self.ckpt.continues_previous, self.ckpt.weights_problem):
+                                      self.ckpt.continues_previous, self.ckpt.weights_problem, cfg.curate.active):
                 if self.is_main:
                     log.warning(note)
         acc.wait_for_everyone()

@@ -351,7 +351,7 @@ def _intervals_problem(d: Path) -> str | None:
 
 
 def verify_stages(manifest: Manifest, out: Path, generations: int, n_seq: int, weights_sub: str,
-                  continues_previous: bool, weights_problem) -> list[str]:
+                  continues_previous: bool, weights_problem, curates: bool = False) -> list[str]:
     """On resume: un-record every stage whose files are missing or damaged, so it is redone.
 
     A stage found broken is redone with the stages of its generation that read its files (samples ->
@@ -391,7 +391,8 @@ def verify_stages(manifest: Manifest, out: Path, generations: int, n_seq: int, w
                 older[g] = "evaluate/measure"
         if g > 0 and manifest.done(g, "train"):
             needed = (not manifest.done(g, "evaluate") or not manifest.done(g, "generate")
-                      or (continues_previous and g < generations and not manifest.done(g + 1, "train")))
+                      or (continues_previous and g < generations and not manifest.done(g + 1, "train"))
+                      or (curates and g < generations and not manifest.done(g, "curate")))  # may score with model g
             if needed:
                 why = weights_problem(gen_dir(out, g) / weights_sub)
                 if why:

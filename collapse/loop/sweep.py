@@ -170,8 +170,8 @@ def run_sweep(config: str | None, items: list[str], parent: str | None = None, l
         write_text(cfg_path, yaml.safe_dump(raw, sort_keys=False))
     base = load_config(cfg_path, base_items)
     parent_dir = Path(parent or base.out_dir)
-    group = sweep_group(parent_dir)  # the sweep's name: a tag on each of its runs (W&B groups them by setting)
-    tag = f"sweep-{group}"
+    group = sweep_group(parent_dir)  # the sweep's name (W&B sweep file); a tag on each of its runs
+    tag = f"sweep-{Path(parent_dir).resolve().name or 'sweep'}"
     if tag not in base.wandb.tags:
         base_items.append("wandb.tags=" + json.dumps([*base.wandb.tags, tag]))
     grid_points = list(itertools.product(*[[(k, v) for v in vals] for k, vals in axes])) or [()]

@@ -2,7 +2,8 @@
 
 The view's specification (:func:`view_spec`) is plain data built from the run folders alone, offline: which runs
 (job type ``recursion``; a sweep's tag), grouped by the config keys that differ between them other than the seed
-(so seeds aggregate into a mean with a band), and three sections of line plots against ``generation``: the tail
+(so seeds aggregate into a mean with a band); the runs are those the folders' manifests name (their W&B ids),
+else the sweep's tag, and three sections of line plots against ``generation``: the tail
 loss of each frequency bucket (``tail_loss_rank/r<i>_<bucket>``, in rank order), test perplexity and its change
 from generation 0, and the bucket shift of the samples. :func:`build_workspace` turns it into W&B's own workspace
 objects (the ``wandb-workspaces`` package, extra ``[wandb-view]``); saving needs a W&B login.
@@ -43,6 +44,12 @@ def view_spec(paths, entity: str | None = None, project: str | None = None, name
     varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
     groupby = varying or ["regime.kind"]
     tags = sorted({t for c in configs for t in ((c.get("wandb") or {}).get("tags") or []) if str(t).startswith("sweep-")})
+    ids = []  # the W&B run ids the run folders recorded: the view shows these runs, not the whole project
+    for p in folders:
+        try:
+            ids.append(json.loads((p / "manifest.json").read_text()).get("wandb_run_id"))
+        except (OSError, ValueError):
+            ids.append(None)
     wandb_cfg = configs[0].get("wandb") or {}
     first = next((p / "metrics.jsonl" for p in folders if (p / "metrics.jsonl").is_file()), None)
     tail = json.loads(first.read_text().splitlines()[0]).get("tail_loss", {}) if first else {}
@@ -62,7 +69,8 @@ def view_spec(paths, entity: str | None = None, project: str | None = None, name
     ]
     return {"name": name or f"collapse: by {', '.join(groupby)}", "entity": entity or wandb_cfg.get("entity"),
             "project": project or wandb_cfg.get("project") or "collapse", "runs": [str(p) for p in folders],
-            "filters": {"job_type": "recursion", "tags": tags}, "groupby": groupby, "band": BAND, "sections": sections}
+            "filters": {"job_type": "recursion", "tags": tags, "ids": [i for i in ids if i] if all(ids) else []},
+            "groupby": groupby, "band": BAND, "sections": sections}
 
 
 def build_workspace(spec: dict, entity: str | None = None):
@@ -75,7 +83,9 @@ def build_workspace(spec: dict, entity: str | None = None):
         raise ConfigError(f"collapse wandb-view needs the wandb-workspaces package: pip install "
                           f"'model-collapse[{EXTRA}]' (or pip install wandb-workspaces).") from None
     filters = [expr.Metric("JobType") == spec["filters"]["job_type"]]
-    if spec["filters"]["tags"]:
+    if spec["filters"]["ids"]:  # every folder named its W&B run: exactly those
+        filters.append(expr.Metric("ID").isin(spec["filters"]["ids"]))
+    elif spec["filters"]["tags"]:
         filters.append(expr.Tags("Tags").isin(spec["filters"]["tags"]))
     sections = [ws.Section(name=s["name"], is_open=True, panels=[
         wr.LinePlot(title=p["title"], x=p["x"], y=p["y"], groupby_aggfunc="mean", groupby_rangefunc=spec["band"])
