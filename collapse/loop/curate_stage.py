@@ -7,6 +7,19 @@ import numpy as np
 
 from collapse.loop.curate import CURATORS, FIGURES, RECORD, SUMMARY, USES, Batch, fill, resolved
 
+GEN0_KEY = "gen0_ppl"  # run.samples_cache[(GEN0_KEY, g)]: generation g's samples scored by generation 0
+
+
+def gen0_scores(run, g: int, base, full: np.ndarray) -> np.ndarray:
+    """The samples' perplexity under generation 0: the curate stage's where it scored with that model (the same
+    rows, model and batches: the same numbers), else scored here."""
+    cached = run.samples_cache.pop((GEN0_KEY, g), None)
+    if cached is not None:
+        return cached
+    from collapse.metrics.evaluate import sequence_ppl
+
+    return sequence_ppl(base, full, run.cfg.generation.prompt_tokens, run.cfg.eval.batch_size, run.accelerator)
+
 
 def curate_stage(run, g: int, base, model) -> str:
     """Score generation g's samples and keep what the curator keeps, as N training rows (``fill``); write the record."""
@@ -28,9 +41,11 @@ def curate_stage(run, g: int, base, model) -> str:
         if which not in ("current", "gen0"):
             raise ValueError(f"no model {which!r} to score with: `current` or `gen0`")
         if which not in scored:
-            m = base if which == "gen0" or g == 0 else model()
-            scored[which] = np.asarray(sequence_ppl(m, full, gc.prompt_tokens, cfg.eval.batch_size, run.accelerator),
-                                       np.float64)
+            by_gen0 = which == "gen0" or g == 0  # generation 0 is the current model of generation 0
+            raw = sequence_ppl(base if by_gen0 else model(), full, gc.prompt_tokens, cfg.eval.batch_size, run.accelerator)
+            if by_gen0:  # the measure stage scores the same rows with the same model next: it takes these
+                run.samples_cache[(GEN0_KEY, g)] = raw
+            scored[which] = np.asarray(raw, np.float64)
         return scored[which]
 
     c = resolved(cfg.curate)

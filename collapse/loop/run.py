@@ -50,7 +50,7 @@ from collapse.io import atomic_path, read_json, write_json, write_npz, write_par
 from collapse.loop import integrity
 from collapse.loop.checkpoints import Checkpoints, disk_estimate
 from collapse.loop.curate import read_repeats
-from collapse.loop.curate_stage import curate_stage, row_figures
+from collapse.loop.curate_stage import curate_stage, gen0_scores, row_figures
 from collapse.loop.regimes import regime_training_set
 from collapse.loop.rows import PPL_BINS, interval_part, metrics_row, metrics_table
 from collapse.loop.rundir import (
@@ -70,7 +70,7 @@ from collapse.loop.rundir import (
     verify_stages,
 )
 from collapse.metrics import stats as S
-from collapse.metrics.evaluate import evaluate_blocks, sequence_ppl
+from collapse.metrics.evaluate import evaluate_blocks
 from collapse.metrics.truth import add_truth, kl_truth
 from collapse.models import TrainJob, kind_for
 from collapse.models.hf import decode_rows, never_sampled, set_threads, vocab_size
@@ -203,7 +203,7 @@ def measure_stage(run: Run, g: int, base) -> str:
     gen_ids = full[:, gc.prompt_tokens:]
     run.samples_cache[g] = full if gc.keep_prompt else gen_ids
     fault.point("measure", g, 0)
-    ppl = sequence_ppl(base, full, gc.prompt_tokens, run.cfg.eval.batch_size, run.accelerator)
+    ppl = gen0_scores(run, g, base, full)  # each sample scored by generation 0 (the curate stage's, if it did)
     row = metrics_row(g, read_json(d / "eval.json"), run.data.ref_counts, gen_ids, ppl, d)
     row.update(row_figures(d))  # the curate stage's figures (none without a curate.kind)
     add_truth(row, run.data.truth, read_json(d / "eval.json"), gen_ids, len(run.data.bucket_of))  # synthetic, n-gram
