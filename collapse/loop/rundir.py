@@ -375,8 +375,8 @@ def verify_stages(manifest: Manifest, out: Path, generations: int, n_seq: int, w
             if why == OLDER:
                 older[g] = "measure"
                 manifest.clear(g, REDO_WITH[stage])
-            elif why:
-                redo = REDO_WITH[stage]
+            elif why:  # a curate stage the run never recorded (no curate.kind) is not named
+                redo = tuple(s for s in REDO_WITH[stage] if s != "curate" or stage == s or manifest.done(g, s))
                 for s in redo:  # what the redo must give back where later generations were built on it
                     if manifest.done(g, s):
                         redoing(manifest, g, s)
