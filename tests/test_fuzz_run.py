@@ -37,7 +37,10 @@ CAPS = {
     "data.synthetic.vocab": 120, "data.synthetic.documents": 200, "data.synthetic.doc_tokens": 48,
     "data.synthetic.truth_documents": 32, "wandb.log_every": 50,
 }
-FORESEEABLE_NOT = re.compile(r"training loss became|out of memory|no space left", re.I)
+# a non-finite loss (the fine-tune's, or the scratch model's pre-training at an absurd model.scratch.lr: no check can
+# tell which rate diverges on which data), out of memory, a full disk
+FORESEEABLE_NOT = re.compile(r"training loss became|pre-training diverged \(loss (nan|inf)|out of memory|no space left",
+                             re.I)
 SEEN: set[tuple] = set()
 RAN: list[tuple] = []
 

@@ -124,6 +124,8 @@ def prepare_out_dir(cfg: Config) -> tuple[Path, bool, bool]:
                     return out, True, False  # the same config: it is written again
                 raise ConfigError(f"{cfg_path} cannot be read ({first_line(e, 100)}) and the manifest does not "
                                   "vouch for this config: restore it, or rerun with resume=never overwrite=true.") from None
+            if old.fingerprint() != cfg.fingerprint() and _manifest_fingerprint(out) == cfg.fingerprint():
+                return out, True, False  # config.yaml disagrees with its own manifest (cut short): it is written again
             if old.fingerprint() != cfg.fingerprint():
                 keys = [k for k in config_diff(old.to_dict(), cfg.to_dict()) if k.split(".")[0] not in RESULT_NEUTRAL_KEYS]
                 raise ConfigError(f"{out} holds a run with a different config ({', '.join(keys)}): use another "
