@@ -40,14 +40,11 @@ def run_folders(paths) -> list[Path]:
     return out
 
 
-def _flat_config(config: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in config.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat_config(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = str(v) if isinstance(v, (list, dict)) else v
-    return out
+def _flat_config(config: dict) -> dict[str, Any]:
+    """The config's dotted keys; a list or map value as its text (one cell)."""
+    from collapse.report.runs import flatten_config
+
+    return {k: str(v) if isinstance(v, (list, dict)) else v for k, v in flatten_config(config).items()}
 
 
 def _defaults() -> dict[str, Any]:
@@ -101,7 +98,7 @@ def load_runs(paths, wide: bool = False):
 
     from collapse.report.runs import load_run
 
-    frames = []
+    frames, defaults = [], _defaults()
     for folder in run_folders(paths):
         if not (folder / "measure.json").is_file() and not (folder / "metrics.jsonl").is_file():
             logging.getLogger("collapse").warning(f"{folder}: no finished generation yet: left out")
@@ -119,7 +116,7 @@ def load_runs(paths, wide: bool = False):
         df.insert(0, "run", name)
         for k, v in _flat_config(config).items():
             df[k] = v
-        for k, v in _defaults().items():  # a key the run's config.yaml leaves out (curate.kind: none) at its default
+        for k, v in defaults.items():  # a key the run's config.yaml leaves out (curate.kind: none) at its default
             if k not in df.columns:
                 df[k] = v
         if df["curate.kind"].iloc[0] != "none" and df["curate.share"].isna().all():  # the share the curator used

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from collapse.metrics.stats import DRIFTS, drift_part
-from collapse.report.runs import Group, _flatten, short_value
+from collapse.report.runs import Group, flatten_config, short_value
 from collapse.report.seeds import _ci, as_float
 
 STEM = "neutral-temperature"
@@ -40,7 +40,7 @@ def _drift(run, name: str) -> tuple[float | None, list | None]:
 
 def point(group: Group) -> dict:
     """One group's decoding and its drifts (mean, 95% interval, resolved) at the last generation."""
-    f = _flatten(group.runs[0].config)  # the report's own flattening of a config
+    f = flatten_config(group.runs[0].config)  # the report's own flattening of a config
     sampling = (int(f.get("generation.num_beams") or 1) == 1 and float(f.get("generation.top_p") or 1.0) == 1.0
                 and int(f.get("generation.top_k") or 0) == 0 and float(f.get("generation.min_p") or 0.0) == 0.0
                 and float(f.get("generation.repetition_penalty") or 1.0) == 1.0)

@@ -183,11 +183,12 @@ class Group:
         return s
 
 
-def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"regime": {"kind": "mix"}}`` -> ``{"regime.kind": "mix"}`` (an empty section stays one key)."""
     out: dict[str, Any] = {}
     for k, v in config.items():
         if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten_config(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -199,7 +200,7 @@ def group_runs(runs: list[Run]) -> list[Group]:
     Only keys every run's config has are compared: a run written before a key existed cannot have set it, so
     a key missing from some configs (an older version of the package) does not split a group by itself.
     """
-    flat = [_flatten(_strip(r.config)) for r in runs]
+    flat = [flatten_config(_strip(r.config)) for r in runs]
     common = set(flat[0]).intersection(*flat[1:])
     keyed: dict[str, Group] = {}
     values: dict[str, dict] = {}
@@ -225,7 +226,7 @@ def group_runs(runs: list[Run]) -> list[Group]:
 
 def schema_drift(runs: list[Run]) -> list[str]:
     """Config keys some runs have and others lack (runs made by different versions of the package)."""
-    flat = [set(_flatten(_strip(r.config))) for r in runs]
+    flat = [set(flatten_config(_strip(r.config))) for r in runs]
     return sorted(set().union(*flat) - set(flat[0]).intersection(*flat[1:]))
 
 

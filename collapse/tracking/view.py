@@ -21,25 +21,16 @@ EXTRA = "wandb-view"
 BAND = "stderr"  # the band of a group's line: the standard error over its runs (the seeds)
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out: dict = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def view_spec(paths, entity: str | None = None, project: str | None = None, name: str | None = None) -> dict:
     """The workspace for the runs in ``paths`` (run or sweep folders) as plain data (see the module docstring)."""
     import yaml
 
+    from collapse.report.runs import flatten_config
     from collapse.results import run_folders
 
     folders = run_folders(paths)
     configs = [yaml.safe_load((p / "config.yaml").read_text()) or {} for p in folders]
-    flat = [_flat(c) for c in configs]
+    flat = [flatten_config(c) for c in configs]
     keys = sorted({k for f in flat for k in f if k.split(".")[0] not in NOT_A_CONDITION})
     varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
     groupby = varying or ["regime.kind"]
