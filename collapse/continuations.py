@@ -86,11 +86,11 @@ def prepare(cfg: Config, show_progress: bool, check_only: bool = False):
     from collapse.data import measure_docs, measure_windows, split_ids, split_label
     from collapse.models import kind_for
     from collapse.models.hf import set_threads
-    from collapse.runtime import make_accelerator
+    from collapse.runtime import LaunchWorld, make_accelerator
 
     t0 = time.perf_counter()
     set_threads()
-    accelerator = make_accelerator()
+    accelerator = LaunchWorld() if check_only else make_accelerator()
     plan, checked = check_measure(cfg, accelerator)  # data and out_dir first: before a scratch model is built for nothing
     if check_only:
         accelerator.end_training()

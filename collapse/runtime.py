@@ -18,13 +18,15 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     for name in ("transformers", "peft", "accelerate", "datasets", "wandb", "urllib3", "httpx", "filelock"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:
+    # read by transformers and huggingface_hub when they are first imported: importing them here would cost every
+    # command (a one-line error, `collapse keys`) a second of start-up
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # already imported (the Python API in a notebook): tell it directly
         import transformers
 
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
-    except Exception:  # pragma: no cover
-        pass
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -49,6 +51,28 @@ def setup_logging(is_main: bool = True) -> logging.Logger:
     log.setLevel(logging.INFO if is_main else logging.WARNING)
     log.propagate = False
     return log
+
+
+class LaunchWorld:
+    """What the checks ask of an Accelerator (process count and rank, device type, the barrier), read from the
+    launcher's environment: ``--check`` answers without building one (accelerate and its process group cost
+    seconds, and ``--check`` writes nothing that ranks would need to agree on)."""
+
+    def __init__(self):
+        import torch
+
+        self.num_processes = int(os.environ.get("WORLD_SIZE", "1"))
+        self.process_index = int(os.environ.get("RANK", "0"))
+        self.is_main_process = self.process_index == 0
+        use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+        gpu = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else None
+        self.device = torch.device(gpu if gpu and not use_cpu else "cpu")
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+    def end_training(self) -> None:
+        pass
 
 
 def make_accelerator(mixed_precision: str = "auto"):

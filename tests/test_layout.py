@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
 PKG = REPO / "collapse"
@@ -90,3 +91,48 @@ def test_rundir_and_report_need_no_torch():
     code = "import sys, collapse.loop.rundir, collapse.report, collapse.loop.sweep; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+HEAVY = ("torch", "transformers", "accelerate", "peft", "datasets", "wandb", "pandas", "pyarrow")
+_IMPORTED = r"""
+import json, sys
+from collapse.cli import main
+try:
+    rc = main(sys.argv[1:])
+except SystemExit as e:
+    rc = e.code
+state = sys.modules.get("accelerate.state")
+print(json.dumps({"rc": rc, "heavy": sorted({m.split('.')[0] for m in sys.modules} & set(%r)),
+                  "accelerator": bool(state and state.PartialState._shared_state)}))
+"""
+
+
+def _heavy_after(*args: str, cwd: Path) -> tuple[int, list[str], bool]:
+    """The heavy libraries in ``sys.modules`` after ``collapse <args>`` ran in a fresh interpreter: what its start-up
+    paid for (importing is most of a short command's time: torch ~1 s, transformers' model code ~1.5 s), and whether
+    an Accelerator was built."""
+    import json
+    import os
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    out = subprocess.run([sys.executable, "-c", _IMPORTED % (HEAVY,), *args], capture_output=True, text=True,
+                         cwd=cwd, env=env, timeout=300)
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    return last["rc"], last["heavy"], last["accelerator"]
+
+
+@pytest.mark.parametrize("args", [("keys",), ("run", "generation.top_p=1.5"), ("run", "no/such/config.yaml"),
+                                  ("measure", "measure.samples=0"), ("report", "no/such/run")])
+def test_a_one_line_answer_imports_no_heavy_library(args, tmp_path):
+    rc, heavy, _ = _heavy_after(*args, cwd=tmp_path)
+    assert rc in (0, 2) and heavy == [], f"collapse {' '.join(args)} imported {heavy}"
+
+
+def test_check_imports_only_what_the_model_skeleton_needs(tmp_path):
+    """`--check` of the embedded default builds the model's skeleton (torch, transformers, which imports accelerate
+    itself) and nothing else heavy: no peft, datasets or W&B, and no Accelerator (the process count comes from the
+    launcher's environment)."""
+    rc, heavy, accelerator = _heavy_after("run", "--check", f"out_dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert rc == 0 and set(heavy) <= {"torch", "transformers", "accelerate"}, heavy
+    assert not accelerator
+    assert not (tmp_path / "r").exists()

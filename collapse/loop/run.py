@@ -74,7 +74,7 @@ from collapse.metrics.evaluate import evaluate_blocks
 from collapse.metrics.truth import add_truth, kl_truth
 from collapse.models import TrainJob, kind_for
 from collapse.models.hf import decode_rows, never_sampled, set_threads, vocab_size
-from collapse.runtime import StageClock, fmt_bytes, fmt_pct, fmt_s, make_accelerator
+from collapse.runtime import LaunchWorld, StageClock, fmt_bytes, fmt_pct, fmt_s, make_accelerator
 from collapse.seeding import numpy_rng
 from collapse.tracking import NullLogger, StepAxis, close_quietly, make_logger, new_run_id, train_steps, wants_wandb
 from collapse.tracking.run import (
@@ -296,7 +296,7 @@ class Run:
         """
         t0 = time.perf_counter()
         set_threads()
-        accelerator = make_accelerator(cfg.train.mixed_precision)
+        accelerator = LaunchWorld() if check_only else make_accelerator(cfg.train.mixed_precision)
         if not accelerator.is_main_process:
             log.setLevel(logging.WARNING)
         plan, checked = check_run(cfg, accelerator)

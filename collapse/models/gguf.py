@@ -10,6 +10,7 @@ May import: config, errors.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -71,11 +72,44 @@ def require_gguf() -> None:
         raise ModelError(f"reading a .gguf model needs the gguf package: {EXTRA}.")
 
 
-@functools.lru_cache(maxsize=8)
-def _read(path: str, size: int, mtime_ns: int) -> GGUFFacts:
-    """Parse the header (a few seconds for a 49k-entry vocabulary): cached per file version."""
+@functools.lru_cache(maxsize=2)
+def _reader(path: str, size: int, mtime_ns: int):
+    """The parsed header (a few seconds for a 49k-entry vocabulary), per file version; the tensors stay on disk."""
     import gguf
 
+    return gguf.GGUFReader(path)
+
+
+def reader(path: Path):
+    st = path.stat()
+    return _reader(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@contextlib.contextmanager
+def one_parse(active: bool = True):
+    """transformers parses a GGUF file once for the config, once for the tokenizer and once for the weights: while
+    it loads, it is handed the one parse made for the checks (read-only: a memory map of the file)."""
+    if not active:
+        yield
+        return
+    import gguf
+
+    made = gguf.GGUFReader
+
+    def shared(path, mode="r"):
+        p = Path(path)
+        return reader(p) if mode == "r" and p.is_file() else made(path, mode)
+
+    gguf.GGUFReader = shared
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = made
+
+
+@functools.lru_cache(maxsize=8)
+def _read(path: str, size: int, mtime_ns: int) -> GGUFFacts:
+    """The checked facts of the header, cached per file version."""
     p = Path(path)
     with open(p, "rb") as fh:
         head = fh.read(4)
@@ -83,7 +117,7 @@ def _read(path: str, size: int, mtime_ns: int) -> GGUFFacts:
         raise ModelError(f"{p} is not a GGUF file (it starts with {head!r}, not b'GGUF'): point "
                          "model.name_or_path at a .gguf checkpoint, a model folder or a hub id.")
     try:
-        reader = gguf.GGUFReader(str(p))
+        reader = _reader(path, size, mtime_ns)
         end = max((t.data_offset + int(t.n_bytes) for t in reader.tensors), default=0)
         arch = str(reader.fields["general.architecture"].contents())
         name = reader.fields["general.name"].contents() if "general.name" in reader.fields else p.stem

@@ -165,8 +165,11 @@ def _loading(name_or_path: str, source: Source):
 
         bar = getattr(gguf_utils, "tqdm", None)
         gguf_utils.tqdm = lambda it, *a, **k: it
+    from collapse.models.gguf import one_parse
+
     try:
-        yield
+        with one_parse(bool(source.gguf_file)):
+            yield
     except ModelError:
         raise
     except ImportError as e:  # a model's own code (trust_remote_code) needs a package that is not installed
