@@ -79,13 +79,14 @@ def test_none_writes_no_curate_key():
 
 RUN = [*TINY_RUN, "generations=1"]
 EXTRA = {"reference": [], "random": ["curate.share=0.25"], "perplexity": ["curate.score_with=gen0", "curate.keep=lowest"],
-         "detector": ["regime.kind=accumulate", "generations=2"], "dedupe": ["curate.threshold=0.5"]}
+         "detector": ["regime.kind=accumulate", "generations=2", "data.max_documents=20"], "dedupe": ["curate.threshold=0.5"]}
 GENS = {"detector": 2}  # the others: one generation trained on a curated set
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One run per built-in curator (replace; the detector's under accumulate for 2 generations: its record reused)."""
+    """One run per built-in curator (replace; the detector's under accumulate for 2 generations: its record reused;
+    on 20 documents, as accumulate trains on every real row)."""
     root = tmp_path_factory.mktemp("curate")
     out = {}
     for kind, extra in EXTRA.items():

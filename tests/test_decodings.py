@@ -17,7 +17,6 @@ from conftest import REPO, run_cli
 from collapse.config import load_config
 from collapse.errors import ConfigError
 
-ENV = {"OMP_NUM_THREADS": "2"}
 CONFIG = str(REPO / "configs/measure/decodings.yaml")
 SMALL = ["measure.samples=24", "measure.window=128", "wandb.mode=disabled"]  # the shipped config, smaller
 
@@ -25,7 +24,7 @@ SMALL = ["measure.samples=24", "measure.window=128", "wandb.mode=disabled"]  # t
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
     out = tmp_path_factory.mktemp("dec") / "m"
-    r = run_cli("measure", CONFIG, *SMALL, f"out_dir={out}", env=ENV, timeout=600)
+    r = run_cli("measure", CONFIG, *SMALL, f"out_dir={out}", timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return out, r
 
@@ -83,7 +82,7 @@ def test_a_column_is_the_plain_measure_of_its_settings(measured, tmp_path):
     out, _ = measured
     plain = tmp_path / "plain"
     r = run_cli("measure", str(REPO / "configs/measure/tiny.yaml"), *SMALL, "generation.temperature=0.7",
-                f"out_dir={plain}", env=ENV, timeout=300)
+                f"out_dir={plain}", timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     a = json.loads((plain / "measure.json").read_text())["bucket_shift"]
     b = next(c for c in json.loads((out / "decodings.json").read_text())["columns"] if c["name"] == "T=0.7")
@@ -122,7 +121,7 @@ def test_an_entry_is_checked_on_top_of_generation():
 
 def test_a_bad_entry_on_the_command_line_is_one_line_and_nothing_is_written(tmp_path):
     out = tmp_path / "m"
-    r = run_cli("measure", CONFIG, "measure.decodings=[{temperature: -1}]", f"out_dir={out}", env=ENV, timeout=120)
+    r = run_cli("measure", CONFIG, "measure.decodings=[{temperature: -1}]", f"out_dir={out}", timeout=120)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "measure.decodings[0]" in lines[0], r.stderr
     assert not out.exists()
