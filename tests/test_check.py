@@ -127,3 +127,47 @@ def test_a_second_command_in_one_process_may_ask_another_precision():
     assert make_accelerator("no").mixed_precision == "no"
     assert make_accelerator("fp16").mixed_precision == "fp16"
     assert make_accelerator("no").mixed_precision == "no"
+
+
+def _shape(model) -> tuple:
+    """What the checks read of a skeleton: modules (name, class), parameters (name, shape, dtype, device; tied ones
+    once), the LoRA targets and byte counts, the context and vocabulary."""
+    from collapse.models.hf import default_targets
+    from collapse.models.kind import context_length
+    from collapse.models.transformer import adapter_bytes, master_bytes, weights_bytes
+
+    cfg = load_config(None, [])
+    return ([(n, type(m).__name__) for n, m in model.named_modules()],
+            [(n, tuple(p.shape), p.dtype, p.device.type) for n, p in model.named_parameters()],
+            default_targets(model), adapter_bytes(model, cfg), weights_bytes(model), master_bytes(model),
+            context_length(model), model.config.vocab_size)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_recorded_skeleton_is_the_built_one(tmp_path, arch):
+    """`--check` reads a model folder's skeleton.json instead of importing the model's code: what it rebuilds
+    gives every figure the built skeleton gives; a record for another config, or a damaged one, is not used."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from collapse.config import ScratchConfig
+    from collapse.models import skeleton
+    from collapse.models.scratch import SHIPPED, build_scratch_model
+
+    if arch == "gpt2":
+        folder = SHIPPED  # the embedded default's, as shipped
+    else:
+        folder = tmp_path / "llama"
+        build_scratch_model(ScratchConfig(arch="llama", n_layer=2, d_model=64, n_head=2), 300, 0).save_pretrained(folder)
+        skeleton.record(folder)
+    config = AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        built = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    rebuilt = skeleton.read(folder, config, torch.float32)
+    assert rebuilt is not None and _shape(rebuilt) == _shape(built)
+    assert skeleton.read(folder, config, torch.bfloat16) is None  # another dtype: built as before
+    if arch == "llama":
+        other = AutoConfig.from_pretrained(folder)
+        other.num_hidden_layers = 1
+        assert skeleton.read(folder, other, torch.float32) is None
+        (folder / skeleton.FILE).write_text('{"key": "' + skeleton._key(config, torch.float32) + '", "modules": [[1')
+        assert skeleton.read(folder, config, torch.float32) is None

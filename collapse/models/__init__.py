@@ -1,6 +1,7 @@
 """Model kinds: one protocol (:class:`ModelKind`, ``kind.py``) and its implementations.
 
-* ``transformer.py`` — causal LMs from transformers: a hub id, a local folder, or the scratch model.
+* ``transformer.py`` — causal LMs from transformers: a hub id, a local folder, or the scratch model;
+  ``skeleton.py`` — a folder's recorded module tree, which spares `--check` importing the model's code.
 * ``ngram/`` — the count-based n-gram (``model.name_or_path: ngram``), trained by counting.
 
 :func:`kind_for` picks the kind that claims ``model.name_or_path`` (the n-gram, or any kind added with

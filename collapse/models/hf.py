@@ -247,16 +247,23 @@ def load_pretrained(name_or_path: str, cfg: ModelConfig, device: torch.device, d
 
 def load_skeleton(name_or_path: str, cfg: ModelConfig, device: torch.device):
     """(weightless model on the meta device, tokenizer): shapes, context and module names in seconds, for checks."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     source = model_source(name_or_path, getattr(cfg, "gguf_file", None), cfg.revision)
     with _loading(name_or_path, source):
         tok = _tokenizer(source, cfg, name_or_path)
         mc = AutoConfig.from_pretrained(source.where, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
                                         **source.kwargs())
+        dtype = resolve_dtype(cfg.dtype, device)
+        if source.local and not source.gguf_file:  # its recorded skeleton spares importing the model's code
+            from collapse.models.skeleton import read
+
+            if (model := read(Path(source.where), mc, dtype)) is not None:
+                return model, tok
+        from transformers import AutoModelForCausalLM
+
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(mc, dtype=resolve_dtype(cfg.dtype, device),
-                                                     trust_remote_code=cfg.trust_remote_code)
+            model = AutoModelForCausalLM.from_config(mc, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
     return model, tok
 
 

@@ -23,6 +23,7 @@ from collapse.config import ScratchConfig
 from collapse.errors import ConfigError, DataError, TrainingError
 from collapse.io import atomic_dir
 from collapse.metrics.evaluate import mean_nll
+from collapse.models.skeleton import record as record_skeleton
 from collapse.models.train import epoch_order, lm_loss, lr_at
 
 log = logging.getLogger("collapse")
@@ -165,6 +166,7 @@ def build(cfg: ScratchConfig, splits, dest: Path | None, show_progress: bool = T
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         save_split_ids(tmp / TOKENS_FILE, splits, ids)
+        record_skeleton(tmp)  # `--check` reads the model's shapes from it (collapse.models.skeleton)
         info = {"key": key, "scratch": asdict(cfg), "data": data,
                 "seconds": round(time.time() - t0, 1), **stats}
         (tmp / "scratch.json").write_text(json.dumps(info, indent=1))
