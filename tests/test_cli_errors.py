@@ -77,6 +77,18 @@ def test_a_setting_a_stage_would_refuse_is_refused_by_check_too(tmp_path):
     assert not out.exists()
 
 
+def test_check_reads_the_process_count_from_the_launchers_environment(tmp_path):
+    """`--check` builds no Accelerator: the launcher's WORLD_SIZE and RANK are what it divides by and who prints."""
+    launched = {"HF_HUB_OFFLINE": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "ACCELERATE_USE_CPU": "true"}
+    r = run_cli("run", "--check", "train.batch_size=3", f"out_dir={tmp_path / 'r'}", env={**launched, "RANK": "0"})
+    assert r.returncode == 2 and "= 2 × 1" in r.stderr, r.stderr[-2000:]
+    main = run_cli("run", "--check", f"out_dir={tmp_path / 'r'}", env={**launched, "RANK": "0"})
+    assert main.returncode == 0 and "2 process(es) on cpu" in main.stdout, main.stderr[-2000:]
+    other = run_cli("run", "--check", f"out_dir={tmp_path / 'r'}", env={**launched, "RANK": "1"})
+    assert other.returncode == 0 and other.stdout == "", other.stdout  # one plan, from the main process
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("command, overrides, needle", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_user_error_is_one_clean_line(tmp_path, data_files, command, overrides, needle):
     out = tmp_path / "out"
