@@ -41,6 +41,15 @@ TINY_RUN = TINY + [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_wandb_service():
+    """A W&B run made in this process starts wandb's service and writes WANDB_SERVICE into os.environ, which every
+    later child would inherit: its runs would share that service, and a child killed mid-run would leave its run
+    id "in use" there for the run that resumes it. Each test's children start their own."""
+    os.environ.pop("WANDB_SERVICE", None)
+    yield
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _cache(tmp_path_factory):
     root = os.environ.get("COLLAPSE_TEST_CACHE")

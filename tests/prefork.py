@@ -2,10 +2,7 @@
 `collapse` command: each child is a fresh process running ``collapse.cli.main`` (what ``python -m collapse``
 runs), with its own environment and its stdout/stderr sent to files, at ~5 s less import time per command.
 
-``COLLAPSE_TEST_PREFORK=0`` makes the callers run plain ``python -m collapse`` subprocesses instead. wandb is not
-imported here: a child that logs to W&B imports it itself, so that no state of its service client crosses a fork
-(once, under pytest-xdist, a W&B init in a child failed to reach its service while wandb was imported here;
-the cause was not pinned down).
+``COLLAPSE_TEST_PREFORK=0`` makes the callers run plain ``python -m collapse`` subprocesses instead.
 """
 
 from __future__ import annotations
@@ -25,7 +22,7 @@ import json, os, sys, traceback
 sys.path.insert(0, os.getcwd())
 import collapse.cli, collapse.loop.run, collapse.check, collapse.data, collapse.metrics.evaluate, collapse.models.train
 import collapse.decoding.generate, collapse.decoding.fastgen, collapse.tracking, collapse.tracking.run, collapse.metrics, collapse.models.hf, collapse.runtime
-import accelerate, datasets, peft, pyarrow.parquet, safetensors.torch, transformers  # not wandb: see the docstring
+import accelerate, datasets, peft, pyarrow.parquet, safetensors.torch, transformers, wandb
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerFast
 from transformers.pytorch_utils import Conv1D
 from peft import PeftModel, get_peft_model
