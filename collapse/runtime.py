@@ -54,19 +54,29 @@ def setup_logging(is_main: bool = True) -> logging.Logger:
 
 
 class LaunchWorld:
-    """What the checks ask of an Accelerator (process count and rank, device type, the barrier), read from the
-    launcher's environment: ``--check`` answers without building one (accelerate and its process group cost
-    seconds, and ``--check`` writes nothing that ranks would need to agree on)."""
+    """What the checks ask of an Accelerator (process count and rank, device type, whether the precision can run,
+    the barrier), read from the launcher's environment as accelerate reads it: ``--check`` answers without building
+    one (accelerate and its process group cost seconds, and ``--check`` writes nothing ranks must agree on)."""
 
-    def __init__(self):
+    def __init__(self, mixed_precision: str = "auto"):
         import torch
+        from accelerate.utils import get_int_from_env, is_bf16_available, str_to_bool
 
-        self.num_processes = int(os.environ.get("WORLD_SIZE", "1"))
-        self.process_index = int(os.environ.get("RANK", "0"))
+        self.num_processes = get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE",
+                                               "MV2_COMM_WORLD_SIZE"], 1)
+        self.process_index = get_int_from_env(["RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"], 0)
         self.is_main_process = self.process_index == 0
-        use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+        use_cpu = bool(str_to_bool(os.environ.get("ACCELERATE_USE_CPU", "false")))
         gpu = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else None
         self.device = torch.device(gpu if gpu and not use_cpu else "cpu")
+        from collapse.errors import ConfigError
+
+        # what Accelerator(mixed_precision=...) refuses (accelerate 1.x, its __init__), refused here too
+        if mixed_precision == "fp16" and not torch.amp.is_autocast_available(self.device.type):
+            raise ConfigError(f"train.mixed_precision=fp16 is not supported on {self.device.type}: use `auto` or `no`.")
+        if mixed_precision == "bf16" and self.device.type != "cpu" and not is_bf16_available(True):
+            raise ConfigError(f"train.mixed_precision=bf16 is not supported on this {self.device.type} device: use "
+                              "`auto`, `no` or `fp16`.")
 
     def wait_for_everyone(self) -> None:
         pass

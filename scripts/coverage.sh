@@ -2,7 +2,7 @@
 # Line coverage of collapse/ under a test tier, with the code that runs in CLI subprocesses, forked children
 # (tests/prefork.py) and accelerate's ranks counted: most of the package runs there, not in pytest's process.
 #   bash scripts/coverage.sh                      # the fast tier (what scripts/test.sh runs)
-#   COLLAPSE_SLOW=1 bash scripts/coverage.sh ...  # other tiers and pytest arguments, as for scripts/test.sh
+#   COLLAPSE_SLOW=only bash scripts/coverage.sh   # other tiers, workers and pytest arguments: as scripts/test.sh
 # Prints the report and leaves coverage.json (per-file figures) in $COVERAGE_OUT (default: a temp folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,10 +25,18 @@ precision = 1
 INI
 export COVERAGE_RCFILE="$OUT/coverage.ini"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
-MARK="not slow and not gpu"
-if [ "${COLLAPSE_SLOW:-0}" = "1" ]; then MARK="not gpu"; fi
+case "${COLLAPSE_SLOW:-0}" in  # the tiers and workers as scripts/test.sh chooses them
+  1) MARK="not gpu" ;;
+  only) MARK="slow and not gpu" ;;
+  *) MARK="not slow and not gpu" ;;
+esac
 if [ "${COLLAPSE_REAL:-0}" = "1" ]; then MARK="real"; else MARK="$MARK and not real"; fi
-python3 -m coverage run -m pytest -q -m "$MARK" -p no:cacheprovider "$@" || echo "pytest failed: the figure below counts the tests that ran"
+CORES="$(python3 -c 'import os; print(len(os.sched_getaffinity(0)))' 2>/dev/null || echo 1)"
+WORKERS="${COLLAPSE_TEST_WORKERS:-$(( CORES < 4 ? CORES : 4 ))}"
+PARALLEL=()
+if [ "$WORKERS" -gt 1 ]; then PARALLEL=(-n "$WORKERS" --dist loadfile); fi  # workers are subprocesses: measured
+python3 -m coverage run -m pytest -q -m "$MARK" -p no:cacheprovider ${PARALLEL[@]+"${PARALLEL[@]}"} "$@" \
+  || echo "pytest failed: the figure below counts the tests that ran"
 python3 -m coverage combine -q
 python3 -m coverage report --format=total > "$OUT/total.txt"
 python3 -m coverage json -q -o "$OUT/coverage.json"

@@ -45,6 +45,9 @@ for line in sys.stdin:
         try:
             os.environ.clear()
             os.environ.update(req["env"])
+            if "OMP_NUM_THREADS" in os.environ:  # OpenMP read it when the helper imported torch: tell torch again
+                import torch
+                torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
             os.chdir(req.get("cwd") or os.getcwd())
             for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
                 f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

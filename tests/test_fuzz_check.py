@@ -126,14 +126,21 @@ def env(tmp_path_factory):
     (work / "logs").mkdir()
     tmp = work / "tmp"  # the children's temp folder: a --check must leave nothing in it
     tmp.mkdir()
+    # a model cache of its own: the session's is shared with the other pytest-xdist workers, whose builds would
+    # show up as files a --check wrote
+    shared, own = os.environ["COLLAPSE_CACHE"], work / "cache"
+    os.environ["COLLAPSE_CACHE"] = str(own)
     cfg = load_config(None, BASE)
     get_scratch_model(cfg.model.scratch, load_splits(cfg.data), show_progress=False)
     runner = Prefork(env={"OMP_NUM_THREADS": "1"})  # one thread: no OpenMP pool, which a fork would deadlock
     for command in ("run", "measure"):  # the lazy imports of a check, done once for every child
         runner.warm([command, "--check", *BASE, f"out_dir={work / 'warm'}"])
     child_env = {**os.environ, "TMPDIR": str(tmp), "COLLAPSE_SKIP_REPORT": "1", "OMP_NUM_THREADS": "1"}
-    yield work, runner, child_env
-    runner.close()
+    try:
+        yield work, runner, child_env
+    finally:
+        runner.close()
+        os.environ["COLLAPSE_CACHE"] = shared
 
 
 def run_check(env, command: str, yaml_text: str | None, overrides: tuple[str, ...], n: int):

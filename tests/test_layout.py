@@ -130,10 +130,27 @@ def test_a_one_line_answer_imports_no_heavy_library(args, tmp_path):
 
 
 def test_check_imports_only_what_the_model_skeleton_needs(tmp_path):
-    """`--check` of the embedded default reads its model's shapes from the recorded skeleton (torch, transformers'
-    config and tokenizer, which import accelerate) and nothing else heavy: not the model's code (about 2 s), no
-    peft, datasets or W&B, and no Accelerator (the process count comes from the launcher's environment)."""
-    rc, heavy, accelerator = _heavy_after("run", "--check", f"out_dir={tmp_path / 'r'}", cwd=tmp_path)
-    assert rc == 0 and set(heavy) <= {"torch", "transformers", "accelerate"}, heavy
-    assert not accelerator
+    """`--check` of a model folder with a current skeleton record (a copy of the embedded default's, recorded by the
+    libraries installed here) reads the model's shapes from it: torch and transformers' config and tokenizer (which
+    import accelerate) and nothing else heavy: not the model's code (about 2 s), no peft, datasets or W&B, and no
+    Accelerator (the process count comes from the launcher's environment). The embedded default itself too, when
+    its shipped record is for these library versions (collapse/gen0/skeleton.json)."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig
+
+    from collapse.models import skeleton
+    from collapse.models.scratch import SHIPPED
+
+    folder = tmp_path / "model"
+    shutil.copytree(SHIPPED, folder)
+    skeleton.record(folder)
+    runs = [("run", "--check", f"model.name_or_path={folder}", f"out_dir={tmp_path / 'r'}")]
+    if skeleton.read(SHIPPED, AutoConfig.from_pretrained(SHIPPED), torch.float32) is not None:
+        runs.append(("run", "--check", f"out_dir={tmp_path / 'r'}"))
+    for args in runs:
+        rc, heavy, accelerator = _heavy_after(*args, cwd=tmp_path)
+        assert rc == 0 and set(heavy) <= {"torch", "transformers", "accelerate"}, (args, heavy)
+        assert not accelerator
     assert not (tmp_path / "r").exists()

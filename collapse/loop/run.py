@@ -296,7 +296,7 @@ class Run:
         """
         t0 = time.perf_counter()
         set_threads()
-        accelerator = LaunchWorld() if check_only else make_accelerator(cfg.train.mixed_precision)
+        accelerator = (LaunchWorld if check_only else make_accelerator)(cfg.train.mixed_precision)
         if not accelerator.is_main_process:
             log.setLevel(logging.WARNING)
         plan, checked = check_run(cfg, accelerator)

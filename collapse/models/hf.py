@@ -255,7 +255,7 @@ def load_skeleton(name_or_path: str, cfg: ModelConfig, device: torch.device):
         mc = AutoConfig.from_pretrained(source.where, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
                                         **source.kwargs())
         dtype = resolve_dtype(cfg.dtype, device)
-        if source.local and not source.gguf_file:  # its recorded skeleton spares importing the model's code
+        if source.local and not source.gguf_file and not cfg.trust_remote_code:  # its record spares the model's code
             from collapse.models.skeleton import read
 
             if (model := read(Path(source.where), mc, dtype)) is not None:

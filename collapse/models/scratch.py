@@ -166,7 +166,10 @@ def build(cfg: ScratchConfig, splits, dest: Path | None, show_progress: bool = T
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         save_split_ids(tmp / TOKENS_FILE, splits, ids)
-        record_skeleton(tmp)  # `--check` reads the model's shapes from it (collapse.models.skeleton)
+        try:  # `--check` reads the model's shapes from it (collapse.models.skeleton); only a speed-up
+            record_skeleton(tmp)
+        except Exception as e:  # noqa: BLE001 - never lose a finished pre-training for it
+            log.debug("no skeleton record: %s", e)
         info = {"key": key, "scratch": asdict(cfg), "data": data,
                 "seconds": round(time.time() - t0, 1), **stats}
         (tmp / "scratch.json").write_text(json.dumps(info, indent=1))

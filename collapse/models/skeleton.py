@@ -4,8 +4,8 @@ Importing a transformers model class costs about 2 s on 2 cores (its modeling co
 dynamo and the loss functions of every task), while `--check` needs only the module tree: names, linear layers and
 parameter shapes. A folder may hold ``skeleton.json``, the record of the tree that ``AutoModelForCausalLM
 .from_config`` builds from this folder's config (written where the folder is made: a scratch build, the shipped
-generation 0). It is used only when its key matches this config, dtype, transformers and torch; else the skeleton
-is built as before. tests/test_check.py checks that a rebuilt skeleton gives the checks what the built one gives.
+generation 0). It is used only when its key matches this config, dtype and the major.minor versions of
+transformers and torch, and never for a folder with its own model code; else the skeleton is built as before. tests/test_check.py checks that a rebuilt skeleton gives the checks what the built one gives.
 
 May import: torch, transformers (configuration and pytorch_utils only).
 """
@@ -26,8 +26,9 @@ def _key(config, dtype: torch.dtype) -> str:
     import transformers
 
     cfg = {k: v for k, v in config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
-    text = json.dumps({"config": cfg, "dtype": str(dtype), "transformers": transformers.__version__,
-                       "torch": torch.__version__.split("+")[0], "version": VERSION}, sort_keys=True, default=str)
+    minor = lambda v: ".".join(v.split("+")[0].split(".")[:2])  # noqa: E731 - a patch release keeps module trees
+    text = json.dumps({"config": cfg, "dtype": str(dtype), "transformers": minor(transformers.__version__),
+                       "torch": minor(torch.__version__), "version": VERSION}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -65,11 +66,13 @@ def read(folder: Path, config, dtype: torch.dtype):
         data = json.loads((Path(folder) / FILE).read_text())
     except (OSError, ValueError):
         return None
+    if getattr(config, "auto_map", None):  # the folder's own model code, which the key does not cover
+        return None
     if not isinstance(data, dict) or data.get("key") != _key(config, dtype):
         return None
     try:
         return _rebuild(data, config)
-    except (KeyError, ValueError, TypeError, AttributeError, RuntimeError):  # a damaged record: build as before
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError, RuntimeError):  # damaged: build as before
         return None
 
 
