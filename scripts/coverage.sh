@@ -25,16 +25,7 @@ precision = 1
 INI
 export COVERAGE_RCFILE="$OUT/coverage.ini"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
-case "${COLLAPSE_SLOW:-0}" in  # the tiers and workers as scripts/test.sh chooses them
-  1) MARK="not gpu" ;;
-  only) MARK="slow and not gpu" ;;
-  *) MARK="not slow and not gpu" ;;
-esac
-if [ "${COLLAPSE_REAL:-0}" = "1" ]; then MARK="real"; else MARK="$MARK and not real"; fi
-CORES="$(python3 -c 'import os; print(len(os.sched_getaffinity(0)))' 2>/dev/null || echo 1)"
-WORKERS="${COLLAPSE_TEST_WORKERS:-$(( CORES < 4 ? CORES : 4 ))}"
-PARALLEL=()
-if [ "$WORKERS" -gt 1 ]; then PARALLEL=(-n "$WORKERS" --dist loadfile); fi  # workers are subprocesses: measured
+source scripts/tiers.sh  # MARK and PARALLEL, as scripts/test.sh chooses them (workers are subprocesses: measured)
 python3 -m coverage run -m pytest -q -m "$MARK" -p no:cacheprovider ${PARALLEL[@]+"${PARALLEL[@]}"} "$@" \
   || echo "pytest failed: the figure below counts the tests that ran"
 python3 -m coverage combine -q

@@ -5,17 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
-case "${COLLAPSE_SLOW:-0}" in
-  1) MARK="not gpu" ;;
-  only) MARK="slow and not gpu" ;;
-  *) MARK="not slow and not gpu" ;;
-esac
-if [ "${COLLAPSE_REAL:-0}" = "1" ]; then MARK="real"; else MARK="$MARK and not real"; fi
-# test files run side by side, one worker per core up to 4 (pytest-xdist; a file stays on one worker, so its
-# module fixtures are built once; tests/conftest.py gives each worker its share of the cores);
-# COLLAPSE_TEST_WORKERS=1 runs them one after another in this process
-CORES="$(python3 -c 'import os; print(len(os.sched_getaffinity(0)))' 2>/dev/null || echo 1)"
-WORKERS="${COLLAPSE_TEST_WORKERS:-$(( CORES < 4 ? CORES : 4 ))}"
-PARALLEL=()
-if [ "$WORKERS" -gt 1 ]; then PARALLEL=(-n "$WORKERS" --dist loadfile); fi
+source scripts/tiers.sh  # MARK and PARALLEL
 exec python3 -m pytest -q -m "$MARK" ${PARALLEL[@]+"${PARALLEL[@]}"} "$@"
