@@ -62,6 +62,8 @@ class LaunchWorld:
         import torch
         from accelerate.utils import get_int_from_env, is_bf16_available, str_to_bool
 
+        from collapse.errors import ConfigError
+
         self.num_processes = get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE",
                                                "MV2_COMM_WORLD_SIZE"], 1)
         self.process_index = get_int_from_env(["RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"], 0)
@@ -69,8 +71,6 @@ class LaunchWorld:
         use_cpu = bool(str_to_bool(os.environ.get("ACCELERATE_USE_CPU", "false")))
         gpu = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else None
         self.device = torch.device(gpu if gpu and not use_cpu else "cpu")
-        from collapse.errors import ConfigError
-
         # what Accelerator(mixed_precision=...) refuses (accelerate 1.x, its __init__), refused here too
         if mixed_precision == "fp16" and not torch.amp.is_autocast_available(self.device.type):
             raise ConfigError(f"train.mixed_precision=fp16 is not supported on {self.device.type}: use `auto` or `no`.")

@@ -5,7 +5,8 @@ dynamo and the loss functions of every task), while `--check` needs only the mod
 parameter shapes. A folder may hold ``skeleton.json``, the record of the tree that ``AutoModelForCausalLM
 .from_config`` builds from this folder's config (written where the folder is made: a scratch build, the shipped
 generation 0). It is used only when its key matches this config, dtype and the major.minor versions of
-transformers and torch, and never for a folder with its own model code; else the skeleton is built as before. tests/test_check.py checks that a rebuilt skeleton gives the checks what the built one gives.
+transformers and torch, and never for a folder with its own model code; else the skeleton is built as before.
+tests/test_check.py checks that a rebuilt skeleton gives the checks what the built one gives.
 
 May import: torch, transformers (configuration and pytorch_utils only).
 """
