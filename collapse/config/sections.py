@@ -1,6 +1,6 @@
 """The sections of the synthetic source (``data.synthetic``), the n-gram model (``model.ngram``), the
 intervals (``stats``) and the regime (``regime``), and the check that refuses keys which mean nothing for the n-gram; the package's
-``__init__`` gathers them into :class:`collapse.config.Config`."""
+``schema`` gathers them into :class:`collapse.config.Config`."""
 
 from __future__ import annotations
 
