@@ -104,11 +104,12 @@ def idle_curate_settings(cfg: Config) -> list[str]:
     """curate.* settings changed from their defaults that the chosen curator does not read."""
     import dataclasses
 
-    from collapse.config.curate import CurateConfig
+    from collapse.config.curate import POOL_KEYS, CurateConfig
     from collapse.loop.curate import USES
 
     c, default = cfg.curate, CurateConfig()
-    changed = [f.name for f in dataclasses.fields(c) if f.name != "kind" and getattr(c, f.name) != getattr(default, f.name)]
+    changed = [f.name for f in dataclasses.fields(c) if f.name not in ("kind", *POOL_KEYS)
+               and getattr(c, f.name) != getattr(default, f.name)]
     idle = [k for k in changed if k not in USES.get(c.kind, ())]
     if not idle:
         return []
@@ -124,9 +125,35 @@ def curate_line(cfg: Config) -> str:
     if problem:
         raise ConfigError(problem)
     c = resolved(cfg.curate)
-    settings = ", ".join(f"{k}={getattr(c, k)}" for k in USES.get(c.kind, ()))
-    return (f"{c.kind} ({settings}) on generations 0..{cfg.generations - 1}; the kept samples resampled to "
-            "each generation's sample count (collapse.loop.curate.fill)")
+    settings = ", ".join(f"{k}={round(getattr(c, k), 4)}" if isinstance(getattr(c, k), float) else f"{k}={getattr(c, k)}"
+                         for k in USES.get(c.kind, ()))
+    pool = "the samples"
+    if c.pooled:
+        pool = (f"a pool of {c.oversample} samples per prompt" if c.oversample > 1 else "a pool of the samples") + (
+            f" with real rows of unknown origin as {c.real_share:.0%} of it" if c.real_share else "")
+    return (f"{c.kind} ({settings}) on generations 0..{cfg.generations - 1}, choosing from {pool}; what it keeps "
+            "resampled to one row per prompt (collapse.loop.curate.fill)")
+
+
+def check_pool(cfg: Config, d) -> None:
+    """A pool's real rows must exist: enough real blocks whose continuation holds no EOS (as a sample's cannot), and
+    real rows left over for the detector that share no text with them."""
+    if not cfg.curate.real_share:
+        return
+    from collapse.loop.pool import eligible_blocks, real_count
+
+    gc, h = cfg.generation, cfg.curate.real_share
+    m = real_count(d.n_seq, h)
+    ok = len(eligible_blocks(d.blocks, gc.prompt_tokens, tuple(d.suppress)))
+    if ok < m:
+        raise ConfigError(f"curate.real_share={h} needs {m:,} real pool rows beside {d.n_seq:,} samples, and the "
+                          f"training text has {ok:,} blocks of {d.blocks.shape[1]} tokens with no EOS in the "
+                          "continuation: lower curate.real_share or generation.num_sequences, or use more data.")
+    spent = m * (d.blocks.shape[1] // d.real_rows.shape[1] + 1)  # the real rows a pool block can overlap, at most
+    if cfg.curate.kind == "detector" and len(d.real_rows) - spent < 2:
+        raise ConfigError(f"curate.real_share={h} puts {m:,} real blocks in the pool and leaves the detector fewer than "
+                          "2 real training rows that share no text with them: lower curate.real_share or "
+                          "generation.num_sequences, or use more data.")
 
 
 # ---------------------------------------------------------------------- out_dir
@@ -281,12 +308,15 @@ def check_run(cfg: Config, accelerator) -> tuple[Plan, Checked]:
                            f"{len(d.val_blocks):,} validation and {len(d.test_blocks):,} test blocks of "
                            f"{d.test_blocks.shape[1]}")
         check_gen0_budget(cfg, d)
+        check_pool(cfg, d)
     else:
-        n_seq = gc.num_sequences or 0
+        n_seq = (gc.num_sequences or 0) * cfg.curate.oversample
         plan.add("blocks", "counted once the scratch tokenizer is built")
     if cfg.train.fits_gen0:
         plan.add("gen 0", gen0_line(cfg))
     per = f"{n_seq:,}" if n_seq else "one per training block"
+    if cfg.curate.oversample > 1:
+        per += f" ({cfg.curate.oversample} per prompt)"
     plan.add("samples", f"{per} × {gc.new_tokens} tokens from {gc.prompt_tokens}-token real prompts, "
                         f"{cfg.generations} generations, regime {cfg.regime.kind}")
     if cfg.curate.active:

@@ -1,22 +1,27 @@
-"""docs/results.md's remedies table and figure, from the sweep of configs/experiments/remedies.yaml.
+"""docs/results.md's remedies tables and figure, from a remedies sweep (any of configs/experiments/remedies*.yaml).
 
-    collapse sweep configs/experiments/remedies.yaml --out runs/experiments/remedies
-    python scripts/remedies.py runs/experiments/remedies docs/img
+    collapse sweep configs/experiments/remedies-pool.yaml --out runs/experiments/remedies-pool
+    python scripts/remedies.py runs/experiments/remedies-pool docs/img
 
-For each point (a curator, or mix 10%), over its seeds: the change from generation 0 to the last generation in
-test perplexity and in the tail loss of ranks 1001-10000 (mean over seeds, a t interval over the seeds, and how
-many of the seeds' own paired intervals exclude 0), then the same changes against `none` and against `mix`,
-paired by seed (the same seed gives every point the same generation 0 and the same first corpus). Draws
-``remedies-test-ppl.png``: test perplexity over generations, one line per point (mean over seeds, band: the
-seeds' range). Reads everything through collapse.load_runs.
+For each point (a curator and the pool it chose from, or mix 10%, or none), over its seeds: the change from
+generation 0 to the last generation in test perplexity and in the tail loss of ranks 1001-10000 (mean over seeds, a
+t interval over the seeds, and how many of the seeds' own paired intervals exclude 0); the same changes against
+`none`, against `mix 10% real` and against `random` from the same pool (its control), each paired by seed (the same
+seed gives every point the same generation 0 and the same prompts); and, in a pool with real rows, the share of
+the training rows that were real (mean over the curated generations and seeds; the curator never saw it).
+Draws ``<folder name>-test-ppl.png``: test perplexity over generations, one line per point (mean over seeds, band:
+the seeds' range). Reads everything through collapse.load_runs.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 import numpy as np
+
+BASELINES = ("none", "mix 10% real")
 
 
 def _t95(n: int) -> float:
@@ -25,13 +30,32 @@ def _t95(n: int) -> float:
     return float(t.ppf(0.975, n - 1)) if n > 1 else float("nan")
 
 
+def pool_of(row) -> str:
+    """The pool a curator chose from, in words ('' for the samples alone)."""
+    parts = []
+    k, h = int(row.get("curate.oversample", 1) or 1), float(row.get("curate.real_share", 0.0) or 0.0)
+    if k > 1:
+        parts.append(f"{k} per prompt")
+    if h > 0:
+        parts.append(f"{h:.0%} real")
+    return f" · pool {', '.join(parts)}" if parts else ""
+
+
 def point_of(row) -> str:
-    if row["regime.kind"] == "mix":
+    if row["regime.kind"] == "mix" and row["curate.kind"] == "none":
         return "mix 10% real"
     kind = row["curate.kind"]
     if kind == "perplexity":
-        return f"perplexity ({row['curate.keep']})"
-    return kind
+        kind = f"perplexity ({row['curate.keep']}, {row['curate.score_with']})"
+    return kind + pool_of(row)
+
+
+def control_of(point: str) -> str | None:
+    """The same pool's `random`, for a curator's point."""
+    if point in BASELINES or point.startswith("random"):
+        return None
+    _, _, pool = point.partition(" · ")
+    return "random" + (f" · {pool}" if pool else "")
 
 
 def _mean_ci(x: np.ndarray) -> tuple[float, float, float]:
@@ -40,57 +64,71 @@ def _mean_ci(x: np.ndarray) -> tuple[float, float, float]:
     return m, m - h, m + h
 
 
-def table(df) -> tuple[str, dict]:
+def cell(vals) -> str:
+    m, lo, hi = _mean_ci(np.array(vals, np.float64))
+    if math.isnan(lo):
+        return f"{m:+.2f}"
+    bold = "**" if lo > 0 or hi < 0 else ""
+    return f"{bold}{m:+.2f} [{lo:+.2f}, {hi:+.2f}]{bold}"
+
+
+def changes(df) -> dict:
+    """point -> figure -> seed -> (change from generation 0 to the last, resolved by the seed's own interval)."""
     last = df.generation.max()
-    out = {}
+    out: dict = {}
     for fig, bucket in (("test_ppl", None), ("tail_loss", "1001-10000")):
         sel = df[(df.figure == fig) & (df.generation == last)]
         sel = sel[sel.bucket.isna()] if bucket is None else sel[sel.bucket == bucket]
         for p, g in sel.groupby("point"):
             out.setdefault(p, {})[fig] = {int(s): (c, bool(r)) for s, c, r in zip(g.seed, g.change, g.resolved)}
-    order = ["none", "perplexity (highest)", "perplexity (lowest)", "reference", "random", "detector", "dedupe",
-             "mix 10% real"]
-    order = [p for p in order if p in out] + sorted(p for p in out if p not in order)
-    lines = ["| remedy | Δ test ppl, gen 0 → last | resolved | Δ NLL 1001-10000 | resolved | test ppl vs none | "
-             "test ppl vs mix | NLL 1001-10000 vs none | NLL 1001-10000 vs mix |", "|---|---|---|---|---|---|---|---|---|"]
+    return out
 
-    def cell(vals) -> str:
-        m, lo, hi = _mean_ci(np.array(vals))
-        return f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
+def kept_real(df) -> dict:
+    sel = df[(df.figure == "kept_real_share") & df.value.notna()]
+    return {p: (float(g.value.mean()), float(g.value.min()), float(g.value.max())) for p, g in sel.groupby("point")}
+
+
+def table(df) -> str:
+    out, real = changes(df), kept_real(df)
+    order = [p for p in BASELINES if p in out] + sorted(p for p in out if p not in BASELINES)
+    head = ["point", "Δ test ppl, gen 0 → last", "resolved", "Δ NLL 1001-10000", "resolved", "test ppl vs none",
+            "test ppl vs mix 10%", "test ppl vs the pool's random", "NLL 1001-10000 vs none",
+            "NLL 1001-10000 vs mix 10%", "NLL 1001-10000 vs the pool's random", "real rows kept (share)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in order:
         row = [p]
         for fig in ("test_ppl", "tail_loss"):
             seeds = out[p][fig]
             row += [cell([c for c, _ in seeds.values()]), f"{sum(r for _, r in seeds.values())}/{len(seeds)}"]
         for fig in ("test_ppl", "tail_loss"):
-            for ref in ("none", "mix 10% real"):
-                if p == ref or ref not in out:
+            for ref in (*BASELINES, control_of(p)):
+                if ref is None or p == ref or ref not in out:
                     row.append("—")
                     continue
                 both = sorted(set(out[p][fig]) & set(out[ref][fig]))
                 row.append(cell([out[p][fig][s][0] - out[ref][fig][s][0] for s in both]))
+        row.append(f"{real[p][0]:.3f} ({real[p][1]:.3f}–{real[p][2]:.3f})" if p in real else "—")
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines), out
+    return "\n".join(lines)
 
 
-def figure(df, path: Path) -> None:
+def figure(df, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ppl = df[(df.figure == "test_ppl") & df.bucket.isna()]
-    fig, ax = plt.subplots(figsize=(7.2, 4.4), layout="constrained")
+    fig, ax = plt.subplots(figsize=(7.6, 4.6), layout="constrained")
     for i, (p, g) in enumerate(sorted(ppl.groupby("point"), key=lambda kv: kv[0])):
         c = g.groupby("generation").value.agg(["mean", "min", "max"])
-        style = "--" if p in ("none", "mix 10% real") else "-"
-        ax.plot(c.index, c["mean"], style, marker="o", ms=3, color=f"C{i}", label=f"{p} ({g.seed.nunique()} seeds)")
-        ax.fill_between(c.index, c["min"], c["max"], color=f"C{i}", alpha=0.15, linewidth=0)
+        style = "--" if p in BASELINES else ":" if p.startswith("random") else "-"
+        ax.plot(c.index, c["mean"], style, marker="o", ms=3, color=f"C{i % 10}", label=f"{p} ({g.seed.nunique()} seeds)")
+        ax.fill_between(c.index, c["min"], c["max"], color=f"C{i % 10}", alpha=0.12, linewidth=0)
     ax.set_xlabel("generation")
     ax.set_ylabel("test perplexity on real text")
-    ax.set_title("Remedies on the embedded default (replace, T = 0.7): mean over seeds, band = the seeds' range",
-                 fontsize=9)
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -99,14 +137,17 @@ def figure(df, path: Path) -> None:
 def main(argv: list[str]) -> int:
     import collapse
 
+    if len(argv) != 2:
+        print("usage: python scripts/remedies.py SWEEP_FOLDER OUT_FOLDER", file=sys.stderr)
+        return 2
     root, out = Path(argv[0]), Path(argv[1])
     df = collapse.load_runs(root)
     df["point"] = df.apply(point_of, axis=1)
-    text, _ = table(df)
-    print(text)
+    print(table(df))
     out.mkdir(parents=True, exist_ok=True)
-    figure(df, out / "remedies-test-ppl.png")
-    print(f"wrote {out / 'remedies-test-ppl.png'}")
+    png = out / f"{root.name}-test-ppl.png"
+    figure(df, png, f"{root.name}: the embedded default (replace, T = 0.7); mean over seeds, band = the seeds' range")
+    print(f"wrote {png}")
     return 0
 
 

@@ -152,9 +152,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if points is not None:  # explicit points for `collapse sweep`: each a mapping of config keys
         if not isinstance(points, list) or not points or not all(isinstance(pt, dict) and pt for pt in points):
             raise ConfigError("`points:` must be a list of mappings key: value (one per point).")
-        for pt in points:
+        import copy
+
+        for pt in points:  # each point whole, on the file's settings: its keys may only make sense together
+            whole = copy.deepcopy(raw)
             for k, v in pt.items():
-                _build(Config, _dotted_to_nested(str(k), v))
+                _set_dotted(whole, str(k), v)
+            _build(Config, whole)
     explicit = [] if embedded else _leaf_keys(raw)
     for item in overrides:
         key, value = parse_override(item)

@@ -274,12 +274,23 @@ class Config:
             self.measure.decodings = check_decodings(self.measure.decodings, self.generation, self.model.name_or_path)
         if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
             raise ConfigError("keep_checkpoints must be at least 1 (or null to keep all).")
+        gc = self.generation
+        if self.curate.oversample > 1 and (gc.temperature == 0 or gc.num_beams > 1):
+            how = "greedy decoding (generation.temperature=0)" if gc.temperature == 0 else "beam search"
+            raise ConfigError(f"curate.oversample={self.curate.oversample} asks for several continuations per prompt, "
+                              f"and {how} writes one: sample (generation.temperature > 0, num_beams=1) or set "
+                              "curate.oversample=1.")
 
     # ------------------------------------------------------------------ helpers
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         if not self.curate.active:  # no remedy: the config (and its fingerprint) of a run made before `curate`
             d.pop("curate")
+        elif not self.curate.pooled:  # a pool of the samples alone: the config of a run made before the pool keys
+            from collapse.config.curate import POOL_KEYS
+
+            for k in POOL_KEYS:
+                d["curate"].pop(k)
         return d
 
     def to_yaml(self) -> str:

@@ -107,10 +107,18 @@ class RealData:
     n_batches: int
     truth: object = None  # collapse.data.synthetic.SyntheticSource when data.source=synthetic: the known distribution
     truths: np.ndarray | None = None  # [n_seq, new_tokens]: each prompt's true continuation (what a curator may verify)
+    blocks: np.ndarray | None = None  # the real training blocks (prompt + new tokens) a curate pool draws real rows from
+    oversample: int = 1  # continuations per prompt (curate.oversample): prompts, truths and samples hold k rows each
 
     @property
     def n_seq(self) -> int:
+        """Samples per generation (k × N with oversampling)."""
         return len(self.prompts)
+
+    @property
+    def n_train(self) -> int:
+        """N: the rows a curated training set holds (one per distinct prompt)."""
+        return len(self.prompts) // self.oversample
 
 
 def _check_fits_memory(n_seq: int, length: int) -> None:
@@ -142,7 +150,8 @@ def real_data(cfg: Config, ids: dict[str, list[np.ndarray]], eos: int | None, vo
                         f"{len(val_blocks)}, test {len(test_blocks)} blocks): use more data or shorter blocks.")
     ref_counts = M.counts(flat_ids(train_ids), vocab)
     n_seq = gc.num_sequences or len(prompt_blocks)
-    _check_fits_memory(n_seq, gc.prompt_tokens + gc.new_tokens)
+    k = cfg.curate.oversample  # k continuations of each prompt, side by side (sample i continues prompt i // k)
+    _check_fits_memory(k * n_seq, gc.prompt_tokens + gc.new_tokens)
     order = numpy_rng(cfg.seed, "prompts").permutation(len(prompt_blocks))
     if n_seq > len(order):
         order = np.resize(order, n_seq)  # more samples than blocks: prompts repeat, in the same order
@@ -153,8 +162,10 @@ def real_data(cfg: Config, ids: dict[str, list[np.ndarray]], eos: int | None, vo
 
         truth = source(cfg.data.synthetic)
         buckets = truth.bucket_of(max(vocab, len(ref_counts)))
-    return RealData(prompts=prompt_blocks[order[:n_seq], : gc.prompt_tokens], real_rows=real_rows,
-                    truths=prompt_blocks[order[:n_seq], gc.prompt_tokens:] if cfg.curate.active else None,
+    chosen = prompt_blocks[order[:n_seq]]
+    return RealData(prompts=np.repeat(chosen[:, : gc.prompt_tokens], k, axis=0), real_rows=real_rows,
+                    truths=np.repeat(chosen[:, gc.prompt_tokens:], k, axis=0) if cfg.curate.active else None,
                     val_blocks=val_blocks, test_blocks=test_blocks, ref_counts=ref_counts,
                     bucket_of=buckets, suppress=suppress if suppress is not None else (eos,) if eos is not None else (),
-                    n_batches=math.ceil(n_seq / gc.batch_size), truth=truth)
+                    n_batches=math.ceil(k * n_seq / gc.batch_size), truth=truth,
+                    blocks=prompt_blocks if cfg.curate.real_share > 0 else None, oversample=k)

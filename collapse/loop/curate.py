@@ -53,18 +53,26 @@ def curator(name: str, uses: tuple[str, ...] = (), share: float | None = None, n
 
 @dataclass
 class Batch:
-    """What a curator may look at. ``score(model)`` is the perplexity of each sample's continuation given its
-    prompt under ``"current"`` (the generation that wrote them) or ``"gen0"``, scored once and cached."""
+    """What a curator may look at: the pool's rows (collapse.loop.pool), each a prompt and a continuation, in a shuffled
+    order where real rows are mixed in. ``score(model)`` is the perplexity of each row's continuation given its
+    prompt under ``"trainee"`` (the model the next generation starts from), ``"current"`` (the generation that wrote
+    the samples) or ``"gen0"``, scored once and cached."""
 
     generation: int
-    samples: np.ndarray  # [N, new_tokens] generated token ids
+    samples: np.ndarray  # [P, new_tokens] the pool's continuations (generated, or real of unknown origin)
     texts: list[str]
-    prompts: np.ndarray  # [N, prompt_tokens]: real prompts
-    truths: np.ndarray  # [N, new_tokens]: each prompt's true continuation
-    real_rows: np.ndarray  # the real training rows
+    prompts: np.ndarray  # [P, prompt_tokens]: real prompts
+    truths: np.ndarray  # [P, new_tokens]: each prompt's true continuation
+    real_rows: np.ndarray  # real training rows that share no text with the pool (a detector's human examples)
     score: Callable[[str], np.ndarray]
     extras: dict = field(default_factory=dict)  # a curator's own figures (the detector's held-out accuracy)
     ignore: tuple[int, ...] = ()  # ids never sampled (EOS): real text has them, samples cannot; compare without them
+    own: np.ndarray | None = None  # True where a pool row is this generation's sample: machine text a detector may
+    # learn from (other folds only), never a score; None = every row is (a pool of samples alone)
+
+    def __post_init__(self) -> None:
+        if self.own is None:
+            self.own = np.ones(len(self.samples), bool)
 
 
 def missing_library(kind: str) -> str | None:
@@ -81,6 +89,16 @@ def read_repeats(d) -> np.ndarray:
     import pyarrow.parquet as pq
 
     return pq.read_table(f"{d}/{RECORD}", columns=["repeats"]).column("repeats").to_numpy().astype(np.int64)
+
+
+def read_pool_record(d) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(sample_index, real_block or None, repeats) of a generation folder's curate record: which pool row is which
+    sample or real block, and its rows in the training set (collapse.loop.pool.pool_rows)."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(f"{d}/{RECORD}")
+    col = lambda k: t.column(k).to_numpy().astype(np.int64)  # noqa: E731
+    return col("sample_index"), col("real_block") if "real_block" in t.column_names else None, col("repeats")
 
 
 def fill(kept: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -118,8 +136,9 @@ def top_share(scores: np.ndarray, share: float, rng: np.random.Generator, where:
 
 @curator("perplexity", uses=("share", "keep", "score_with"), share=0.5)
 def perplexity(batch: Batch, cfg, rng):
-    """Gambetta et al., "Learning by Surprise" (arXiv 2410.12341): score each sample by its perplexity under a
-    model and keep the most surprising share (``keep: highest``); keeping the least surprising worsens collapse."""
+    """Gambetta et al., "Learning by Surprise" (arXiv 2410.12341): score each row by its perplexity under the model
+    about to learn from it (``score_with: trainee``) and keep the most surprising share (``keep: highest``); keeping
+    the least surprising worsens collapse."""
     scores = batch.score(cfg.score_with)
     return top_share(scores, cfg.share, rng, cfg.keep), scores
 
@@ -160,7 +179,7 @@ def detector(batch: Batch, cfg, rng):
     both sides, so the detector cannot tell them apart by a token that only real text has."""
     from collapse.loop.detector import machine_probability
 
-    p, accuracy = machine_probability(batch.samples, batch.real_rows, rng, ignore=batch.ignore)
+    p, accuracy = machine_probability(batch.samples, batch.real_rows, rng, ignore=batch.ignore, own=batch.own)
     batch.extras["detector_accuracy"] = accuracy
     w = (1.0 - p) ** cfg.power
     n = len(p)
@@ -211,10 +230,11 @@ FIGURES = ("kept_share", "curate_score_q10", "curate_score_q50", "curate_score_q
 
 
 def resolved(cfg):
-    """The curate settings with ``share`` set to the curator's default where it is null."""
+    """The curate settings with ``share`` set where it is null: the curator's default, or for a pool larger than the
+    training set the share that keeps N rows of it."""
     import copy
 
     c = copy.copy(cfg)
-    if c.share is None:
-        c.share = SHARE.get(c.kind) or 1.0
+    if c.share is None:  # a pool larger than the training set: keep as many rows as it needs
+        c.share = (1.0 - c.real_share) / c.oversample if c.pooled else SHARE.get(c.kind) or 1.0
     return c

@@ -43,20 +43,30 @@ def fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def machine_probability(samples: np.ndarray, real_rows: np.ndarray, rng: np.random.Generator,
-                        folds: int = 2, ignore: tuple[int, ...] = ()) -> tuple[np.ndarray, float]:
-    """(P(machine) of each sample, held-out accuracy) from detectors cross-fitted over ``folds`` folds."""
-    n, length = samples.shape
+                        folds: int = 2, ignore: tuple[int, ...] = (),
+                        own: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """(P(machine) of each pool row, held-out accuracy) from detectors cross-fitted over ``folds`` folds.
+
+    ``samples``: the pool's rows; ``own``: which of them the generation wrote (default: all). Every pool row is
+    given a fold at random, whatever its origin; the detector of fold f learns machine text from the generation's
+    own rows in the other folds and human text from ``real_rows`` (none of the pool's text) in the other folds, and
+    scores every pool row of fold f. So no row is scored by a detector that saw it, and a real pool row is scored
+    exactly as a sample is. The accuracy: the held-out own rows and held-out real rows."""
+    n_pool, length = samples.shape
+    own = np.ones(n_pool, bool) if own is None else np.asarray(own, bool)
+    n = int(own.sum())
     pick = rng.choice(len(real_rows), size=n, replace=len(real_rows) < n)
     real = np.asarray(real_rows)[pick, :length]
     xg, xr = features(samples, ignore=ignore), features(real, ignore=ignore)
-    fold_g, fold_r = rng.permutation(n) % folds, rng.permutation(n) % folds
-    p = np.zeros(n)
+    fold_g, fold_r = rng.permutation(n_pool) % folds, rng.permutation(n) % folds
+    p = np.zeros(n_pool)
     right = 0
     for f in range(folds):
-        tg, tr = fold_g != f, fold_r != f
+        tg, tr = own & (fold_g != f), fold_r != f
         w, b = fit(np.concatenate([xg[tg], xr[tr]]), np.concatenate([np.ones(tg.sum()), np.zeros(tr.sum())]))
-        pg = 1.0 / (1.0 + np.exp(-(xg[~tg] @ w + b)))
+        held = fold_g == f
+        pg = 1.0 / (1.0 + np.exp(-(xg[held] @ w + b)))
         pr = 1.0 / (1.0 + np.exp(-(xr[~tr] @ w + b)))
-        p[~tg] = pg
-        right += int((pg > 0.5).sum() + (pr <= 0.5).sum())
+        p[held] = pg
+        right += int((pg[own[held]] > 0.5).sum() + (pr <= 0.5).sum())
     return p, right / (2 * n)

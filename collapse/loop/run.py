@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from collapse import fault
-from collapse.check import Plan, check_gen0_budget, check_run
+from collapse.check import Plan, check_gen0_budget, check_pool, check_run
 from collapse.config import Config
 from collapse.data import RealData, real_data, save_split_ids, split_ids
 from collapse.decoding.generate import generate_corpus
@@ -49,8 +49,9 @@ from collapse.errors import CollapseError, DataError
 from collapse.io import atomic_path, read_json, write_json, write_npz, write_parquet, write_text
 from collapse.loop import integrity
 from collapse.loop.checkpoints import Checkpoints, disk_estimate
-from collapse.loop.curate import read_repeats
+from collapse.loop.curate import read_pool_record
 from collapse.loop.curate_stage import curate_stage, gen0_scores, row_figures
+from collapse.loop.pool import pool_rows, pool_size
 from collapse.loop.regimes import regime_training_set
 from collapse.loop.rows import PPL_BINS, interval_part, metrics_row, metrics_table
 from collapse.loop.rundir import (
@@ -316,6 +317,7 @@ class Run:
             ids = split_ids(tok, checked.splits, loaded.token_cache)
             data = real_data(cfg, ids, tok.eos_token_id, vocab_size(model0, tok), never_sampled(tok))
             check_gen0_budget(cfg, data)
+            check_pool(cfg, data)
         else:  # the blocks the checks made with the same tokenizer
             data = checked.data
             if cache is not None and not cache.is_file() and accelerator.is_main_process:
@@ -352,9 +354,14 @@ class Run:
         return self.samples_cache[g]
 
     def train_rows(self, g: int) -> np.ndarray:
-        """Corpus g as the next generations train on it: curated (each sample as often as its record says), or whole."""
+        """Corpus g as the next generations train on it: curated (each pool row as often as its record says), or whole."""
         rows = self.samples(g)
-        return np.repeat(rows, read_repeats(self.dir(g)), axis=0) if self.cfg.curate.active else rows
+        if not self.cfg.curate.active:
+            return rows
+        index, real_block, repeats = read_pool_record(self.dir(g))
+        gc = self.cfg.generation
+        return np.repeat(pool_rows(rows, index, real_block, self.data.blocks, gc.prompt_tokens, gc.keep_prompt),
+                         repeats, axis=0)
 
     def weights(self, g: int, base) -> LazyModel:
         return LazyModel(lambda: self.ckpt.load(g, base), base if g == 0 else None)
@@ -443,7 +450,8 @@ class Run:
             m.data["base_model_sha256"] = base_file_digest(out, self.base_file)
         if self.resuming:  # every process checks (read-only) so all agree on what is redone; the main one says it
             for note in verify_stages(m, out, cfg.generations, self.data.n_seq, self.ckpt.subdir,
-                                      self.ckpt.continues_previous, self.ckpt.weights_problem, cfg.curate.active):
+                                      self.ckpt.continues_previous, self.ckpt.weights_problem, cfg.curate.active,
+                                      pool=(pool_size(self.data.n_seq, cfg.curate.real_share), self.data.n_train)):
                 if self.is_main:
                     log.warning(note)
         acc.wait_for_everyone()

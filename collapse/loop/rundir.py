@@ -291,7 +291,8 @@ def _samples_problem(d: Path, n_seq: int) -> str | None:
     return None
 
 
-def stage_problem(stage: str, g: int, out: Path, n_seq: int, weights_problem) -> str | None:
+def stage_problem(stage: str, g: int, out: Path, n_seq: int, weights_problem,
+                  pool: tuple[int, int] | None = None) -> str | None:
     """Why the recorded stage ``stage`` of generation g cannot be trusted, or None. Reads metadata only
     (``weights_problem(folder)``: the model kind's check of a weights folder)."""
     d = gen_dir(out, g)
@@ -303,8 +304,8 @@ def stage_problem(stage: str, g: int, out: Path, n_seq: int, weights_problem) ->
         return _json_problem(d, "eval.json", "test_ppl")
     if stage == "generate":
         return _samples_problem(d, n_seq)
-    if stage == "curate":
-        return _curated_problem(d, n_seq)
+    if stage == "curate":  # pool: (its rows, the training rows); a pool of the samples alone without one
+        return _curated_problem(d, *(pool or (n_seq, n_seq)))
     problem = _json_problem(d, "metrics.json", "test_ppl")
     if problem is None:
         try:
@@ -316,16 +317,17 @@ def stage_problem(stage: str, g: int, out: Path, n_seq: int, weights_problem) ->
     return problem
 
 
-def _curated_problem(d: Path, n_seq: int) -> str | None:
-    """A curate record that cannot be read, or whose rows do not add up to the generation's sample count."""
+def _curated_problem(d: Path, n_pool: int, n_train: int) -> str | None:
+    """A curate record that cannot be read, or whose rows do not add up to the pool and the training set."""
     problem = _json_problem(d, "curate.json", "kept_share")
     if problem is None:
         try:
             from collapse.loop.curate import read_repeats
 
             rep = read_repeats(d)
-            if len(rep) != n_seq or int(rep.sum()) != n_seq:
-                return f"{d.name}/curated.parquet holds {len(rep)} samples and {int(rep.sum())} rows, not {n_seq}"
+            if len(rep) != n_pool or int(rep.sum()) != n_train:
+                return (f"{d.name}/curated.parquet holds {len(rep)} pool rows and {int(rep.sum())} training rows, not "
+                        f"{n_pool} and {n_train}")
         except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
             return f"{d.name}/curated.parquet cannot be read ({first_line(e, 120)})"
     return problem
@@ -353,7 +355,8 @@ def _intervals_problem(d: Path) -> str | None:
 
 
 def verify_stages(manifest: Manifest, out: Path, generations: int, n_seq: int, weights_sub: str,
-                  continues_previous: bool, weights_problem, curates: bool = False) -> list[str]:
+                  continues_previous: bool, weights_problem, curates: bool = False,
+                  pool: tuple[int, int] | None = None) -> list[str]:
     """On resume: un-record every stage whose files are missing or damaged, so it is redone.
 
     A stage found broken is redone with the stages of its generation that read its files (samples ->
@@ -373,7 +376,7 @@ def verify_stages(manifest: Manifest, out: Path, generations: int, n_seq: int, w
         for stage in STAGES:
             if not manifest.done(g, stage):
                 continue
-            why = stage_problem(stage, g, out, n_seq, weights_problem) or damaged(manifest, out, g, stage)
+            why = stage_problem(stage, g, out, n_seq, weights_problem, pool) or damaged(manifest, out, g, stage)
             if why == OLDER:
                 older[g] = "measure"
                 manifest.clear(g, REDO_WITH[stage])

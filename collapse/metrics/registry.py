@@ -308,5 +308,8 @@ for _fig in (  # the order of the columns of the tables
     Figure("curate_score_q50", "curate score median", "score", 0, ".3g", console=True),
     Figure("curate_score_q90", "curate score q90", "score", 0, ".3g"),
     Figure("detector_accuracy", "detector accuracy", "share", 0, ".3f", console=True),
+    # a pool with real rows of unknown origin (curate.real_share): the training rows that are real (read from the record,
+    # never by the curator)
+    Figure("kept_real_share", "kept real", "share", 0, ".3f", console=True),
 ):
     register(_fig)
