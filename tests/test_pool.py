@@ -277,3 +277,29 @@ def test_generation_0s_perplexities_are_a_plain_forward_pass(pool_runs):
             prompts, conts = (np.stack(t.column(c).to_pylist()) for c in ("prompt_ids", "token_ids"))
             got = np.load(cfg.out_dir / f"gen_{g:03d}" / "gen0_ppl.npy")
             assert np.allclose(got, _independent_ppl(base, None, prompts, conts), rtol=1e-4)
+
+
+@pytest.mark.parametrize("extra", [
+    ["curate.kind=detector", "curate.real_share=0.5"],
+    pytest.param(["curate.kind=reference", "curate.oversample=3"], marks=pytest.mark.slow),
+], ids=["detector-mixed", "reference-oversampled"])
+def test_a_kill_inside_a_pooled_curate_stage_resumes_to_the_same_metrics(tmp_path, extra):
+    """Killed after scoring, before the record is written: the rerun gives what an uninterrupted run gave, pool and
+    all (its real blocks and order are drawn from the seed, not from what the killed process left)."""
+    args = ["run", *TINY_RUN, "generations=1", *extra]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    r = run_cli(*args, f"out_dir={whole}", env=ENV)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_cli(*args, f"out_dir={killed}", env={**ENV, "COLLAPSE_FAULT": "curate:0:1"})
+    assert r.returncode != 0 and not (killed / "gen_000" / "curated.parquet").exists()
+    r = run_cli(*args, f"out_dir={killed}", env=ENV)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (killed / "metrics.jsonl").read_bytes() == (whole / "metrics.jsonl").read_bytes()
+    name = "gen_000/curated.parquet"
+    assert pq.read_table(killed / name).equals(pq.read_table(whole / name))
+    assert run_cli("verify", str(killed), env=ENV).returncode == 0
+    summary = json.loads((whole / "gen_000" / "curate.json").read_text())
+    assert summary["pool"]["oversample"] == (3 if "curate.oversample=3" in extra else 1)
+    if "curate.oversample=3" in extra:  # 3 continuations of each of the 64 prompts, 64 kept
+        assert summary["pool"]["rows"] == 192 and summary["kept_rows"] == 64 and "kept_real_share" not in summary
+        assert len(pq.read_table(whole / "gen_000" / "samples.parquet")) == 192
