@@ -45,7 +45,27 @@ def test_point_names_are_folder_names():
     assert point_name([]) == "single"
 
 
-@pytest.mark.parametrize("name, runs", [("regimes", 9), ("decoding", 9), ("training", 4)])
+@pytest.mark.parametrize("block, needle", [
+    ("points:\n  - {curate.kind: random}\n  - {curate.knd: random}\n", "curate.knd"),  # a bad key in points:
+    ("points:\n  - {generation.temperature: -1}\n", "generation.temperature"),  # a bad value in points:
+    ("sweep:\n  sed: [0, 1]\n", "sed"),  # a bad key in sweep:
+    ("points:\n  - {curate.real_share: 0.5}\n", "curate.kind is none"),  # keys that only fail together
+])
+def test_a_bad_grid_is_one_line_and_leaves_no_folder(tmp_path, block, needle):
+    cfg = tmp_path / "grid.yaml"
+    cfg.write_text("# collapse sweep grid.yaml\ngenerations: 1\n" + block)
+    for out in (tmp_path / "new", tmp_path / "old"):
+        if out.name == "old":  # an --out folder that already existed is left as it was
+            out.mkdir()
+            (out / "keep.txt").write_text("mine")
+        r = run_cli("sweep", str(cfg), "--out", str(out), timeout=120)
+        assert r.returncode == 2 and needle in r.stderr, r.stderr[-800:]
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+        assert not out.exists() if out.name == "new" else sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("name, runs", [("regimes", 9), ("decoding", 9), ("training", 4), ("remedies-pool", 24),
+                                        ("remedies-oversample", 6)])
 def test_shipped_experiment_configs_validate(tmp_path, name, runs):
     r = run_cli("sweep", f"configs/experiments/{name}.yaml", "--dry-run", "--out", str(tmp_path / name), timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -27,6 +27,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import typing
 from pathlib import Path
@@ -148,6 +149,24 @@ def wandb_sweep_config(axes: list[tuple[str, list[str]]], base_yaml: str, parent
     }
 
 
+def _checked_grid(config, cfg_path, base_items, axes, variants, parent, wandb_sweep):
+    """(base config, fixed overrides with the sweep's tag, points), every point validated, so a typo fails in a
+    second, not after hours, and before the sweep writes anything."""
+    if wandb_sweep is not None and variants != [[]]:
+        raise ConfigError(f"{config} lists `points:`, and a W&B grid sweep is a product of axes: run it with "
+                          "`collapse sweep`, or write each point's sweep separately.")
+    base = load_config(cfg_path, base_items)
+    parent_dir = Path(parent or base.out_dir)
+    tag = f"sweep-{Path(parent_dir).resolve().name or 'sweep'}"
+    if tag not in base.wandb.tags:
+        base_items = [*base_items, "wandb.tags=" + json.dumps([*base.wandb.tags, tag])]
+    grid_points = list(itertools.product(*[[(k, v) for v in vals] for k, vals in axes])) or [()]
+    points = [(*v, *a) for a in grid_points for v in variants]
+    for assign in points:
+        load_config(cfg_path, base_items + [f"{k}={v}" for k, v in assign])
+    return base, base_items, points
+
+
 def run_sweep(config: str | None, items: list[str], parent: str | None = None, launcher: str | None = None,
               dry_run: bool = False, wandb_sweep: str | None = None) -> int:
     from collapse.report import make_report
@@ -159,29 +178,22 @@ def run_sweep(config: str | None, items: list[str], parent: str | None = None, l
         variants = _variants(raw.get("points") if isinstance(raw, dict) else None, config) or variants
     axes, fixed = parse_grid(items, grid)
     base_items = fixed[:]
-    cfg_path = config
-    if grid is not None or variants != [[]]:  # strip the sweep blocks: `collapse run` does not know them
-        raw = yaml.safe_load(Path(config).read_text())
-        raw.pop("sweep", None)
-        raw.pop("points", None)
-        parent_dir = Path(parent or raw.get("out_dir", "runs/sweep"))
+    cfg_path, base_text = config, None
+    with tempfile.TemporaryDirectory(prefix="collapse-sweep-") as scratch:
+        if grid is not None or variants != [[]]:  # strip the sweep blocks: `collapse run` does not know them
+            raw = yaml.safe_load(Path(config).read_text())
+            raw.pop("sweep", None)
+            raw.pop("points", None)
+            base_text = yaml.safe_dump(raw, sort_keys=False)
+            cfg_path = str(Path(scratch) / "sweep-base.yaml")  # checked from here: nothing is written before
+            write_text(cfg_path, base_text)
+        base, base_items, points = _checked_grid(config, cfg_path, base_items, axes, variants, parent, wandb_sweep)
+    parent_dir = Path(parent or base.out_dir)
+    if base_text is not None:  # every point is valid: now the sweep's folder and the base its runs read
         parent_dir.mkdir(parents=True, exist_ok=True)
         cfg_path = str(parent_dir / "sweep-base.yaml")
-        write_text(cfg_path, yaml.safe_dump(raw, sort_keys=False))
-    base = load_config(cfg_path, base_items)
-    parent_dir = Path(parent or base.out_dir)
+        write_text(cfg_path, base_text)
     group = sweep_group(parent_dir)  # the sweep's name (W&B sweep file); a tag on each of its runs
-    tag = f"sweep-{Path(parent_dir).resolve().name or 'sweep'}"
-    if tag not in base.wandb.tags:
-        base_items.append("wandb.tags=" + json.dumps([*base.wandb.tags, tag]))
-    grid_points = list(itertools.product(*[[(k, v) for v in vals] for k, vals in axes])) or [()]
-    points = [(*v, *a) for a in grid_points for v in variants]
-    # validate every point before running any, so a typo fails in a second, not after hours
-    for assign in points:
-        load_config(cfg_path, base_items + [f"{k}={v}" for k, v in assign])
-    if wandb_sweep is not None and variants != [[]]:
-        raise ConfigError(f"{config} lists `points:`, and a W&B grid sweep is a product of axes: run it with "
-                          "`collapse sweep`, or write each point's sweep separately.")
     if wandb_sweep is not None:
         # the fixed part in one file, so the command line holds the point alone (--under names the folder by it)
         base_yaml = str(Path(wandb_sweep).with_suffix(".base.yaml"))
