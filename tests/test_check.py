@@ -3,12 +3,13 @@ themselves; the command-line property over every key is in test_fuzz_check.py.""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_RUN
+from conftest import TINY_RUN, run_cli
 
 from collapse.check import Plan, check_out_dir, ineffective_settings
 from collapse.config import load_config
@@ -173,5 +174,23 @@ def test_a_recorded_skeleton_is_the_built_one(tmp_path, arch):
         other = AutoConfig.from_pretrained(folder)
         other.num_hidden_layers = 1
         assert skeleton.read(folder, other, torch.float32) is None
-        (folder / skeleton.FILE).write_text('{"key": "' + skeleton._key(config, torch.float32) + '", "modules": [[1')
+        (folder / skeleton.FILE).write_text('{"key": "' + skeleton._key(config, torch.float32, None) + '", "modules": [[1')
         assert skeleton.read(folder, config, torch.float32) is None
+
+
+def test_a_tampered_skeleton_record_is_not_trusted(tmp_path):
+    """A record whose module tree was edited and whose key was kept (as a patch release renaming a module would
+    leave it under a key of major.minor versions): `--check` builds the skeleton instead, so it refuses what the
+    run would refuse rather than promising it."""
+    from collapse.models.scratch import SHIPPED
+
+    folder = tmp_path / "gen0"
+    shutil.copytree(SHIPPED, folder)
+    rec = json.loads((folder / "skeleton.json").read_text())
+    for m in rec["modules"]:
+        m[0] = m[0].replace("attn.c_attn", "attn.c_attnX")
+    (folder / "skeleton.json").write_text(json.dumps(rec))
+    args = ["run", "--check", f"model.name_or_path={folder}", f"out_dir={tmp_path / 'out'}"]
+    r = run_cli(*args, "train.lora.target_modules=[c_attnX]")
+    assert r.returncode == 2 and "c_attnX" in r.stderr and "do not exist" in r.stderr, r.stdout + r.stderr
+    assert run_cli(*args, "train.lora.target_modules=[c_attn]").returncode == 0  # the real tree, built

@@ -4,8 +4,9 @@ Importing a transformers model class costs about 2 s on 2 cores (its modeling co
 dynamo and the loss functions of every task), while `--check` needs only the module tree: names, linear layers and
 parameter shapes. A folder may hold ``skeleton.json``, the record of the tree that ``AutoModelForCausalLM
 .from_config`` builds from this folder's config (written where the folder is made: a scratch build, the shipped
-generation 0). It is used only when its key matches this config, dtype and the major.minor versions of
-transformers and torch, and never for a folder with its own model code; else the skeleton is built as before.
+generation 0). It is used only when its key matches this config, dtype, the full versions of transformers and torch
+and the recorded tree itself (an edited record is not trusted), and never for a folder with its own model code; else
+the skeleton is built as before.
 tests/test_check.py checks that a rebuilt skeleton gives the checks what the built one gives.
 
 May import: torch, transformers (configuration and pytorch_utils only).
@@ -20,16 +21,18 @@ from pathlib import Path
 import torch
 
 FILE = "skeleton.json"
-VERSION = 1
+VERSION = 2
 
 
-def _key(config, dtype: torch.dtype) -> str:
+def _key(config, dtype: torch.dtype, modules) -> str:
+    """The record's key: the config, dtype, the libraries' full versions (a patch release may rename a module) and
+    the recorded tree itself, so an edited tree no longer matches its key and is never trusted."""
     import transformers
 
     cfg = {k: v for k, v in config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
-    minor = lambda v: ".".join(v.split("+")[0].split(".")[:2])  # noqa: E731 - a patch release keeps module trees
-    text = json.dumps({"config": cfg, "dtype": str(dtype), "transformers": minor(transformers.__version__),
-                       "torch": minor(torch.__version__), "version": VERSION}, sort_keys=True, default=str)
+    text = json.dumps({"config": cfg, "dtype": str(dtype), "transformers": transformers.__version__,
+                       "torch": torch.__version__, "version": VERSION, "modules": modules},
+                      sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -45,7 +48,6 @@ def record(folder: Path, dtype: torch.dtype = torch.float32) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(folder)
-    key = _key(config, dtype)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     seen: dict[int, str] = {}
@@ -56,7 +58,7 @@ def record(folder: Path, dtype: torch.dtype = torch.float32) -> None:
             full = f"{name}.{pn}" if name else pn
             params[pn] = [list(p.shape), str(p.dtype).removeprefix("torch."), seen.setdefault(id(p), full)]
         modules.append([name, _kind(mod), type(mod).__name__, params])
-    data = {"key": key, "modules": modules}
+    data = {"key": _key(config, dtype, modules), "modules": modules}
     (Path(folder) / FILE).write_text(json.dumps(data, separators=(",", ":")) + "\n")
 
 
@@ -69,7 +71,7 @@ def read(folder: Path, config, dtype: torch.dtype):
         return None
     if getattr(config, "auto_map", None):  # the folder's own model code, which the key does not cover
         return None
-    if not isinstance(data, dict) or data.get("key") != _key(config, dtype):
+    if not isinstance(data, dict) or data.get("key") != _key(config, dtype, data.get("modules")):
         return None
     try:
         return _rebuild(data, config)
