@@ -15,7 +15,7 @@ PY=${PYTHON:-python3}
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv 2>&1 || true
   "$PY" -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 '| transformers', transformers.__version__, '| peft', peft.__version__, '| accelerate', accelerate.__version__)"
-  "$PY" -c "import sys, collapse.decoding.generate, collapse.decoding.fastgen, collapse.models.train, collapse.bench.cuda; \
+  "$PY" -c "import sys, collapse.decoding.generate, collapse.decoding.fastgen, collapse.models.train, collapse.bench.gpu.cuda; \
 bad=[m for m in ('datasets','wandb') if m in sys.modules]; print('lazy imports ok' if not bad else f'EAGER IMPORTS: {bad}')"
 } 2>&1 | tee "$OUT/bench_cuda.log"
 # the self-test runs first inside the same process (it decides the exit code); --budget-s bounds the

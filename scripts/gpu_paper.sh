@@ -46,7 +46,7 @@ paper_run() {  # NAME LIMIT CONFIG overrides...: one paper-shaped `collapse run`
   stamp "collapse run $name: exit $?"
   tr '\r' '\n' < "$OUT/run-$name.log" | grep -E "^\[ *[0-9]+/|done in|error" | tail -14
 }
-[ -d "$MODEL" ] || "$PY" -m collapse.bench.paper make-model "$MODEL" $TINY ${TOKENIZER:+--tokenizer "$TOKENIZER"} \
+[ -d "$MODEL" ] || "$PY" -m collapse.bench.gpu.paper make-model "$MODEL" $TINY ${TOKENIZER:+--tokenizer "$TOKENIZER"} \
   | tee -a "$OUT/paper.log"
 if [ "$PART" = 1 ]; then
   stamp "self-test + benchmark"
@@ -68,12 +68,12 @@ if [ "$PART" = 1 ]; then
     tr '\r' '\n' < "$OUT/scratch-big.log" | grep -E "ready in|val_ppl|steps|converged|pre-training on|scratch step" | tail -8
     cp /tmp/scratch-big/scratch.json "$OUT/scratch-big.json" 2>/dev/null
   fi
-  "$PY" -m collapse.bench.paper summarize --bench "$OUT/bench_cuda.json" --out "$OUT/paper-1.json" \
+  "$PY" -m collapse.bench.gpu.paper summarize --bench "$OUT/bench_cuda.json" --out "$OUT/paper-1.json" \
     lora-sample="$OUT/run-lora-sample.log"
 else
   paper_run full-beam "$(left)" configs/curse-of-recursion/opt125m-wikitext2-replace.yaml generations=1 \
     generation.batch_size=128
-  "$PY" -m collapse.bench.paper summarize --bench "$OUT/bench_cuda.json" --out "$OUT/paper-2.json" \
+  "$PY" -m collapse.bench.gpu.paper summarize --bench "$OUT/bench_cuda.json" --out "$OUT/paper-2.json" \
     full-beam="$OUT/run-full-beam.log"
 fi
 stamp "part $PART done"

@@ -65,7 +65,7 @@ def test_quick_end_to_end_part_builds_the_model_inside_the_timed_run(tmp_path):
 
 def test_bench_path_imports_neither_datasets_nor_wandb():
     """The GPU machine has neither: the generate / fastgen / train / bench path must import them lazily."""
-    code = ("import sys, collapse.decoding.generate, collapse.decoding.fastgen, collapse.models.train, collapse.bench, collapse.bench.cuda; "
+    code = ("import sys, collapse.decoding.generate, collapse.decoding.fastgen, collapse.models.train, collapse.bench, collapse.bench.gpu.cuda; "
             "bad = [m for m in ('datasets', 'wandb') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -73,7 +73,8 @@ def test_bench_path_imports_neither_datasets_nor_wandb():
 
 def test_paper_run_summary_reads_the_stage_lines_of_a_run_log(tmp_path):
     """scripts/gpu_paper.sh reports seconds per stage and generation from `collapse run`'s progress lines."""
-    from collapse.bench.paper import stage_seconds, summarize
+    from collapse.bench.gpu.paper import summarize
+    from collapse.bench.harness import stage_seconds
 
     log = ("collapse run → /tmp/x (new run)\n"
            "gen 1 train:  30%|███  | 33/111 [00:03<00:05]\r"
@@ -94,7 +95,7 @@ def test_gumbel_max_samples_the_softmax():
     import numpy as np
     import torch
 
-    from collapse.bench.cpu import gumbel_noise
+    from collapse.bench.cpu.stages import gumbel_noise
 
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 0.5]]).repeat(40000, 1)
     g = torch.Generator().manual_seed(0)

@@ -11,12 +11,12 @@ CPU mode (default) measures, in one process on one machine, with the same inputs
    distinct-2 over the half-samples by packed bits vs a sparse product (same results, checked);
 4. end-to-end wall time and peak RSS of the embedded default ``collapse run`` (subprocess);
 5. peak RSS against corpus size (1x, 4x, 16x samples; subprocess each);
-6. (``--parts real``) a real LM's decode against the matmul limit of its weights (collapse/bench/real.py).
+6. (``--parts real``) a real LM's decode against the matmul limit of its weights (collapse/bench/cpu/real.py).
 7. (``--parts real-lora``) a real LM's LoRA step at the real-LM recursion's shapes against the same matmuls forward
-   and backward (collapse/bench/real_lora.py).
+   and backward (collapse/bench/cpu/real_lora.py).
 
-CUDA mode (``--device cuda``, see :func:`cuda_main`) measures a randomly initialised OPT-125m-shaped
-model: decode tokens/s (per-prompt, batched HF, the fast path eager and with CUDA graphs), training
+CUDA mode (``--device cuda``, see :func:`collapse.bench.gpu.cuda.cuda_main`) measures a randomly initialised
+OPT-125m-shaped model: decode tokens/s (per-prompt, batched HF, the fast path eager and with CUDA graphs), training
 tokens/s (LoRA, full), the measured bandwidth / FLOP/s ceilings, and a projected paper-scale generation.
 
 Every figure is a median over repeats, methods interleaved round by round (a noisy neighbour slows all
@@ -29,10 +29,9 @@ import argparse
 import sys
 import time
 
-from collapse.bench.counting import bench_counting
-from collapse.bench.cpu import Inputs, bench_beam, bench_generation, bench_measurement, bench_training
-from collapse.bench.cuda import cuda_main
-from collapse.bench.e2e import bench_e2e, bench_memory
+from collapse.bench.cpu.counting import bench_counting
+from collapse.bench.cpu.e2e import bench_e2e, bench_memory
+from collapse.bench.cpu.stages import Inputs, bench_beam, bench_generation, bench_measurement, bench_training
 from collapse.bench.harness import SCHEMA, load_average, machine_info, print_table, say, write_json
 
 # ---------------------------------------------------------------------- CPU main
@@ -78,12 +77,12 @@ def cpu_main(args) -> dict:
         res["parts"]["measurement"] = bench_measurement(inp, reps, n_rows=64 if q else 2048,
                                                         resamples=100 if q else 1000)
     if "real" in parts:
-        from collapse.bench.real import bench_real
+        from collapse.bench.cpu.real import bench_real
 
         say("part 6: a real LM's decode (SmolLM2-135M)")
         res["parts"]["real"] = bench_real(reps, batch=8 if q else 100, new=4 if q else 32)
     if "real-lora" in parts:
-        from collapse.bench.real_lora import bench_real_lora
+        from collapse.bench.cpu.real_lora import bench_real_lora
 
         say("part 7: a real LM's LoRA step against its matmuls (SmolLM2-135M)")
         res["parts"]["real-lora"] = bench_real_lora(reps, batch=4 if q else 16, length=16 if q else 64)
@@ -128,7 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         args.parts = ("generation,beam,counting,training,measurement" if args.quick
                       else "generation,beam,counting,training,measurement,e2e,memory")
     t0 = time.perf_counter()
-    res = cuda_main(args) if args.device == "cuda" or args.dry_run_cpu else cpu_main(args)
+    if args.device == "cuda" or args.dry_run_cpu:
+        from collapse.bench.gpu.cuda import cuda_main  # the GPU parts, only when they run
+
+        res = cuda_main(args)
+    else:
+        res = cpu_main(args)
     res["load_avg_after"] = load_average()
     res["wall_s"] = time.perf_counter() - t0
     out = write_json(res, args.out)

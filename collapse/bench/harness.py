@@ -1,7 +1,7 @@
 """What the CPU and the CUDA benchmarks share: the JSON schema, the machine record, interleaved timing,
 result rows and targets, the printed table, progress lines and the JSON file.
 
-Imported by :mod:`collapse.bench.cpu`, :mod:`collapse.bench.counting`, :mod:`collapse.bench.e2e` and the
+Imported by :mod:`collapse.bench.cpu.stages`, :mod:`collapse.bench.cpu.counting`, :mod:`collapse.bench.cpu.e2e` and the
 CUDA modules; it imports none of them.
 """
 
@@ -182,3 +182,15 @@ def write_json(res: dict, path: str | Path) -> Path:
 
     write_json_atomic(path, res)
     return Path(path)
+
+
+STAGE_LINE = re.compile(r"\[\s*\d+/\d+\]\s+gen (\d+): (\S+)\s.*?\s(\d+\.\d+) s\b")
+
+
+def stage_seconds(log_text: str) -> dict[int, dict[str, float]]:
+    """{generation: {stage: seconds}} from a run's progress lines (``[ 3/12] gen 1: train   24.5 s ...``)."""
+    out: dict[int, dict[str, float]] = {}
+    for m in STAGE_LINE.finditer(log_text):
+        g, stage, s = int(m.group(1)), m.group(2).rstrip(":"), float(m.group(3))
+        out.setdefault(g, {})[stage] = out.get(g, {}).get(stage, 0.0) + s
+    return out

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import time
 
+from collapse.bench.cpu.real import SMOLLM2, _prompts
 from collapse.bench.harness import interleaved, median, result_row, say
-from collapse.bench.real import SMOLLM2, _prompts
 
 
 def bench_real_lora(repeats: int, batch: int = 16, length: int = 64, source: str = SMOLLM2) -> dict:

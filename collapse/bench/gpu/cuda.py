@@ -24,11 +24,11 @@ from __future__ import annotations
 import sys
 import time
 
-from collapse.bench.cuda_common import OPT125M, TINY_OPT, Budget, Dev, build_model, matmul_params, say_cuda
-from collapse.bench.cuda_decode import beam_bench, decode_bench
-from collapse.bench.cuda_llama import llama_bench
-from collapse.bench.cuda_selftest import selftest
-from collapse.bench.cuda_train import eval_bench, train_bench
+from collapse.bench.gpu.common import OPT125M, TINY_OPT, Budget, Dev, build_model, matmul_params, say_cuda
+from collapse.bench.gpu.decode import beam_bench, decode_bench
+from collapse.bench.gpu.llama import llama_bench
+from collapse.bench.gpu.selftest import selftest
+from collapse.bench.gpu.train import eval_bench, train_bench
 from collapse.bench.harness import SCHEMA, load_average, machine_info, median, restart_clock, target
 
 # ---------------------------------------------------------------------- ceilings

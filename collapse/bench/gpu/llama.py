@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from collapse.bench.cuda_common import Budget, Dev, say_cuda
+from collapse.bench.gpu.common import Budget, Dev, say_cuda
 from collapse.bench.harness import median
 
 SMOL_LLAMA = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,

@@ -2,8 +2,8 @@
 weights; the shipped generation 0's KJV tokenizer as vocabulary) and a summary of ``collapse run`` logs:
 seconds per stage and per generation, next to the benchmark's projection.
 
-    python -m collapse.bench.paper make-model DIR [--tiny]
-    python -m collapse.bench.paper summarize --bench bench_cuda.json NAME=LOG [NAME=LOG ...]
+    python -m collapse.bench.gpu.paper make-model DIR [--tiny]
+    python -m collapse.bench.gpu.paper summarize --bench bench_cuda.json NAME=LOG [NAME=LOG ...]
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import re
 import sys
 from pathlib import Path
 
-from collapse.bench.cuda_common import OPT125M, TINY_OPT
-
-STAGE_LINE = re.compile(r"\[\s*\d+/\d+\]\s+gen (\d+): (\S+)\s.*?\s(\d+\.\d+) s\b")
+from collapse.bench.gpu.common import OPT125M, TINY_OPT
+from collapse.bench.harness import stage_seconds
 
 
 def make_model(folder: Path, tiny: bool = False, seed: int = 0, tokenizer: str | None = None) -> dict:
@@ -36,15 +35,6 @@ def make_model(folder: Path, tiny: bool = False, seed: int = 0, tokenizer: str |
     tok.save_pretrained(folder)
     n = sum(p.numel() for p in model.parameters())
     return {"folder": str(folder), "parameters": n, "vocab": len(tok)}
-
-
-def stage_seconds(log_text: str) -> dict[int, dict[str, float]]:
-    """{generation: {stage: seconds}} from a run's progress lines (``[ 3/12] gen 1: train   24.5 s ...``)."""
-    out: dict[int, dict[str, float]] = {}
-    for m in STAGE_LINE.finditer(log_text):
-        g, stage, s = int(m.group(1)), m.group(2).rstrip(":"), float(m.group(3))
-        out.setdefault(g, {})[stage] = out.get(g, {}).get(stage, 0.0) + s
-    return out
 
 
 def summarize(logs: dict[str, Path], bench: Path | None) -> dict:
@@ -81,7 +71,7 @@ def _table(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m collapse.bench.paper")
+    ap = argparse.ArgumentParser(prog="python -m collapse.bench.gpu.paper")
     sub = ap.add_subparsers(dest="cmd", required=True)
     mk = sub.add_parser("make-model")
     mk.add_argument("folder")

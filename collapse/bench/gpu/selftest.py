@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from collapse.bench.cuda_common import Dev, say_cuda
+from collapse.bench.gpu.common import Dev, say_cuda
 
 
 def selftest(model, model32, dev: Dev, B: int = 8, P: int = 64, N: int = 16, Bg: int = 64, Ng: int = 64) -> dict:

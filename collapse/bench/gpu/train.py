@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from collapse.bench.cuda_common import Budget, Dev, matmul_params, say_cuda
+from collapse.bench.gpu.common import Budget, Dev, matmul_params, say_cuda
 from collapse.bench.harness import median
 
 
