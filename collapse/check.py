@@ -144,12 +144,14 @@ def check_pool(cfg: Config, d) -> None:
 
     gc, h = cfg.generation, cfg.curate.real_share
     m = real_count(d.n_seq, h)
-    ok = len(eligible_blocks(d.blocks, gc.prompt_tokens, tuple(d.suppress)))
+    ok = len(eligible_blocks(d.blocks, gc.prompt_tokens, tuple(d.suppress), d.prompt_blocks))
     if ok < m:
         raise ConfigError(f"curate.real_share={h} needs {m:,} real pool rows beside {d.n_seq:,} samples, and the "
-                          f"training text has {ok:,} blocks of {d.blocks.shape[1]} tokens with no EOS in the "
-                          "continuation: lower curate.real_share or generation.num_sequences, or use more data.")
-    spent = m * (d.blocks.shape[1] // d.real_rows.shape[1] + 1)  # the real rows a pool block can overlap, at most
+                          f"training text has {ok:,} blocks of {d.blocks.shape[1]} tokens that no prompt comes from "
+                          "with no EOS in the continuation: lower curate.real_share or generation.num_sequences, or "
+                          "use more data.")
+    L, r = d.blocks.shape[1], d.real_rows.shape[1]
+    spent = m * ((L + r - 2) // r + 1)  # the real rows a pool block can overlap, at most
     if cfg.curate.kind == "detector" and len(d.real_rows) - spent < 2:
         raise ConfigError(f"curate.real_share={h} puts {m:,} real blocks in the pool and leaves the detector fewer than "
                           "2 real training rows that share no text with them: lower curate.real_share or "

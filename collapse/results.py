@@ -120,9 +120,14 @@ def load_runs(paths, wide: bool = False):
             if k not in df.columns:
                 df[k] = v
         if df["curate.kind"].iloc[0] != "none" and df["curate.share"].isna().all():  # the share the curator used
-            from collapse.loop.curate import SHARE
+            from types import SimpleNamespace
 
-            df["curate.share"] = SHARE.get(df["curate.kind"].iloc[0])
+            from collapse.loop.curate import resolved
+
+            c = resolved(SimpleNamespace(kind=df["curate.kind"].iloc[0], share=None,
+                                         oversample=int(df["curate.oversample"].iloc[0]),
+                                         real_share=float(df["curate.real_share"].iloc[0])))
+            df["curate.share"] = c.share
         df["path"] = str(folder)
         frames.append(df)
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*COLUMNS, "path"])

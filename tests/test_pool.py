@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, TINY_RUN, run_cli
 
-from collapse.config import Config, load_config
+from collapse.config import load_config
 from collapse.errors import ConfigError
-from collapse.loop.curate import CURATORS, Batch, resolved
+from collapse.loop.curate import CURATORS, Batch, curator, resolved
 from collapse.loop.pool import build_pool, disjoint_rows, eligible_blocks, pool_rows, pool_size, real_count
 
 ENV = {"OMP_NUM_THREADS": "1", "COLLAPSE_SKIP_REPORT": "1"}
@@ -49,7 +49,20 @@ def test_a_pool_of_the_samples_alone_is_the_samples_in_order_and_draws_nothing()
     samples = np.arange(24).reshape(6, 4)
     pool = build_pool(samples, None, samples, 0.0, 2, (EOS,), None)
     assert pool.full is samples and list(pool.sample_index) == list(range(6)) and not pool.mixed
-    assert pool_rows(samples[:, 2:], pool.sample_index, None, None, 2, False) is not None
+    assert (pool_rows(samples[:, 2:], pool.sample_index, None, None, 2, False) == samples[:, 2:]).all()
+
+
+def test_a_pool_never_draws_a_block_a_samples_prompt_comes_from():
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(1, 50, size=(30, 8))
+    prompts = np.arange(0, 30, 2)  # the even blocks gave the samples their prompts
+    assert list(eligible_blocks(blocks, 4, (EOS,), prompts)) == list(range(1, 30, 2))
+    pool = build_pool(rng.integers(1, 50, size=(15, 8)), blocks, blocks.reshape(-1, 4), 0.5, 4, (EOS,),
+                      np.random.default_rng(1), prompts)
+    assert sorted(pool.real_block[pool.real_block >= 0]) == list(range(1, 30, 2))
+    with pytest.raises(ValueError, match="eligible"):
+        build_pool(rng.integers(1, 50, size=(20, 8)), blocks, blocks.reshape(-1, 4), 0.5, 4, (EOS,),
+                   np.random.default_rng(1), prompts)
 
 
 def test_disjoint_rows_drops_exactly_the_overlapping_rows():
@@ -91,6 +104,12 @@ def test_the_detector_up_weights_the_rows_it_scores_as_human():
     share_human = kept[~own].sum() / kept.sum()
     assert share_human > 0.9  # the pool is half human
     assert p[~own].mean() < 0.2 < 0.8 < p[own].mean()  # the score is P(machine), cross-fitted
+    # the score reads the rows, not their label: rows not the generation's own but drawn like machine text score
+    # as machine (a detector that scored by `own` would call them human)
+    impostor = own.copy()
+    impostor[np.flatnonzero(own)[:50]] = False
+    _, p2 = CURATORS["detector"](_batch(pool, human_train, impostor), c, np.random.default_rng(2))
+    assert p2[own & ~impostor].mean() > 0.8
     lo, hi = np.argsort(p)[:100], np.argsort(p)[-100:]
     assert kept[lo].sum() > 10 * max(kept[hi].sum(), 1)  # weight (1 - p)^10: the human-looking rows drawn
 
@@ -106,6 +125,8 @@ def test_pool_settings_refused_where_they_cannot_work():
         load_config(None, ["curate.kind=reference", "curate.oversample=4", "generation.temperature=0"])
     with pytest.raises(ConfigError, match="beam"):
         load_config(None, ["curate.kind=reference", "curate.oversample=4", "generation.num_beams=2"])
+    with pytest.raises(ConfigError, match="tells the curator"):
+        load_config(None, ["curate.kind=random", "curate.oversample=2", "curate.real_share=0.5"])
     for bad in ("curate.real_share=1.0", "curate.real_share=-0.1", "curate.real_share=nan", "curate.oversample=0"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             load_config(None, ["curate.kind=random", bad])
@@ -120,7 +141,14 @@ def test_a_pool_keeps_as_many_rows_as_the_training_set_needs_and_old_configs_kee
     cfg = load_config(None, ["curate.kind=random"])
     assert "oversample" not in cfg.to_dict()["curate"] and "real_share" not in cfg.to_dict()["curate"]
     assert load_config(None, ["curate.kind=random", "curate.oversample=2"]).to_dict()["curate"]["oversample"] == 2
-    assert Config().fingerprint() == load_config(None, []).fingerprint()
+    # a curated run made before the pool keys, or before score_with defaulted to `trainee`, resumes: a setting its
+    # curator does not read changes no result; for `perplexity`, which reads it, the default moved the result
+    old = ["curate.kind=random", "curate.score_with=current"]
+    assert load_config(None, old).fingerprint() == load_config(None, ["curate.kind=random"]).fingerprint()
+    old = ["curate.kind=perplexity", "curate.score_with=current"]
+    assert load_config(None, old).fingerprint() != load_config(None, ["curate.kind=perplexity"]).fingerprint()
+    tiny = load_config(REPO / "configs" / "tiny.yaml", embedded=True)
+    assert tiny.fingerprint() == "8fec6b844936a81f", "the embedded default's fingerprint moved: its run folders stop resuming"
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -171,7 +199,15 @@ RUNS = {  # name: extra settings (2 generations: the curate stage runs at genera
     "detector": ["curate.kind=detector", "curate.real_share=0.5"],
     "current": ["curate.kind=perplexity", "curate.score_with=current", "curate.real_share=0.5"],
     "trainee": ["curate.kind=perplexity"],  # train.init=base: the trainee is generation 0
+    "spy": ["curate.kind=pool-spy", "curate.real_share=0.5"],  # what a curator of one's own is shown
 }
+SEEN_BY_SPY: list = []
+
+
+def _spy(batch, cfg, rng):
+    """Keeps every row once; records what it was shown."""
+    SEEN_BY_SPY.append({"prompts": batch.prompts.copy(), "truths": batch.truths, "texts": list(batch.texts)})
+    return np.ones(len(batch.samples), np.int64), np.zeros(len(batch.samples))
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +221,7 @@ def pool_runs(tmp_path_factory):
     mp.setenv("COLLAPSE_SKIP_REPORT", "1")
     logging.getLogger("collapse").setLevel(logging.WARNING)
     root, out = tmp_path_factory.mktemp("pool"), {}
+    curator("pool-spy")(_spy)
     try:
         real_job, real_prepare = R.TrainJob, R.Run.prepare
         for name, extra in RUNS.items():
@@ -208,6 +245,7 @@ def pool_runs(tmp_path_factory):
             out[name] = (cfg, runs[0], seen)
     finally:
         mp.undo()
+        CURATORS.pop("pool-spy", None)
         logging.getLogger("collapse").setLevel(logging.INFO)
     return out
 
@@ -303,3 +341,20 @@ def test_a_kill_inside_a_pooled_curate_stage_resumes_to_the_same_metrics(tmp_pat
     if "curate.oversample=3" in extra:  # 3 continuations of each of the 64 prompts, 64 kept
         assert summary["pool"]["rows"] == 192 and summary["kept_rows"] == 64 and "kept_real_share" not in summary
         assert len(pq.read_table(whole / "gen_000" / "samples.parquet")) == 192
+
+
+def test_a_curator_is_not_shown_which_pool_rows_are_real(pool_runs):
+    """On a pool with real rows: no true continuations (a real row's is itself), no prompt shared by a real row and
+    a sample (real blocks never come from a sample's prompt), real rows spread through the order, their texts
+    decoded as a sample's are."""
+    cfg, run, _ = pool_runs["spy"]
+    assert len(SEEN_BY_SPY) == cfg.generations
+    for g, shown in enumerate(SEEN_BY_SPY):
+        rec = _record(cfg.out_dir, g)
+        real = (rec.real_block >= 0).to_numpy()
+        assert shown["truths"] is None
+        sample_prompts = {tuple(p) for p in shown["prompts"][~real]}
+        assert not any(tuple(p) in sample_prompts for p in shown["prompts"][real])
+        assert 0.2 < real[: len(real) // 2].mean() < 0.8  # not the samples first
+        assert not set(rec.real_block[real]) & set(run.data.prompt_blocks.tolist())
+        assert all(isinstance(t, str) and t for t in shown["texts"])

@@ -25,12 +25,13 @@ class CurateConfig:
     keep: str = setting("highest", "For `perplexity`: keep the `highest` (most surprising), the `lowest`, or the "
                                    "`middle` band of scores.", choices=("highest", "lowest", "middle"))
     score_with: str = setting("trainee", "For `perplexity`: the model that scores. `trainee` (Gambetta et al.: the model "
-                                         "about to be trained: generation 0 under train.init=base, the generation that "
-                                         "wrote the samples under previous), `current` (the generation that wrote them) "
-                                         "or `gen0`.", choices=("trainee", "current", "gen0"))
+                                         "the next generation starts from: generation 0 under train.init=base, the "
+                                         "generation that wrote the samples under previous), `current` (the generation "
+                                         "that wrote them) or `gen0`.", choices=("trainee", "current", "gen0"))
     power: float = setting(10.0, "For `detector`: weight (1 - P(machine))^power (Drayson et al.: 10).")
     repeats: int = setting(3, "For `detector`: each sample's index repeated this often before the draw (Drayson: 3).")
-    draw: float = setting(1.5, "For `detector`: round(draw × N) indices drawn without replacement ∝ weight (Drayson: 1.5).")
+    draw: float = setting(1.5, "For `detector`: round(draw × pool rows) indices drawn without replacement ∝ weight "
+                               "(Drayson: 1.5 × the mixture's size), then N of them trained on.")
     threshold: float = setting(0.8, "For `dedupe`: estimated Jaccard similarity of token n-grams above which a sample "
                                     "is a near duplicate of an earlier one.")
     ngram: int = setting(5, "For `dedupe`: the token n-gram length of the MinHash shingles.")
@@ -39,8 +40,8 @@ class CurateConfig:
                                  "than the training set needs).")
     real_share: float = setting(0.0, "The pool: share of it that is real training text of unknown origin (Drayson et "
                                      "al.: human and machine text mixed, as on the web): real blocks cut like samples "
-                                     "(prompt + continuation) and shuffled in; the curator is not told which rows they "
-                                     "are, the record keeps it.")
+                                     "(prompt + continuation; never a sample's prompt) and shuffled in; the curator is "
+                                     "not told which rows they are, the record keeps it.")
 
     def __post_init__(self) -> None:
         from collapse.loop.curate import CURATORS
@@ -70,6 +71,10 @@ class CurateConfig:
             raise ConfigError(f"curate.oversample={self.oversample} / curate.real_share={self.real_share} build a pool "
                               "for a curator to choose from, and curate.kind is none: set curate.kind (`random` is "
                               "the control).")
+        if self.oversample > 1 and self.real_share > 0:
+            raise ConfigError(f"curate.oversample={self.oversample} with curate.real_share={self.real_share}: each sample's "
+                              "prompt would appear k times and a real row's once, which tells the curator which rows "
+                              "are real; use one of the two.")
         if self.kind == "reference" and self.real_share > 0:
             raise ConfigError("curate.kind=reference reads each row's true continuation, which on a real pool row is the "
                               "row itself (an oracle): use it on samples only (curate.real_share=0, curate.oversample>1).")

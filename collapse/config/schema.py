@@ -299,4 +299,10 @@ class Config:
     def fingerprint(self, exclude: tuple[str, ...] = RESULT_NEUTRAL_KEYS) -> str:
         """Hash of everything that changes results (not bookkeeping such as resume or W&B)."""
         d = {k: v for k, v in self.to_dict().items() if k not in exclude}
+        if "curate" in d:  # a setting the curator does not read changes no result (score_with's default moved)
+            from collapse.config.curate import POOL_KEYS
+            from collapse.loop.curate import USES
+
+            reads = {"kind", *POOL_KEYS, *USES.get(self.curate.kind, ())}
+            d["curate"] = {k: v for k, v in d["curate"].items() if k in reads}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

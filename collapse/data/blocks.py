@@ -108,6 +108,7 @@ class RealData:
     truth: object = None  # collapse.data.synthetic.SyntheticSource when data.source=synthetic: the known distribution
     truths: np.ndarray | None = None  # [n_seq, new_tokens]: each prompt's true continuation (what a curator may verify)
     blocks: np.ndarray | None = None  # the real training blocks (prompt + new tokens) a curate pool draws real rows from
+    prompt_blocks: np.ndarray | None = None  # the indices of those blocks the prompts come from (never a pool's real row)
     oversample: int = 1  # continuations per prompt (curate.oversample): prompts, truths and samples hold k rows each
 
     @property
@@ -168,4 +169,5 @@ def real_data(cfg: Config, ids: dict[str, list[np.ndarray]], eos: int | None, vo
                     val_blocks=val_blocks, test_blocks=test_blocks, ref_counts=ref_counts,
                     bucket_of=buckets, suppress=suppress if suppress is not None else (eos,) if eos is not None else (),
                     n_batches=math.ceil(k * n_seq / gc.batch_size), truth=truth,
-                    blocks=prompt_blocks if cfg.curate.real_share > 0 else None, oversample=k)
+                    blocks=prompt_blocks if cfg.curate.real_share > 0 else None, oversample=k,
+                    prompt_blocks=np.unique(order[:n_seq]) if cfg.curate.real_share > 0 else None)

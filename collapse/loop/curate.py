@@ -62,7 +62,7 @@ class Batch:
     samples: np.ndarray  # [P, new_tokens] the pool's continuations (generated, or real of unknown origin)
     texts: list[str]
     prompts: np.ndarray  # [P, prompt_tokens]: real prompts
-    truths: np.ndarray  # [P, new_tokens]: each prompt's true continuation
+    truths: np.ndarray | None  # [P, new_tokens]: each prompt's true continuation; None on a pool with real rows
     real_rows: np.ndarray  # real training rows that share no text with the pool (a detector's human examples)
     score: Callable[[str], np.ndarray]
     extras: dict = field(default_factory=dict)  # a curator's own figures (the detector's held-out accuracy)
@@ -236,5 +236,6 @@ def resolved(cfg):
 
     c = copy.copy(cfg)
     if c.share is None:  # a pool larger than the training set: keep as many rows as it needs
-        c.share = (1.0 - c.real_share) / c.oversample if c.pooled else SHARE.get(c.kind) or 1.0
+        pooled = c.oversample > 1 or c.real_share > 0
+        c.share = (1.0 - c.real_share) / c.oversample if pooled else SHARE.get(c.kind) or 1.0
     return c

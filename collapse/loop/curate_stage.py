@@ -21,13 +21,14 @@ def gen0_scores(run, g: int, base, full: np.ndarray) -> np.ndarray:
     return sequence_ppl(base, full, run.cfg.generation.prompt_tokens, run.cfg.eval.batch_size, run.accelerator)
 
 
-def scorer_of(which: str, init: str, g: int) -> str:
-    """The model a ``score_with`` names, as ``current`` or ``gen0``: the trainee of generation g+1 starts from
-    generation 0 under ``train.init: base`` and from model g under ``previous``; generation 0 is its own current."""
+def scorer_of(which: str, continues_previous: bool, g: int) -> str:
+    """The model a ``score_with`` names, as ``current`` or ``gen0``: the trainee of generation g+1 starts from model
+    g where the model kind continues from the previous generation (``train.init: previous``), else from generation
+    0 (``base``); generation 0 is its own current."""
     if which not in ("trainee", "current", "gen0"):
         raise ValueError(f"no model {which!r} to score with: `trainee`, `current` or `gen0`")
     if which == "trainee":
-        which = "gen0" if init == "base" else "current"
+        which = "current" if continues_previous else "gen0"
     return "gen0" if g == 0 else which
 
 
@@ -48,20 +49,20 @@ def curate_stage(run, g: int, base, model) -> str:
     cfg, d, gc = run.cfg, run.dir(g), run.cfg.generation
     full = load_samples(run.out, g, keep_prompt=True)
     pool = build_pool(full, run.data.blocks, run.data.real_rows, cfg.curate.real_share, gc.prompt_tokens,
-                      tuple(run.data.suppress), numpy_rng(cfg.seed, g, "pool") if cfg.curate.real_share else None)
+                      tuple(run.data.suppress), numpy_rng(cfg.seed, g, "pool") if cfg.curate.real_share else None,
+                      run.data.prompt_blocks)
     texts = pq.read_table(d / "samples.parquet", columns=["text"]).column("text").to_pylist()
     if pool.mixed:  # the real rows' continuations decoded as a sample's are
         real = ~pool.own
         texts = [texts[i] if i >= 0 else "" for i in pool.sample_index]
         for j, t in zip(np.flatnonzero(real), decode_rows(run.tok, pool.full[real, gc.prompt_tokens:])):
             texts[j] = t
-    truths = run.data.truths[np.maximum(pool.sample_index, 0)]
-    if pool.mixed:  # a real row's true continuation is its own (which is why `reference` is refused here)
-        truths[~pool.own] = pool.full[~pool.own, gc.prompt_tokens:]
+    # a real row's true continuation is itself: handing truths over a mixed pool would tell which rows are real
+    truths = None if pool.mixed else run.data.truths[pool.sample_index]
     scored: dict[str, np.ndarray] = {}
 
     def score(which: str) -> np.ndarray:
-        which = scorer_of(which, cfg.train.init, g)
+        which = scorer_of(which, run.ckpt.continues_previous, g)
         if which not in scored:
             by_gen0 = which == "gen0"
             raw = sequence_ppl(base if by_gen0 else model(), pool.full, gc.prompt_tokens, cfg.eval.batch_size,

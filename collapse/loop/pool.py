@@ -6,9 +6,11 @@
 The real rows are the situation Drayson et al. study (human and machine text mixed, origin unknown): each is a
 real training block cut like a sample (its first ``prompt_tokens`` are the prompt, the next ``new_tokens`` the
 continuation), drawn fresh each generation from the blocks whose continuation holds no id the samples cannot hold
-(EOS), so no token gives it away. The pool's order is a seeded shuffle, so position tells nothing either. The
-detector's own real training rows are the real rows that share no token position with the pool's real blocks
-(``human_rows``). Oversampling is the situation of Feng et al. and Yi et al.: more candidates than rows needed.
+(EOS) and that no sample's prompt comes from, so neither a token nor a shared prompt gives it away; the pool's order
+is a seeded shuffle, so position tells nothing either (oversampling, where a sample's prompt repeats k times, is
+refused with real rows). The detector's own real training rows are the real rows that share no token position with
+the pool's real blocks (``human_rows``). Oversampling is the situation of Feng et al. and Yi et al.: more
+candidates than rows needed.
 
 Without pool settings the pool is the samples in their order and nothing is drawn: a run is what it was before the
 pool existed. Pure numpy; the stage (collapse.loop.curate_stage) reads and writes the files.
@@ -52,10 +54,17 @@ def pool_size(n_samples: int, real_share: float) -> int:
     return n_samples + real_count(n_samples, real_share)
 
 
-def eligible_blocks(blocks: np.ndarray, prompt_tokens: int, suppress: tuple[int, ...]) -> np.ndarray:
-    """Indices of the real blocks a pool may hold: no suppressed id (EOS) in the continuation, as in every sample."""
-    cont = blocks[:, prompt_tokens:]
-    return np.flatnonzero(~np.isin(cont, np.asarray(suppress, np.int64)).any(axis=1)) if suppress else np.arange(len(blocks))
+def eligible_blocks(blocks: np.ndarray, prompt_tokens: int, suppress: tuple[int, ...],
+                    prompts: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the real blocks a pool may hold: no suppressed id (EOS) in the continuation, as in every sample,
+    and none of ``prompts`` (the blocks the samples' prompts come from: a real row sharing a sample's prompt would
+    pair them)."""
+    ok = np.ones(len(blocks), bool)
+    if suppress:
+        ok &= ~np.isin(blocks[:, prompt_tokens:], np.asarray(suppress, np.int64)).any(axis=1)
+    if prompts is not None:
+        ok[np.asarray(prompts, np.int64)] = False
+    return np.flatnonzero(ok)
 
 
 def disjoint_rows(real_rows: np.ndarray, blocks_used: np.ndarray, block_len: int) -> np.ndarray:
@@ -73,16 +82,18 @@ def disjoint_rows(real_rows: np.ndarray, blocks_used: np.ndarray, block_len: int
 
 
 def build_pool(samples_full: np.ndarray, blocks: np.ndarray | None, real_rows: np.ndarray, real_share: float,
-               prompt_tokens: int, suppress: tuple[int, ...], rng: np.random.Generator | None) -> Pool:
-    """Generation g's pool (see the module docstring); ``rng`` draws the real blocks and the order (seed, g, "pool")."""
+               prompt_tokens: int, suppress: tuple[int, ...], rng: np.random.Generator | None,
+               prompts: np.ndarray | None = None) -> Pool:
+    """Generation g's pool (see the module docstring); ``rng`` draws the real blocks and the order (seed, g, "pool");
+    ``prompts``: the blocks the samples' prompts come from, never drawn."""
     n = len(samples_full)
     m = real_count(n, real_share)
     own = np.arange(n, dtype=np.int64)
     if m == 0:  # the samples alone, in their order: nothing drawn
         return Pool(samples_full, own, np.full(n, -1, np.int64), real_rows)
-    ok = eligible_blocks(blocks, prompt_tokens, suppress)
+    ok = eligible_blocks(blocks, prompt_tokens, suppress, prompts)
     if len(ok) < m:
-        raise ValueError(f"{m} real pool rows asked and {len(ok)} real blocks have an EOS-free continuation")
+        raise ValueError(f"{m} real pool rows asked and {len(ok)} real blocks are eligible")
     picked = np.sort(rng.choice(ok, size=m, replace=False))
     full = np.concatenate([samples_full, blocks[picked, : samples_full.shape[1]].astype(samples_full.dtype)])
     sample_index = np.concatenate([own, np.full(m, -1, np.int64)])

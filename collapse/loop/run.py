@@ -377,8 +377,10 @@ class Run:
         """Bootstrap weights over n units, the same in every generation (paired changes), drawn once."""
         key = (unit, n)
         if key not in self.boot_cache:
-            self.boot_cache[key] = S.draw_weights(n, numpy_rng(self.cfg.seed, "bootstrap", unit),
-                                                  self.cfg.stats.resamples)
+            k = self.data.oversample if unit == "samples" else 1  # k continuations of a prompt resample together
+            w = S.draw_weights(n // k, numpy_rng(self.cfg.seed, "bootstrap", unit), self.cfg.stats.resamples)
+            self.boot_cache[key] = w if k == 1 else S.Weights(np.repeat(w.boot, k, axis=1), np.repeat(w.half, k, axis=1),
+                                                               w.scale)
         return self.boot_cache[key]
 
     def prune(self, g: int) -> None:
