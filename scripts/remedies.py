@@ -1,7 +1,11 @@
-"""docs/results.md's remedies tables and figure, from a remedies sweep (any of configs/experiments/remedies*.yaml).
+"""docs/results.md's remedies tables and figure, from remedies sweeps (configs/experiments/remedies*.yaml).
 
     collapse sweep configs/experiments/remedies-pool.yaml --out runs/experiments/remedies-pool
     python scripts/remedies.py runs/experiments/remedies-pool docs/img
+    python scripts/remedies.py runs/experiments/remedies-oversample runs/experiments/remedies-pool docs/img
+
+Several folders are read as one table: the first folder's points, paired by seed with the baselines (`none`, `mix 10%
+real`) of the others; the figure is named after the first folder.
 
 For each point (a curator and the pool it chose from, or mix 10%, or none), over its seeds: the change from
 generation 0 to the last generation in test perplexity and in the tail loss of ranks 1001-10000 (mean over seeds, a
@@ -137,12 +141,16 @@ def figure(df, path: Path, title: str) -> None:
 def main(argv: list[str]) -> int:
     import collapse
 
-    if len(argv) != 2:
-        print("usage: python scripts/remedies.py SWEEP_FOLDER OUT_FOLDER", file=sys.stderr)
+    if len(argv) < 2:
+        print("usage: python scripts/remedies.py SWEEP_FOLDER [SWEEP_FOLDER ...] OUT_FOLDER", file=sys.stderr)
         return 2
-    root, out = Path(argv[0]), Path(argv[1])
-    df = collapse.load_runs(root)
+    roots, out = [Path(a) for a in argv[:-1]], Path(argv[-1])
+    root = roots[0]  # the figure is named after the first
+    df = collapse.load_runs(roots)
     df["point"] = df.apply(point_of, axis=1)
+    if len(roots) > 1:  # the first folder's points and the baselines the others lend them
+        mine = set(df[df.path.str.startswith(str(root))].point)
+        df = df[df.point.isin(mine | set(BASELINES))]
     print(table(df))
     out.mkdir(parents=True, exist_ok=True)
     png = out / f"{root.name}-test-ppl.png"
