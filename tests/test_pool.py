@@ -358,3 +358,15 @@ def test_a_curator_is_not_shown_which_pool_rows_are_real(pool_runs):
         assert 0.2 < real[: len(real) // 2].mean() < 0.8  # not the samples first
         assert not set(rec.real_block[real]) & set(run.data.prompt_blocks.tolist())
         assert all(isinstance(t, str) and t for t in shown["texts"])
+
+
+def test_oversampled_samples_resample_by_prompt():
+    """k continuations of one prompt are not k independent samples: the bootstrap weights them together."""
+    from collapse.metrics.stats import draw_weights
+
+    w = draw_weights(12, np.random.default_rng(0), 50, cluster=3)
+    assert w.boot.shape == (50, 12) and (w.boot.sum(axis=1) == 12).all()
+    groups = w.boot.reshape(50, 4, 3)
+    assert (groups == groups[..., :1]).all() and (w.half.reshape(50, 4, 3) == w.half.reshape(50, 4, 3)[..., :1]).all()
+    one = draw_weights(12, np.random.default_rng(0), 50)  # cluster 1: the draw of before
+    assert (one.boot == draw_weights(12, np.random.default_rng(0), 50, cluster=1).boot).all()

@@ -111,6 +111,18 @@ def curate_stage(run, g: int, base, model) -> str:
             f"{n_train} rows{real_note})")
 
 
+def curated_rows(run, g: int, rows: np.ndarray) -> np.ndarray:
+    """Corpus g as the next generations train on it: each pool row (``rows``: the samples as training rows, or a
+    real block cut like them) as often as the record says."""
+    from collapse.loop.curate import read_pool_record
+    from collapse.loop.pool import pool_rows
+
+    index, real_block, repeats = read_pool_record(run.dir(g))
+    gc = run.cfg.generation
+    return np.repeat(pool_rows(rows, index, real_block, run.data.blocks, gc.prompt_tokens, gc.keep_prompt), repeats,
+                     axis=0)
+
+
 def row_figures(d) -> dict:
     """The curate figures of a generation folder's record for its metrics row ({} without a record)."""
     from pathlib import Path

@@ -49,9 +49,8 @@ from collapse.errors import CollapseError, DataError
 from collapse.io import atomic_path, read_json, write_json, write_npz, write_parquet, write_text
 from collapse.loop import integrity
 from collapse.loop.checkpoints import Checkpoints, disk_estimate
-from collapse.loop.curate import read_pool_record
-from collapse.loop.curate_stage import curate_stage, gen0_scores, row_figures
-from collapse.loop.pool import pool_rows, pool_size
+from collapse.loop.curate_stage import curate_stage, curated_rows, gen0_scores, row_figures
+from collapse.loop.pool import pool_size
 from collapse.loop.regimes import regime_training_set
 from collapse.loop.rows import PPL_BINS, interval_part, metrics_row, metrics_table
 from collapse.loop.rundir import (
@@ -89,7 +88,6 @@ from collapse.tracking.run import (
 )
 
 log = logging.getLogger("collapse")
-
 
 
 def run_loop(cfg: Config, show_progress: bool = True) -> int:
@@ -216,7 +214,6 @@ def measure_stage(run: Run, g: int, base) -> str:
         rewrite_metrics_jsonl(run.out, sorted({g, *run.manifest.measured(run.cfg.generations)}))
     bs = row["bucket_shift"]
     return f"shift 1-10 {fmt_pct(bs['1-10'])}, 1001-10000 {fmt_pct(bs['1001-10000'])}"
-
 
 
 def gen0_stage(run: Run, g: int, model: LazyModel) -> str:
@@ -355,13 +352,7 @@ class Run:
 
     def train_rows(self, g: int) -> np.ndarray:
         """Corpus g as the next generations train on it: curated (each pool row as often as its record says), or whole."""
-        rows = self.samples(g)
-        if not self.cfg.curate.active:
-            return rows
-        index, real_block, repeats = read_pool_record(self.dir(g))
-        gc = self.cfg.generation
-        return np.repeat(pool_rows(rows, index, real_block, self.data.blocks, gc.prompt_tokens, gc.keep_prompt),
-                         repeats, axis=0)
+        return curated_rows(self, g, self.samples(g)) if self.cfg.curate.active else self.samples(g)
 
     def weights(self, g: int, base) -> LazyModel:
         return LazyModel(lambda: self.ckpt.load(g, base), base if g == 0 else None)
@@ -378,9 +369,8 @@ class Run:
         key = (unit, n)
         if key not in self.boot_cache:
             k = self.data.oversample if unit == "samples" else 1  # k continuations of a prompt resample together
-            w = S.draw_weights(n // k, numpy_rng(self.cfg.seed, "bootstrap", unit), self.cfg.stats.resamples)
-            self.boot_cache[key] = w if k == 1 else S.Weights(np.repeat(w.boot, k, axis=1), np.repeat(w.half, k, axis=1),
-                                                               w.scale)
+            self.boot_cache[key] = S.draw_weights(n, numpy_rng(self.cfg.seed, "bootstrap", unit),
+                                                  self.cfg.stats.resamples, cluster=k)
         return self.boot_cache[key]
 
     def prune(self, g: int) -> None:

@@ -51,8 +51,13 @@ class Weights:
     scale: float  # sqrt(kept / deleted): a half-sample deviation -> a sampling deviation (Shao & Wu 1989)
 
 
-def draw_weights(n: int, rng: np.random.Generator, resamples: int = RESAMPLES) -> Weights:
-    """Both kinds of weights from one stream (bootstrap first, then the half-samples)."""
+def draw_weights(n: int, rng: np.random.Generator, resamples: int = RESAMPLES, cluster: int = 1) -> Weights:
+    """Both kinds of weights from one stream (bootstrap first, then the half-samples). ``cluster``: units come in
+    runs of this many that resample together (k continuations of one prompt): the weights of n // cluster
+    clusters, each repeated over its units."""
+    if cluster > 1:
+        w = draw_weights(n // cluster, rng, resamples)
+        return Weights(np.repeat(w.boot, cluster, axis=1), np.repeat(w.half, cluster, axis=1), w.scale)
     boot = resample_weights(n, rng, resamples)
     keep = max(n // 2, 1)
     half = np.zeros((resamples, n))
