@@ -21,13 +21,13 @@ from test_fuzz_check import BASE, drive
 
 pytestmark = pytest.mark.slow
 
-BUDGET = int(os.environ.get("COLLAPSE_FUZZ_RUN_EXAMPLES", "300"))  # cases drawn; about one in seven passes --check
+BUDGET = int(os.environ.get("COLLAPSE_FUZZ_RUN_EXAMPLES", "340"))  # cases drawn; about one in ten passes --check
 LIMIT_S = 120  # per run; the base config runs in a few seconds
 # the largest value a size key may take here (an int above it is replaced by the cap; the cases stay valid)
 CAPS = {
     "generations": 2, "generation.num_sequences": 48, "generation.batch_size": 48, "generation.prompt_tokens": 24,
     "generation.new_tokens": 24, "generation.num_beams": 3, "generation.top_k": 50, "train.epochs": 2,
-    "train.batch_size": 32, "train.grad_accum": 4, "train.gen0_epochs": 0, "train.gen0_blocks": 64,
+    "train.batch_size": 32, "train.grad_accum": 4, "train.gen0_epochs": 0, "train.gen0_blocks": 64, "curate.oversample": 3,
     "train.gen0_val_every": 8, "train.lora.r": 16, "eval.max_blocks": 16, "eval.block_size": 64,
     "eval.batch_size": 64, "measure.samples": 12, "measure.window": 96, "stats.resamples": 200,
     "data.max_documents": 40, "data.min_chars": 400, "regime.size": 96, "keep_checkpoints": 3,
