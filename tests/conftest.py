@@ -6,6 +6,8 @@ few seconds; it is cached for the whole session (COLLAPSE_CACHE points into a te
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -77,6 +79,23 @@ def _close_prefork():
     yield
     if _PREFORK is not None:
         _PREFORK.close()
+
+
+@contextlib.contextmanager
+def in_process_runs():
+    """For `collapse run`s made in the test's own process: fsync off (these folders need no durability), no report,
+    the console quiet; yields the MonkeyPatch, undone on the way out."""
+    import collapse.io as cio
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(cio.os, "fsync", lambda fd: None)
+    mp.setenv("COLLAPSE_SKIP_REPORT", "1")
+    logging.getLogger("collapse").setLevel(logging.WARNING)
+    try:
+        yield mp
+    finally:
+        mp.undo()
+        logging.getLogger("collapse").setLevel(logging.INFO)
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None):

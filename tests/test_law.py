@@ -15,11 +15,10 @@ catches any error of N or of the training set deterministically.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pytest
 import torch
+from conftest import in_process_runs
 
 from collapse.config import GenerationConfig, load_config
 from collapse.data import load_splits
@@ -59,23 +58,15 @@ REPEATS = 8
 @pytest.fixture(scope="module")
 def law_runs(tmp_path_factory):
     """REPEATS seeds of `collapse run` (in-process; fsync off: these folders need no durability)."""
-    import collapse.io as cio
     from collapse.loop.run import run_loop
 
-    mp = pytest.MonkeyPatch()
-    mp.setattr(cio.os, "fsync", lambda fd: None)
-    mp.setenv("COLLAPSE_SKIP_REPORT", "1")
-    logging.getLogger("collapse").setLevel(logging.WARNING)
     root = tmp_path_factory.mktemp("law")
     cfgs = []
-    try:
+    with in_process_runs():
         for seed in range(REPEATS):
             cfg = load_config(None, [*LAW, f"seed={seed}", f"out_dir={root / str(seed)}"])
             run_loop(cfg, show_progress=False)
             cfgs.append(cfg)
-    finally:
-        mp.undo()
-        logging.getLogger("collapse").setLevel(logging.INFO)
     return cfgs
 
 

@@ -6,13 +6,12 @@ with the model its settings name, generation 0's perplexities are what a plain f
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, TINY_RUN, run_cli
+from conftest import REPO, TINY_RUN, in_process_runs, run_cli
 
 from collapse.config import load_config
 from collapse.errors import ConfigError
@@ -213,40 +212,34 @@ def _spy(batch, cfg, rng):
 @pytest.fixture(scope="module")
 def pool_runs(tmp_path_factory):
     """In-process runs with the trainer's rows captured (collapse.loop.run.TrainJob) and the run's data kept."""
-    import collapse.io as cio
     import collapse.loop.run as R
 
-    mp = pytest.MonkeyPatch()
-    mp.setattr(cio.os, "fsync", lambda fd: None)
-    mp.setenv("COLLAPSE_SKIP_REPORT", "1")
-    logging.getLogger("collapse").setLevel(logging.WARNING)
     root, out = tmp_path_factory.mktemp("pool"), {}
     curator("pool-spy")(_spy)
+    real_job, real_prepare = R.TrainJob, R.Run.prepare
     try:
-        real_job, real_prepare = R.TrainJob, R.Run.prepare
-        for name, extra in RUNS.items():
-            seen, runs = [], []
+        with in_process_runs() as mp:
+            for name, extra in RUNS.items():
+                seen, runs = [], []
 
-            def job(rows, *a, _seen=seen, _job=real_job, **k):
-                _seen.append(np.array(rows))
-                return _job(rows, *a, **k)
+                def job(rows, *a, _seen=seen, _job=real_job, **k):
+                    _seen.append(np.array(rows))
+                    return _job(rows, *a, **k)
 
-            def prepare(cfg, show, check_only=False, _runs=runs, _prepare=real_prepare):
-                r = _prepare(cfg, show, check_only)
-                _runs.append(r)
-                return r
+                def prepare(cfg, show, check_only=False, _runs=runs, _prepare=real_prepare):
+                    r = _prepare(cfg, show, check_only)
+                    _runs.append(r)
+                    return r
 
-            mp.setattr(R, "TrainJob", job)
-            mp.setattr(R.Run, "prepare", staticmethod(prepare))
-            cfg = load_config(REPO / "configs" / "tiny.yaml", [*TINY_RUN, *extra, f"out_dir={root / name}"],
-                              embedded=True)
-            R.run_loop(cfg, show_progress=False)
-            cfg.out_dir = Path(cfg.out_dir)
-            out[name] = (cfg, runs[0], seen)
+                mp.setattr(R, "TrainJob", job)
+                mp.setattr(R.Run, "prepare", staticmethod(prepare))
+                cfg = load_config(REPO / "configs" / "tiny.yaml", [*TINY_RUN, *extra, f"out_dir={root / name}"],
+                                  embedded=True)
+                R.run_loop(cfg, show_progress=False)
+                cfg.out_dir = Path(cfg.out_dir)
+                out[name] = (cfg, runs[0], seen)
     finally:
-        mp.undo()
         CURATORS.pop("pool-spy", None)
-        logging.getLogger("collapse").setLevel(logging.INFO)
     return out
 
 
