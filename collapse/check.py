@@ -135,6 +135,19 @@ def curate_line(cfg: Config) -> str:
             "resampled to one row per prompt (collapse.loop.curate.fill)")
 
 
+def check_text(cfg: Config) -> None:
+    """The text figures' libraries, found without importing them (``--check`` stays fast)."""
+    import importlib.util
+
+    need = {"mauve": ("mauve", "faiss", "sklearn")} if cfg.eval.mauve else {}
+    if cfg.eval.self_bleu:
+        need["self_bleu"] = ("nltk",)
+    missing = [f"eval.{k} needs {m}" for k, mods in need.items() for m in mods if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"{'; '.join(missing)}, which is not installed: pip install 'model-collapse[text]' "
+                          "(or turn the figure off).")
+
+
 def check_pool(cfg: Config, d) -> None:
     """A pool's real rows must exist: enough real blocks whose continuation holds no EOS (as a sample's cannot), and
     real rows left over for the detector that share no text with them."""
@@ -284,6 +297,7 @@ def check_run(cfg: Config, accelerator) -> tuple[Plan, Checked]:
 
     plan = Plan("run", main=accelerator.is_main_process, warnings=ineffective_settings(cfg, "run"))
     check_out_dir(cfg, plan)
+    check_text(cfg)
     splits = check_data(cfg, plan)
     kind_for(cfg.model.name_or_path).check_early(cfg, splits, "run")
     checked = Checked(splits, check_model(cfg, plan, splits, accelerator.device))

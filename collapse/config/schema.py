@@ -206,11 +206,24 @@ class TrainConfig:
             raise ConfigError(f"train.gen0_val_every={self.gen0_val_every} is out of range: use 1 or more steps.")
 
 
+TEXT_KEYS = ("mauve", "mauve_features", "mauve_resamples", "self_bleu", "self_bleu_samples")  # eval.*: the text figures
+
+
 @dataclass
 class EvalConfig:
     block_size: int | None = setting(None, "Test perplexity block length; null = prompt_tokens + new_tokens.")
     batch_size: int = setting(64, "Blocks per forward pass in evaluation.")
     max_blocks: int | None = setting(None, "Evaluate at most this many test (and validation) blocks (null = all).")
+    mauve: bool = setting(False, "MAUVE of each generation's samples against the true continuations of their prompts "
+                          "(figure `mauve`; pip install 'model-collapse[text]'; docs/metrics.md).")
+    mauve_features: str = setting("gen0", "What MAUVE's features come from: `gen0` (generation 0's final hidden state at "
+                                  "each continuation's last token: nothing downloaded) or a model's hub id or local "
+                                  "folder (Drayson et al. used `gpt2-large`), the texts cut to 256 of its tokens.")
+    mauve_resamples: int = setting(20, "Bootstrap resamples MAUVE is recomputed on (a k-means each) for its interval "
+                                   "and paired changes; 0 = none (at most stats.resamples).")
+    self_bleu: bool = setting(False, "Self-BLEU-4 of a seeded subsample of each generation's samples, on words (figure "
+                              "`self_bleu`; nltk, as Texygen and Drayson et al.; pip install 'model-collapse[text]').")
+    self_bleu_samples: int = setting(100, "Samples in self-BLEU's subsample (each scored against the others: quadratic).")
 
     def __post_init__(self) -> None:
         if self.block_size is not None and self.block_size < 2:
@@ -219,6 +232,12 @@ class EvalConfig:
             raise ConfigError(f"eval.batch_size={self.batch_size} is out of range: use at least 1.")
         if self.max_blocks is not None and self.max_blocks < 1:
             raise ConfigError(f"eval.max_blocks={self.max_blocks} is out of range: use at least 1 (or null for all).")
+        if self.mauve_resamples < 0:
+            raise ConfigError(f"eval.mauve_resamples={self.mauve_resamples} is out of range: use 0 (no interval) or more.")
+        if self.self_bleu_samples < 2:
+            raise ConfigError(f"eval.self_bleu_samples={self.self_bleu_samples} is out of range: use at least 2 samples.")
+        if not self.mauve_features.strip():
+            raise ConfigError("eval.mauve_features is empty: use `gen0` or a model's hub id or local folder.")
 
 
 @dataclass
@@ -274,6 +293,9 @@ class Config:
             self.measure.decodings = check_decodings(self.measure.decodings, self.generation, self.model.name_or_path)
         if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
             raise ConfigError("keep_checkpoints must be at least 1 (or null to keep all).")
+        if self.eval.mauve and self.eval.mauve_features == "gen0" and self.model.name_or_path == "ngram":
+            raise ConfigError("eval.mauve_features=gen0 reads generation 0's hidden states, and the n-gram model has none: "
+                              "name a featurizing model (eval.mauve_features=gpt2-large, or a local folder).")
         gc = self.generation
         if self.curate.oversample > 1 and (gc.temperature == 0 or gc.num_beams > 1):
             how = "greedy decoding (generation.temperature=0)" if gc.temperature == 0 else "beam search"
@@ -284,6 +306,9 @@ class Config:
     # ------------------------------------------------------------------ helpers
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        if not (self.eval.mauve or self.eval.self_bleu):  # no text figure: the config of a run made before them
+            for k in TEXT_KEYS:
+                d["eval"].pop(k)
         if not self.curate.active:  # no remedy: the config (and its fingerprint) of a run made before `curate`
             d.pop("curate")
         elif not self.curate.pooled:  # a pool of the samples alone: the config of a run made before the pool keys

@@ -165,7 +165,7 @@ def real_data(cfg: Config, ids: dict[str, list[np.ndarray]], eos: int | None, vo
         buckets = truth.bucket_of(max(vocab, len(ref_counts)))
     chosen = prompt_blocks[order[:n_seq]]
     return RealData(prompts=np.repeat(chosen[:, : gc.prompt_tokens], k, axis=0), real_rows=real_rows,
-                    truths=np.repeat(chosen[:, gc.prompt_tokens:], k, axis=0) if cfg.curate.active else None,
+                    truths=np.repeat(chosen[:, gc.prompt_tokens:], k, axis=0) if cfg.curate.active or cfg.eval.mauve else None,
                     val_blocks=val_blocks, test_blocks=test_blocks, ref_counts=ref_counts,
                     bucket_of=buckets, suppress=suppress if suppress is not None else (eos,) if eos is not None else (),
                     n_batches=math.ceil(k * n_seq / gc.batch_size), truth=truth,

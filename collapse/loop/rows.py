@@ -49,12 +49,13 @@ def metrics_row(g: int, ev: dict, ref_counts: np.ndarray, gen_ids: np.ndarray, p
     }
 
 
-def interval_part(run, g: int, row: dict, gen_ids: np.ndarray, ppl: np.ndarray) -> dict:
+def interval_part(run, g: int, row: dict, gen_ids: np.ndarray, ppl: np.ndarray, extra: dict | None = None) -> dict:
     """Intervals of every figure of generation g and its paired changes from generation 0 and g-1.
 
     The units: samples (sample i continues real prompt i in every generation) and test blocks (the same
     blocks every generation). Both are resampled with the same weights in every generation, drawn from
-    (seed, "bootstrap", unit): a change is the difference of two figures under the same resample.
+    (seed, "bootstrap", unit): a change is the difference of two figures under the same resample. ``extra``: other
+    figures' resamples under the same sample weights (the text figures, collapse.loop.text_stage).
     """
     st, d = run.cfg.stats, run.dir(g)
     if not st.resamples:
@@ -73,6 +74,7 @@ def interval_part(run, g: int, row: dict, gen_ids: np.ndarray, ppl: np.ndarray) 
     truth = run.data.truth  # a synthetic row's shifts are against the TRUE shares: its resamples' too
     boot = S.generation_boot(W, corpus, ref, run.data.bucket_of, (r >= 1) & (r <= 100), names, ppl, We, sums, counts,
                              ref_share=None if truth is None else np.asarray(truth.bucket_shares(), np.float64))
+    boot.update(extra or {})
     point = S.flat_point(row, names)
     out = S.row_intervals(point, boot, names, st.level)
     out["changes"] = {}
@@ -125,7 +127,7 @@ def metrics_table(rows: list[dict]) -> str:
     lines = _columns(["gen", *(h for h, *_ in held)], body)
     changed = [r for r in rows if (r.get("changes") or {}).get("from_gen0")]
     if changed:
-        cols = console_columns("change")
+        cols = [c for c in console_columns("change") if any(c[1].split(".")[0] in r for r in rows)]
         body = []
         for r in changed:
             ch, cells = r["changes"]["from_gen0"], [str(r["generation"])]

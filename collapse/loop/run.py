@@ -6,10 +6,9 @@
         generate  corpus g: model g continues REAL training prompts (the same prompts every generation)
         measure   corpus g against the REAL training counts; each sample scored by generation 0
 
-``run_loop`` below is that loop. Each stage goes through one runner (``Run.stage``) that owns the
-bookkeeping: a stage recorded in ``manifest.json`` is skipped, every process waits for the others,
-then the stage is recorded and timed. Crash safety (a kill at any moment loses at most the stage in
-flight):
+``run_loop`` below is that loop. Each stage goes through one runner (``Run.stage``) that owns the bookkeeping: a
+stage recorded in ``manifest.json`` is skipped, every process waits for the others, then the stage is recorded
+and timed. Crash safety (a kill at any moment loses at most the stage in flight):
 
 * Every file is written atomically (``collapse.io``), and a stage is recorded only after all its files
   are complete. A rerun of the same command skips recorded stages and redoes the one in flight;
@@ -21,8 +20,8 @@ flight):
   (on the same device type and thread count).
 * ``out_dir/.lock`` keeps two processes out of one folder. A full disk is one error line (exit 2);
   Ctrl-C stops with a note on how to resume (exit 130).
-* W&B: the run id is kept in manifest.json before the first ``wandb.init``; a resumed run logs to the
-  same id and first re-logs the finished generations, so no row a killed process had not flushed is lost.
+* W&B: the run id is kept in manifest.json before the first ``wandb.init``; a resumed run logs to the same id
+  and first re-logs the finished generations, so no row a killed process had not flushed is lost.
 
 ``COLLAPSE_SKIP_REPORT=1`` skips drawing the report at the end (tests; ``collapse report`` draws it).
 """
@@ -69,6 +68,7 @@ from collapse.loop.rundir import (
     shard_path,
     verify_stages,
 )
+from collapse.loop.text_stage import text_part
 from collapse.metrics import stats as S
 from collapse.metrics.evaluate import evaluate_blocks
 from collapse.metrics.truth import add_truth, kl_truth
@@ -204,10 +204,11 @@ def measure_stage(run: Run, g: int, base) -> str:
     fault.point("measure", g, 0)
     ppl = gen0_scores(run, g, base, full)  # each sample scored by generation 0 (the curate stage's, if it did)
     row = metrics_row(g, read_json(d / "eval.json"), run.data.ref_counts, gen_ids, ppl, d)
-    row.update(row_figures(d))  # the curate stage's figures (none without a curate.kind)
+    text = text_part(run, g, base, gen_ids)  # MAUVE, self-BLEU where eval.* asks for them
+    row.update(row_figures(d), **text.point)  # and the curate stage's figures (none without a curate.kind)
     add_truth(row, run.data.truth, read_json(d / "eval.json"), gen_ids, len(run.data.bucket_of))  # synthetic, n-gram
     if run.is_main:
-        row.update(interval_part(run, g, row, gen_ids, ppl))
+        row.update(interval_part(run, g, row, gen_ids, ppl, text.boot))
         with atomic_path(d / "gen0_ppl.npy") as tmp, open(tmp, "wb") as fh:
             np.save(fh, ppl.astype(np.float32), allow_pickle=False)
         write_json(d / "metrics.json", row)
@@ -217,9 +218,8 @@ def measure_stage(run: Run, g: int, base) -> str:
 
 
 def gen0_stage(run: Run, g: int, model: LazyModel) -> str:
-    """The paper's generation 0: the base model fine-tuned on the REAL training split (whole epochs), or on a budget
-    of ``train.gen0_blocks`` real rows seen once, with a look at the REAL validation loss every ``gen0_val_every``
-    steps and the best look kept. Saved with its tokenizer: ``collapse measure`` reads the folder as a model."""
+    """The paper's generation 0: the base fine-tuned on the REAL training split, whole epochs or ``gen0_blocks`` rows
+    once, the best of its REAL validation looks kept; saved with its tokenizer (``collapse measure`` reads it)."""
     tc = run.cfg.train
     tcfg = copy.deepcopy(tc)
     rows = run.data.real_rows

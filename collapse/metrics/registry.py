@@ -311,5 +311,8 @@ for _fig in (  # the order of the columns of the tables
     # a pool with real rows of unknown origin (curate.real_share): the training rows that are real (read from the record,
     # never by the curator)
     Figure("kept_real_share", "kept real", "share", 0, ".3f", console=True),
+    # the text figures other papers report (eval.mauve, eval.self_bleu; collapse.metrics.text): only where asked for
+    Figure("mauve", "MAUVE", "share", -1, ".3f", resample="bootstrap", console=True, change=True, summary=True),
+    Figure("self_bleu", "self-BLEU", "share", +1, ".3f", resample="bootstrap", console=True, change=True, summary=True),
 ):
     register(_fig)

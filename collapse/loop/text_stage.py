@@ -1,0 +1,79 @@
+"""The measure stage's text figures (``eval.mauve``, ``eval.self_bleu``): their values for the metrics row and
+their resamples under the run's bootstrap weights (the same in every generation), from which ``interval_part``
+gives intervals and paired changes like every other figure's. Computed on the main process only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+REF_FEATURES = "mauve-reference-features"  # run.samples_cache key: the true continuations' features, once a run
+
+
+@dataclass
+class TextPart:
+    point: dict = field(default_factory=dict)  # figure -> value, for the row
+    boot: dict = field(default_factory=dict)  # figure -> (R,) resampled values (NaN: not resampled)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """faiss's k-means warns on stderr from C++ (few points per centroid, as MAUVE's n/10 buckets always have)."""
+    fd = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(fd, 2)
+        os.close(fd)
+
+
+def _features(run, base, rows: np.ndarray) -> np.ndarray:
+    from collapse.decoding.generate import kind_of
+    from collapse.metrics.text import features, text_features
+
+    ec = run.cfg.eval
+    if ec.mauve_features != "gen0":
+        from collapse.models.hf import decode_rows
+
+        return text_features(ec.mauve_features, decode_rows(run.tok, rows))
+    return features(kind_of(base).for_sampling(base), rows, ec.batch_size)
+
+
+def text_part(run, g: int, base, gen_ids: np.ndarray) -> TextPart:
+    """MAUVE and self-BLEU of generation g's samples (continuations only), as the config asks."""
+    ec, st = run.cfg.eval, run.cfg.stats
+    if not (ec.mauve or ec.self_bleu) or not run.is_main:
+        return TextPart()
+    from collapse.metrics import text as T
+    from collapse.models.hf import decode_rows
+    from collapse.seeding import numpy_rng
+
+    out = TextPart()
+    W = run.boot_weights("samples", len(gen_ids)).boot if st.resamples else None
+    if ec.self_bleu:  # the same subsample of prompts every generation: the changes are paired
+        idx = T.subsample(len(gen_ids), ec.self_bleu_samples, numpy_rng(run.cfg.seed, "self-bleu"))
+        scores = T.self_bleu_scores(decode_rows(run.tok, gen_ids[idx]))
+        out.point["self_bleu"] = float(scores.mean())
+        if W is not None:
+            w = W[:, idx]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out.boot["self_bleu"] = (w @ scores) / w.sum(1)
+    if ec.mauve:
+        if REF_FEATURES not in run.samples_cache:
+            run.samples_cache[REF_FEATURES] = _features(run, base, run.data.truths)
+        p, q = run.samples_cache[REF_FEATURES], _features(run, base, gen_ids)
+        seed = int(numpy_rng(run.cfg.seed, "mauve").integers(2**31 - 1))
+        with _quiet_stderr():
+            out.point["mauve"] = T.mauve_score(p, q, seed=seed)
+            if W is not None and ec.mauve_resamples:
+                b = np.full(len(W), np.nan)
+                B = min(ec.mauve_resamples, len(W))
+                b[:B] = T.mauve_boot(p, q, W[:B], seed=seed)
+                out.boot["mauve"] = b
+    return out
