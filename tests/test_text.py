@@ -161,6 +161,8 @@ def test_a_run_reports_both_figures_and_a_killed_measure_stage_resumes_to_the_sa
     r = run_cli(*args, f"out_dir={killed}", env=ENV)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (killed / "metrics.jsonl").read_bytes() == (whole / "metrics.jsonl").read_bytes()
+    assert run_cli("verify", str(killed), env=ENV).returncode == 0
+    assert json.loads((whole / "gen_001" / "text.json").read_text())["seconds"] > 0  # the cost, beside the row
     code = ("import collapse, sys; t = collapse.load_runs([sys.argv[1]]); "
             "print(sorted(set(t.figure) & {'mauve', 'self_bleu'}))")
     r = subprocess.run([sys.executable, "-c", code, str(whole)], capture_output=True, text=True, cwd=REPO, timeout=120)

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from collapse.io import write_json
 
 REF_FEATURES = "mauve-reference-features"  # run.samples_cache key: the true continuations' features, once a run
 
@@ -54,7 +57,7 @@ def text_part(run, g: int, base, gen_ids: np.ndarray) -> TextPart:
     from collapse.models.hf import decode_rows
     from collapse.seeding import numpy_rng
 
-    out = TextPart()
+    t0, out = time.perf_counter(), TextPart()
     W = run.boot_weights("samples", len(gen_ids)).boot if st.resamples else None
     if ec.self_bleu:  # the same subsample of prompts every generation: the changes are paired
         idx = T.subsample(len(gen_ids), ec.self_bleu_samples, numpy_rng(run.cfg.seed, "self-bleu"))
@@ -76,4 +79,6 @@ def text_part(run, g: int, base, gen_ids: np.ndarray) -> TextPart:
                 B = min(ec.mauve_resamples, len(W))
                 b[:B] = T.mauve_boot(p, q, W[:B], seed=seed)
                 out.boot["mauve"] = b
+    # the cost, for the benchmark: beside the row, not in it (a resumed run's rows equal an uninterrupted one's)
+    write_json(run.dir(g) / "text.json", {"seconds": round(time.perf_counter() - t0, 3)})
     return out
