@@ -3,7 +3,8 @@
 At the shapes of ``configs/real/smollm2-135m-recursion.yaml`` (SmolLM2-135M, LoRA r=8 on the seven projections):
 one LoRA optimizer step on ``batch`` × 64 tokens, one scoring forward on 64 × 128 tokens (evaluate and the gen-0
 scorer), and one KV-cached decode step of the generation batch (the engine ``generate`` uses). Each in three
-precisions, timed interleaved in one process:
+precisions, timed interleaved in one process, with the embedded default's LoRA step (the shipped scratch model,
+32 × 64 tokens) in float32 and under autocast beside them:
 
 * ``float32``: what ``model.dtype: float32`` and ``train.mixed_precision: no`` run;
 * ``autocast``: float32 weights, matmuls in bf16 under ``torch.autocast("cpu", torch.bfloat16)`` (what
@@ -22,6 +23,7 @@ import time
 
 from collapse.bench.cpu.real import SMOLLM2, _prompts
 from collapse.bench.harness import interleaved, machine_info, median, result_row, say
+from collapse.models.scratch import SHIPPED
 
 MODES = ("float32", "autocast", "bf16 weights")
 
@@ -49,9 +51,9 @@ def bench_precision(repeats: int, batch: int = 16, length: int = 64, score_rows:
         base, tok = load_pretrained(source, ModelConfig(name_or_path=source, dtype="float32"), torch.device("cpu"))
     except CollapseError as e:
         return {"skipped": str(e)}
-    rows = torch.as_tensor(_prompts(tok, max(batch, score_rows, decode_batch), max(length, score_len)),
-                           dtype=torch.long)
-    train_rows, score_in, dec_in = rows[:batch, :length], rows[:score_rows, :score_len], rows[:decode_batch, :length]
+    rows = torch.as_tensor(_prompts(tok, max(batch, score_rows), max(length, score_len)), dtype=torch.long)
+    train_rows, score_in = rows[:batch, :length], rows[:score_rows, :score_len]
+    dec_in = torch.as_tensor(_prompts(tok, decode_batch, length), dtype=torch.long)  # more windows of this length
     auto = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
     none = contextlib.nullcontext
     models = {"float32": (base, none), "autocast": (base, auto),
@@ -87,6 +89,22 @@ def bench_precision(repeats: int, batch: int = 16, length: int = 64, score_rows:
             engine.prefill(dec_in)
         fns[f"lora {mode}"], fns[f"score {mode}"], fns[f"decode {mode}"] = step, score, decode
 
+    # the embedded default's model (the shipped scratch GPT-2) at its training shapes: 32 rows of 64 tokens
+    small, stok = load_pretrained(str(SHIPPED), ModelConfig(name_or_path=str(SHIPPED)), torch.device("cpu"))
+    small_rows = torch.as_tensor(_prompts(stok, 32, 64), dtype=torch.long)
+    for mode, ctx in (("float32", none), ("autocast", auto)):
+        trainee = attach_lora(copy.deepcopy(small), LoraConfig(r=8))
+        trainee.train()
+        opt = torch.optim.AdamW([p for p in trainee.parameters() if p.requires_grad], lr=1e-3)
+
+        def small_step(trainee=trainee, opt=opt, ctx=ctx):
+            with ctx():
+                loss = lm_loss(trainee, small_rows)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        fns[f"default {mode}"] = small_step
     feats = machine_info("cpu")["cpu_features"]
     say(f"precision: bf16 support {bf16_support(feats)}; timing {len(fns)} functions interleaved")
     t = interleaved(fns, repeats)
@@ -95,10 +113,12 @@ def bench_precision(repeats: int, batch: int = 16, length: int = 64, score_rows:
             "score": f"scoring forward, {len(score_in)} × {score_len} tokens",
             "decode": f"decode step, batch {len(dec_in)} (KV cache at {length})"}
     out_rows, ratios = [], {}
-    for kind in ("lora", "score", "decode"):
-        for mode in MODES:
+    tokens["default"], what["default"] = small_rows.numel(), "the embedded default's LoRA step, 32 × 64 tokens"
+    for kind in ("lora", "score", "decode", "default"):
+        modes = MODES if kind != "default" else MODES[:2]
+        for mode in modes:
             out_rows.append(result_row(f"{what[kind]}: {mode}", t[f"{kind} {mode}"], tokens[kind]))
-        for mode in MODES[1:]:
+        for mode in modes[1:]:
             ratios[f"{kind}: {mode} speed / float32"] = median(t[f"{kind} float32"]) / median(t[f"{kind} {mode}"])
     return {"model": source, "bf16_support": bf16_support(feats), "cpu_features": feats, "rows": out_rows,
             "ratios": ratios, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}

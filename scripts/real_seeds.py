@@ -1,0 +1,251 @@
+"""docs/results.md's real-LM seed tables, from the small files of finished runs (no weights, no samples).
+
+    collapse sweep configs/real/smollm2-135m-seeds.yaml                         # 6 runs, ~2 hours on 2 cores
+    python scripts/real_seeds.py export runs/real/smollm2-135m-seeds docs/results/smollm2-seeds
+    python scripts/real_seeds.py export runs/real/fp32-run docs/results/smollm2-seeds --as float32-replace-seed0
+    python scripts/real_seeds.py tables docs/results/smollm2-seeds              # print the tables
+    python scripts/real_seeds.py tables docs/results/smollm2-seeds --check docs/results.md   # are they the doc's?
+    python scripts/real_seeds.py tables docs/results/smollm2-seeds --write docs/results.md   # put them there
+
+``export`` copies each finished run's ``config.yaml``, ``metrics.jsonl`` and ``gen_000/train.json`` into
+``<dest>/<run folder name>/`` with ``machine.json`` (this machine's CPU, torch, the training precision, and the
+run's wall time from its files' times): export on the machine that made the run. ``tables`` reads those folders:
+per regime (runs in bfloat16-trained precision, the seeds), test perplexity by generation (mean and 95% t-interval
+over seeds), the changes at the last generation with how many seeds' own paired intervals resolve them, the tail
+loss by rank, the samples' entropy and top-10 shift over generations, the text figures where the runs have them,
+mix − replace paired by seed, and a float32 run beside the bf16 run of its seed. The tables go between the markers
+``<!-- real-seeds:begin -->`` and ``<!-- real-seeds:end -->``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+BEGIN, END = "<!-- real-seeds:begin -->", "<!-- real-seeds:end -->"
+BUCKETS = ("1-10", "11-100", "101-1000", "1001-10000", "unseen")
+FILES = ("config.yaml", "metrics.jsonl", "gen_000/train.json")
+
+
+def t975(df: int) -> float:
+    from collapse.report.seeds import t975 as t
+
+    return t(df)
+
+
+# ---------------------------------------------------------------------- export
+
+
+def _cpu() -> str:
+    try:
+        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        flags = re.search(r"^flags\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+    except OSError:
+        return platform.processor() or platform.machine()
+    bf16 = [f for f in ("amx_bf16", "avx512_bf16") if flags and f in flags.group(1).split()]
+    return f"{m.group(1).strip() if m else platform.machine()} ({', '.join(bf16) or 'no bf16 units'})"
+
+
+def export(src: Path, dest: Path, name: str | None = None) -> list[Path]:
+    """Copy the small files of each finished run under ``src`` (itself a run, or a parent of runs) to ``dest``."""
+    import os
+
+    import torch
+
+    runs = [src] if (src / "metrics.jsonl").is_file() else sorted(p.parent for p in src.glob("*/metrics.jsonl"))
+    done = []
+    for run in runs:
+        manifest = json.loads((run / "manifest.json").read_text())
+        if not manifest.get("complete"):
+            print(f"skipped (not finished): {run}", file=sys.stderr)
+            continue
+        out = dest / (name or run.name)
+        for f in FILES:
+            (out / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run / f, out / f)
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        wall = os.path.getmtime(run / "metrics.jsonl") - os.path.getmtime(run / "config.yaml")
+        mp = cfg["train"]["mixed_precision"]  # `auto` and `no` train in float32 on a CPU (collapse.runtime)
+        machine = {"cpu": _cpu(), "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
+                   "weights": cfg["model"]["dtype"], "training": mp if mp in ("bf16", "fp16") else "float32",
+                   "wall_seconds_from_file_times": round(wall)}
+        (out / "machine.json").write_text(json.dumps(machine, indent=1) + "\n")
+        done.append(out)
+    return done
+
+
+# ---------------------------------------------------------------------- tables
+
+
+def _load(folder: Path) -> dict:
+    cfg = yaml.safe_load((folder / "config.yaml").read_text())
+    rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return {"name": folder.name, "cfg": cfg, "rows": rows, "machine": json.loads((folder / "machine.json").read_text()),
+            "train0": json.loads((folder / "gen_000" / "train.json").read_text())}
+
+
+def _mean_ci(v: list[float], fmt: str) -> str:
+    a = np.asarray([x for x in v if x is not None and math.isfinite(x)], np.float64)
+    if len(a) == 0:
+        return "—"
+    if len(a) == 1:
+        return format(a[0], fmt)
+    h = t975(len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a))
+    return f"{format(a.mean(), fmt)} [{format(a.mean() - h, fmt)}, {format(a.mean() + h, fmt)}]"
+
+
+def _get(row: dict, key: str):
+    if "." in key:
+        fig, b = key.split(".", 1)
+        return (row.get(fig) or {}).get(b)
+    return row.get(key)
+
+
+def _change(row: dict, key: str) -> dict | None:
+    return ((row.get("changes") or {}).get("from_gen0") or {}).get(key)
+
+
+def _regime(run: dict) -> str:
+    r = run["cfg"]["regime"]
+    return "replace" if r["kind"] == "replace" else f"{r['kind']} {r['real_fraction']:.0%}"
+
+
+def tables(folder: Path) -> str:
+    runs = [_load(p.parent) for p in sorted(folder.glob("*/metrics.jsonl"))]
+    seeds = [r for r in runs if r["machine"]["training"] == "bf16"]
+    others = [r for r in runs if r["machine"]["training"] != "bf16"]
+    regimes = sorted({_regime(r) for r in seeds}, key=lambda x: (x != "replace", x))
+    by = {k: sorted((r for r in seeds if _regime(r) == k), key=lambda r: r["cfg"]["seed"]) for k in regimes}
+    G = min(len(r["rows"]) for r in seeds) - 1
+    out = []
+    out.append("Runs (`python scripts/real_seeds.py tables docs/results/smollm2-seeds`; the small files in "
+               "docs/results/smollm2-seeds/):\n")
+    out.append("| run | regime | seed | machine | weights / training | wall | gen-0 val ppl (as shipped → fitted) |")
+    out.append("|---|---|---|---|---|---|---|")
+    for r in [*seeds, *others]:
+        m, t0 = r["machine"], r["train0"]
+        w = m["wall_seconds_from_file_times"]
+        out.append(f"| {r['name']} | {_regime(r)} | {r['cfg']['seed']} | {m['cpu']}, {m['cores']} cores | "
+                   f"{m['weights']} / {m['training']} | "
+                   f"{w // 60}m{w % 60:02d}s | {t0['val_ppl_before']:.2f} → {t0['val_ppl_after']:.2f} |")
+    n = ", ".join(f"{k}: {len(v)} seed{'s' if len(v) > 1 else ''}" for k, v in by.items())
+    out.append(f"\nTest perplexity by generation, mean over seeds [95% t-interval] ({n}):\n")
+    out.append("| gen | " + " | ".join(regimes) + " |")
+    out.append("|---|" + "---|" * len(regimes))
+    for g in range(G + 1):
+        out.append(f"| {g} | " + " | ".join(_mean_ci([r["rows"][g]["test_ppl"] for r in by[k]], ".2f")
+                                           for k in regimes) + " |")
+    figs = [("test_ppl", "Δ test ppl", "+.2f"), *((f"tail_loss.{b}", f"Δ NLL {b} (nats)", "+.3f") for b in BUCKETS),
+            ("bucket_shift.1-10", "Δ shift 1-10 (points)", "+.1f"),
+            ("bucket_shift.1001-10000", "Δ shift 1001-10000 (points)", "+.1f"),
+            ("entropy", "Δ entropy of the samples (bits)", "+.3f"), ("coverage", "Δ coverage", "+.4f"),
+            ("gen0_ppl_mean", "Δ samples' gen-0 ppl", "+.2f"), ("mauve", "Δ MAUVE", "+.3f"),
+            ("self_bleu", "Δ self-BLEU", "+.3f")]
+    out.append(f"\nChanges from generation 0 at generation {G}: mean over seeds [95% t-interval]; in how many seeds "
+               "the run's own paired interval excludes 0, and on which side:\n")
+    out.append("| figure | " + " | ".join(regimes) + " |")
+    out.append("|---|" + "---|" * len(regimes))
+    for key, label, fmt in figs:
+        cells = []
+        for k in regimes:
+            ch = [_change(r["rows"][G], key) for r in by[k]]
+            if not any(ch):
+                cells.append("—")
+                continue
+            up = sum(1 for c in ch if c and c["resolved"] and c["delta"] > 0)
+            down = sum(1 for c in ch if c and c["resolved"] and c["delta"] < 0)
+            cells.append(f"{_mean_ci([c['delta'] for c in ch if c], fmt)}; resolved {up}↑ {down}↓ of {len(ch)}")
+        if any(c != "—" for c in cells):
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+    for key, label, fmt in (("entropy", "entropy of the samples (bits)", ".3f"),
+                            ("bucket_shift.1-10", "top-10 shift of the samples (%)", "+.1f"),
+                            ("mauve", "MAUVE (samples vs the prompts' true continuations)", ".3f"),
+                            ("self_bleu", "self-BLEU-4 of 100 samples", ".3f")):
+        if not any(_get(r["rows"][0], key) is not None for r in seeds):
+            continue
+        out.append(f"\n{label[0].upper() + label[1:]} by generation, mean over seeds [95% t-interval]:\n")
+        out.append("| gen | " + " | ".join(regimes) + " |")
+        out.append("|---|" + "---|" * len(regimes))
+        for g in range(G + 1):
+            out.append(f"| {g} | " + " | ".join(_mean_ci([_get(r["rows"][g], key) for r in by[k]], fmt)
+                                               for k in regimes) + " |")
+    if len(regimes) == 2:
+        a, b = regimes
+        pairs = [(ra, rb) for ra in by[b] for rb in by[a] if ra["cfg"]["seed"] == rb["cfg"]["seed"]]
+        out.append(f"\n{b} − {a}, paired by seed (the same seed: the same generation 0 and prompts), at generation {G}:\n")
+        out.append("| figure | " + " | ".join(f"seed {ra['cfg']['seed']}" for ra, _ in pairs) + " | mean [95% t] |")
+        out.append("|---|" + "---|" * (len(pairs) + 1))
+        for key, label, fmt in figs[:6]:
+            d = [(_change(ra["rows"][G], key) or {}).get("delta", math.nan) - (_change(rb["rows"][G], key) or {}).get(
+                "delta", math.nan) for ra, rb in pairs]
+            out.append(f"| {label} | " + " | ".join(format(x, fmt) for x in d) + f" | {_mean_ci(d, fmt)} |")
+    for o in others:  # a run in another precision beside the bf16 run of the same regime and seed
+        twin = [r for r in seeds if _regime(r) == _regime(o) and r["cfg"]["seed"] == o["cfg"]["seed"]]
+        if not twin:
+            continue
+        deltas = [r["rows"][G]["changes"]["from_gen0"]["test_ppl"]["delta"] for r in by[_regime(o)]]
+        t, sd = twin[0], (f"{np.std(deltas, ddof=1):.2f}" if len(deltas) > 1 else "— (one seed)")
+        out.append(f"\nPrecision, {_regime(o)} seed {o['cfg']['seed']}: float32 training ({o['name']}) against bf16 "
+                   f"autocast ({t['name']}), both evaluated in float32; the seeds' standard deviation of Δ test ppl "
+                   f"under {_regime(o)}: {sd}:\n")
+        out.append("| figure | float32 | bf16 | bf16 − float32 |")
+        out.append("|---|---|---|---|")
+        for key, label, fmt in (("test_ppl", "test ppl, generation 0", ".2f"),):
+            x, y = o["rows"][0][key], t["rows"][0][key]
+            out.append(f"| {label} | {x:{fmt}} | {y:{fmt}} | {y - x:+{fmt}} |")
+        for key, label, fmt in figs[:6]:
+            cx, cy = _change(o["rows"][G], key), _change(t["rows"][G], key)
+            if cx and cy:
+                out.append(f"| {label}, generation {G} | {cx['delta']:{fmt}} [{cx['ci95'][0]:{fmt}}, {cx['ci95'][1]:{fmt}}]"
+                           f" | {cy['delta']:{fmt}} [{cy['ci95'][0]:{fmt}}, {cy['ci95'][1]:{fmt}}] | "
+                           f"{cy['delta'] - cx['delta']:{fmt}} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("export")
+    e.add_argument("src", type=Path)
+    e.add_argument("dest", type=Path)
+    e.add_argument("--as", dest="name", default=None, help="the folder name under dest (one run only)")
+    t = sub.add_parser("tables")
+    t.add_argument("folder", type=Path)
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--check", type=Path, help="exit 1 unless this markdown file holds these tables")
+    g.add_argument("--write", type=Path, help="put the tables between the markers in this markdown file")
+    a = p.parse_args(argv)
+    if a.cmd == "export":
+        for d in export(a.src, a.dest, a.name):
+            print(d)
+        return 0
+    text = tables(a.folder)
+    if not (a.check or a.write):
+        print(text, end="")
+        return 0
+    doc = (a.check or a.write).read_text()
+    if BEGIN not in doc or END not in doc:
+        print(f"error: {a.check or a.write} has no {BEGIN} … {END} block: add the two markers where the tables go.",
+              file=sys.stderr)
+        return 2
+    head, rest = doc.split(BEGIN, 1)
+    old, tail = rest.split(END, 1)
+    if a.check:
+        same = old.strip() == text.strip()
+        print("the tables in the doc are these" if same else "the tables in the doc differ from these: run --write")
+        return 0 if same else 1
+    a.write.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
