@@ -163,6 +163,14 @@ def test_a_run_reports_both_figures_and_a_killed_measure_stage_resumes_to_the_sa
     assert (killed / "metrics.jsonl").read_bytes() == (whole / "metrics.jsonl").read_bytes()
     assert run_cli("verify", str(killed), env=ENV).returncode == 0
     assert json.loads((whole / "gen_001" / "text.json").read_text())["seconds"] > 0  # the cost, beside the row
+    plain = tmp_path / "plain"  # the figures off: every other value of every row the same
+    assert run_cli(*[a for a in args if a not in TEXT], f"out_dir={plain}", env=ENV).returncode == 0
+    for on, off in zip(rows, [json.loads(x) for x in (plain / "metrics.jsonl").read_text().splitlines()]):
+        for k in ("mauve", "self_bleu", "mauve_ci", "self_bleu_ci"):
+            on.pop(k)
+        for ch in on["changes"].values():
+            ch.pop("mauve"), ch.pop("self_bleu")
+        assert on == off
     code = ("import collapse, sys; t = collapse.load_runs([sys.argv[1]]); "
             "print(sorted(set(t.figure) & {'mauve', 'self_bleu'}))")
     r = subprocess.run([sys.executable, "-c", code, str(whole)], capture_output=True, text=True, cwd=REPO, timeout=120)
