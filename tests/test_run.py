@@ -441,6 +441,29 @@ def test_best_val_keeps_lowest_validation_epoch(monkeypatch, select, expected_ep
         assert torch.equal(p, snapshots[expected_epoch - 1][n]), n
 
 
+def test_a_model_trained_under_bf16_autocast_is_evaluated_in_its_own_float32():
+    """train.mixed_precision=bf16 on a CPU: the returned model computes in float32 (as generation 0 does), not under
+    the autocast hook accelerate's prepare put on its forward."""
+    import copy
+
+    import collapse.models.train as T
+    from collapse.config import TrainConfig
+    from collapse.runtime import make_accelerator
+
+    model = _tiny_model()
+    rows = np.random.default_rng(0).integers(1, 64, size=(16, 8)).astype(np.int32)
+    try:
+        T.finetune(model, rows, rows[:4], TrainConfig(epochs=1, lr=1e-2, batch_size=8), make_accelerator("bf16"),
+                   key=(0, 1, "train"), show_progress=False)
+    finally:
+        make_accelerator("no")  # the process's accelerator state back to float32 for the tests after this one
+    plain = copy.deepcopy(model)
+    plain.forward = type(plain).forward.__get__(plain)  # the class's forward: no hook whatever the copy carried
+    x = torch.as_tensor(rows[:4], dtype=torch.long)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=x).logits, plain(input_ids=x).logits)
+
+
 # ---------------------------------------------------------------------- failures
 
 
