@@ -13,8 +13,9 @@ run's wall time from its files' times): export on the machine that made the run.
 per regime (runs in bfloat16-trained precision, the seeds), test perplexity by generation (mean and 95% t-interval
 over seeds), the changes at the last generation with how many seeds' own paired intervals resolve them, the tail
 loss by rank, the samples' entropy and top-10 shift over generations, the text figures where the runs have them,
-mix − replace paired by seed, and a float32 run beside the bf16 run of its seed. The tables go between the markers
-``<!-- real-seeds:begin -->`` and ``<!-- real-seeds:end -->``.
+mix − replace paired by seed, and a run in another training precision beside its seed's twin (the seeds are the
+runs in the most common precision). The tables go between ``<!-- real-seeds:begin -->`` and ``<!-- real-seeds:end -->``
+(``--marker`` names other markers).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-BEGIN, END = "<!-- real-seeds:begin -->", "<!-- real-seeds:end -->"
+MARK = "real-seeds"  # the tables go between <!-- MARK:begin --> and <!-- MARK:end -->
 BUCKETS = ("1-10", "11-100", "101-1000", "1001-10000", "unseen")
 FILES = ("config.yaml", "metrics.jsonl", "gen_000/train.json")
 
@@ -71,7 +72,8 @@ def export(src: Path, dest: Path, name: str | None = None) -> list[Path]:
         out = dest / (name or run.name)
         for f in FILES:
             (out / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(run / f, out / f)
+            if (run / f).is_file():  # gen_000/train.json: only where generation 0 was fitted
+                shutil.copyfile(run / f, out / f)
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         wall = os.path.getmtime(run / "metrics.jsonl") - os.path.getmtime(run / "config.yaml")
         mp = cfg["train"]["mixed_precision"]  # `auto` and `no` train in float32 on a CPU (collapse.runtime)
@@ -90,7 +92,7 @@ def _load(folder: Path) -> dict:
     cfg = yaml.safe_load((folder / "config.yaml").read_text())
     rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()]
     return {"name": folder.name, "cfg": cfg, "rows": rows, "machine": json.loads((folder / "machine.json").read_text()),
-            "train0": json.loads((folder / "gen_000" / "train.json").read_text())}
+            "train0": json.loads(t0.read_text()) if (t0 := folder / "gen_000" / "train.json").is_file() else {}}
 
 
 def _mean_ci(v: list[float], fmt: str) -> str:
@@ -119,37 +121,44 @@ def _regime(run: dict) -> str:
     return "replace" if r["kind"] == "replace" else f"{r['kind']} {r['real_fraction']:.0%}"
 
 
-def tables(folder: Path) -> str:
+def tables(folder: Path, only: tuple[str, ...] = ()) -> str:
+    """The tables; ``only``: just these figures' changes and series (e.g. the text figures)."""
     runs = [_load(p.parent) for p in sorted(folder.glob("*/metrics.jsonl"))]
-    seeds = [r for r in runs if r["machine"]["training"] == "bf16"]
-    others = [r for r in runs if r["machine"]["training"] != "bf16"]
+    precisions = [r["machine"]["training"] for r in runs]
+    main = max(set(precisions), key=precisions.count)  # the seeds' precision; a run in another sits beside its twin
+    seeds = [r for r in runs if r["machine"]["training"] == main]
+    others = [r for r in runs if r["machine"]["training"] != main]
     regimes = sorted({_regime(r) for r in seeds}, key=lambda x: (x != "replace", x))
     by = {k: sorted((r for r in seeds if _regime(r) == k), key=lambda r: r["cfg"]["seed"]) for k in regimes}
     G = min(len(r["rows"]) for r in seeds) - 1
     out = []
-    out.append("Runs (`python scripts/real_seeds.py tables docs/results/smollm2-seeds`; the small files in "
-               "docs/results/smollm2-seeds/):\n")
+    cmd = f"python scripts/real_seeds.py tables {folder.as_posix()}" + (f" --only {','.join(only)}" if only else "")
+    out.append(f"Runs (`{cmd}`: the small files in {folder.as_posix()}/):\n")
     out.append("| run | regime | seed | machine | weights / training | wall | gen-0 val ppl (as shipped → fitted) |")
     out.append("|---|---|---|---|---|---|---|")
     for r in [*seeds, *others]:
         m, t0 = r["machine"], r["train0"]
         w = m["wall_seconds_from_file_times"]
+        fit = f"{t0['val_ppl_before']:.2f} → {t0['val_ppl_after']:.2f}" if "val_ppl_after" in t0 else "not fitted"
         out.append(f"| {r['name']} | {_regime(r)} | {r['cfg']['seed']} | {m['cpu']}, {m['cores']} cores | "
                    f"{m['weights']} / {m['training']} | "
-                   f"{w // 60}m{w % 60:02d}s | {t0['val_ppl_before']:.2f} → {t0['val_ppl_after']:.2f} |")
+                   f"{w // 60}m{w % 60:02d}s | {fit} |")
     n = ", ".join(f"{k}: {len(v)} seed{'s' if len(v) > 1 else ''}" for k, v in by.items())
-    out.append(f"\nTest perplexity by generation, mean over seeds [95% t-interval] ({n}):\n")
-    out.append("| gen | " + " | ".join(regimes) + " |")
-    out.append("|---|" + "---|" * len(regimes))
-    for g in range(G + 1):
-        out.append(f"| {g} | " + " | ".join(_mean_ci([r["rows"][g]["test_ppl"] for r in by[k]], ".2f")
-                                           for k in regimes) + " |")
+    if not only:
+        out.append(f"\nTest perplexity by generation, mean over seeds [95% t-interval] ({n}):\n")
+        out.append("| gen | " + " | ".join(regimes) + " |")
+        out.append("|---|" + "---|" * len(regimes))
+        for g in range(G + 1):
+            out.append(f"| {g} | " + " | ".join(_mean_ci([r["rows"][g]["test_ppl"] for r in by[k]], ".2f")
+                                               for k in regimes) + " |")
     figs = [("test_ppl", "Δ test ppl", "+.2f"), *((f"tail_loss.{b}", f"Δ NLL {b} (nats)", "+.3f") for b in BUCKETS),
             ("bucket_shift.1-10", "Δ shift 1-10 (points)", "+.1f"),
             ("bucket_shift.1001-10000", "Δ shift 1001-10000 (points)", "+.1f"),
             ("entropy", "Δ entropy of the samples (bits)", "+.3f"), ("coverage", "Δ coverage", "+.4f"),
             ("gen0_ppl_mean", "Δ samples' gen-0 ppl", "+.2f"), ("mauve", "Δ MAUVE", "+.3f"),
             ("self_bleu", "Δ self-BLEU", "+.3f")]
+    if only:
+        figs = [f for f in figs if f[0] in only]
     out.append(f"\nChanges from generation 0 at generation {G}: mean over seeds [95% t-interval]; in how many seeds "
                "the run's own paired interval excludes 0, and on which side:\n")
     out.append("| figure | " + " | ".join(regimes) + " |")
@@ -170,7 +179,7 @@ def tables(folder: Path) -> str:
                             ("bucket_shift.1-10", "top-10 shift of the samples (%)", "+.1f"),
                             ("mauve", "MAUVE (samples vs the prompts' true continuations)", ".3f"),
                             ("self_bleu", "self-BLEU-4 of 100 samples", ".3f")):
-        if not any(_get(r["rows"][0], key) is not None for r in seeds):
+        if (only and key not in only) or not any(_get(r["rows"][0], key) is not None for r in seeds):
             continue
         out.append(f"\n{label[0].upper() + label[1:]} by generation, mean over seeds [95% t-interval]:\n")
         out.append("| gen | " + " | ".join(regimes) + " |")
@@ -178,6 +187,8 @@ def tables(folder: Path) -> str:
         for g in range(G + 1):
             out.append(f"| {g} | " + " | ".join(_mean_ci([_get(r["rows"][g], key) for r in by[k]], fmt)
                                                for k in regimes) + " |")
+    if only:
+        return "\n".join(out) + "\n"
     if len(regimes) == 2:
         a, b = regimes
         pairs = [(ra, rb) for ra in by[b] for rb in by[a] if ra["cfg"]["seed"] == rb["cfg"]["seed"]]
@@ -194,10 +205,11 @@ def tables(folder: Path) -> str:
             continue
         deltas = [r["rows"][G]["changes"]["from_gen0"]["test_ppl"]["delta"] for r in by[_regime(o)]]
         t, sd = twin[0], (f"{np.std(deltas, ddof=1):.2f}" if len(deltas) > 1 else "— (one seed)")
-        out.append(f"\nPrecision, {_regime(o)} seed {o['cfg']['seed']}: float32 training ({o['name']}) against bf16 "
-                   f"autocast ({t['name']}), both evaluated in float32; the seeds' standard deviation of Δ test ppl "
+        a, b = o["machine"]["training"], t["machine"]["training"]
+        out.append(f"\nPrecision, {_regime(o)} seed {o['cfg']['seed']}: {a} training ({o['name']}) against {b} "
+                   f"({t['name']}), both evaluated in float32; the seeds' standard deviation of Δ test ppl "
                    f"under {_regime(o)}: {sd}:\n")
-        out.append("| figure | float32 | bf16 | bf16 − float32 |")
+        out.append(f"| figure | {a} | {b} | {b} − {a} |")
         out.append("|---|---|---|---|")
         for key, label, fmt in (("test_ppl", "test ppl, generation 0", ".2f"),):
             x, y = o["rows"][0][key], t["rows"][0][key]
@@ -223,15 +235,18 @@ def main(argv: list[str] | None = None) -> int:
     g = t.add_mutually_exclusive_group()
     g.add_argument("--check", type=Path, help="exit 1 unless this markdown file holds these tables")
     g.add_argument("--write", type=Path, help="put the tables between the markers in this markdown file")
+    t.add_argument("--only", default="", help="comma list of figures: only their changes and series (mauve,self_bleu)")
+    t.add_argument("--marker", default=MARK, help="the markers' name: <!-- NAME:begin --> ... <!-- NAME:end -->")
     a = p.parse_args(argv)
     if a.cmd == "export":
         for d in export(a.src, a.dest, a.name):
             print(d)
         return 0
-    text = tables(a.folder)
+    text = tables(a.folder, tuple(x for x in a.only.split(",") if x))
     if not (a.check or a.write):
         print(text, end="")
         return 0
+    BEGIN, END = f"<!-- {a.marker}:begin -->", f"<!-- {a.marker}:end -->"
     doc = (a.check or a.write).read_text()
     if BEGIN not in doc or END not in doc:
         print(f"error: {a.check or a.write} has no {BEGIN} … {END} block: add the two markers where the tables go.",

@@ -13,7 +13,7 @@ from conftest import REPO, TINY_RUN, run_cli
 pytest.importorskip("nltk")
 pytest.importorskip("mauve")
 
-from collapse.metrics.text import features, mauve_boot, mauve_score, self_bleu_scores, subsample, words  # noqa: E402
+from collapse.metrics.text import features, mauve_half, mauve_score, self_bleu_scores, subsample, words  # noqa: E402
 
 ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "COLLAPSE_SKIP_REPORT": "1"}
 TEXT = ["eval.mauve=true", "eval.self_bleu=true", "eval.self_bleu_samples=20", "eval.mauve_resamples=4"]
@@ -58,15 +58,15 @@ def test_mauve_of_one_repeated_sample_is_low_and_of_a_fresh_draw_high():
     assert mauve_score(p, q) > 0.8
 
 
-def test_mauve_boot_repeats_pairs_by_weight():
-    """A resample that keeps only pairs whose two features are equal scores 1; an empty one is NaN."""
+def test_mauve_half_scores_each_rows_kept_pairs_once():
+    """A half-sample that keeps only pairs whose two features are equal scores 1; an empty one is NaN."""
     rng = np.random.default_rng(3)
     p = rng.normal(size=(60, 3))
     q = p.copy()
     q[30:] += 40.0  # the second half of the pairs disagree
     w = np.zeros((2, 60))
-    w[0, :30] = 2  # only agreeing pairs, twice each
-    out = mauve_boot(p, q, w)
+    w[0, :30] = 2.0  # the agreeing half, each kept once whatever its weight
+    out = mauve_half(p, q, w, buckets=6)
     assert out[0] == pytest.approx(1.0) and np.isnan(out[1])
 
 

@@ -58,7 +58,8 @@ def text_part(run, g: int, base, gen_ids: np.ndarray) -> TextPart:
     from collapse.seeding import numpy_rng
 
     t0, out = time.perf_counter(), TextPart()
-    W = run.boot_weights("samples", len(gen_ids)).boot if st.resamples else None
+    wts = run.boot_weights("samples", len(gen_ids)) if st.resamples else None
+    W = wts.boot if wts is not None else None
     if ec.self_bleu:  # the same subsample of prompts every generation: the changes are paired
         idx = T.subsample(len(gen_ids), ec.self_bleu_samples, numpy_rng(run.cfg.seed, "self-bleu"))
         scores = T.self_bleu_scores(decode_rows(run.tok, gen_ids[idx]))
@@ -72,13 +73,14 @@ def text_part(run, g: int, base, gen_ids: np.ndarray) -> TextPart:
             run.samples_cache[REF_FEATURES] = _features(run, base, run.data.truths)
         p, q = run.samples_cache[REF_FEATURES], _features(run, base, gen_ids)
         seed = int(numpy_rng(run.cfg.seed, "mauve").integers(2**31 - 1))
+        buckets = max(2, int(round(len(gen_ids) / 10)))  # mauve-text's n/10, kept for the half-samples
         with _quiet_stderr():
-            out.point["mauve"] = T.mauve_score(p, q, seed=seed)
-            if W is not None and ec.mauve_resamples:
-                b = np.full(len(W), np.nan)
-                B = min(ec.mauve_resamples, len(W))
-                b[:B] = T.mauve_boot(p, q, W[:B], seed=seed)
-                out.boot["mauve"] = b
+            out.point["mauve"] = T.mauve_score(p, q, seed=seed, buckets=buckets)
+            if wts is not None and ec.mauve_resamples:  # the delete-half jackknife: point + scaled deviation
+                B = min(ec.mauve_resamples, len(wts.half))
+                v = T.mauve_half(p, q, wts.half[:B], seed=seed, buckets=buckets)
+                out.boot["mauve"] = np.full(len(wts.half), np.nan)
+                out.boot["mauve"][:B] = out.point["mauve"] + wts.scale * (v - np.nanmean(v))
     # the cost, for the benchmark: beside the row, not in it (a resumed run's rows equal an uninterrupted one's)
     write_json(run.dir(g) / "text.json", {"seconds": round(time.perf_counter() - t0, 3)})
     return out

@@ -12,8 +12,9 @@
   sets are indistinguishable in that feature space; collapse lowers it.
 
 Both keep per-unit values so the run's bootstrap weights (the same in every generation) give intervals and paired
-changes from generation 0: self-BLEU's resamples reweight the hypotheses (the references stay the subsample);
-MAUVE is recomputed on the first resamples, the samples and their prompts' true continuations together.
+changes from generation 0: self-BLEU's bootstrap resamples reweight the hypotheses (the references stay the
+subsample); MAUVE is recomputed on the first delete-half samples (Shao & Wu 1989, as the diversity figures), each
+sample with its prompt's true continuation.
 Imports numpy only at module level; nltk, mauve and torch when used.
 """
 
@@ -60,14 +61,16 @@ def mauve_score(p: np.ndarray, q: np.ndarray, seed: int = 25, buckets: int | str
     return float(out.mauve)
 
 
-def mauve_boot(p: np.ndarray, q: np.ndarray, weights: np.ndarray, seed: int = 25) -> np.ndarray:
-    """MAUVE under each row of integer bootstrap ``weights`` (R, n): sample i and its prompt's true continuation
-    repeated as often as the row says (paired: one weight per prompt)."""
+def mauve_half(p: np.ndarray, q: np.ndarray, weights: np.ndarray, seed: int = 25, buckets: int | str = "auto"
+               ) -> np.ndarray:
+    """MAUVE on each row's kept units of delete-half ``weights`` (R, n): sample i with its prompt's true
+    continuation, each once (a bootstrap's repeated points form clusters of their own and pull MAUVE down).
+    ``buckets``: the full sample's, so every row quantises alike."""
     out = np.full(len(weights), np.nan)
     for r, w in enumerate(np.asarray(weights)):
-        idx = np.repeat(np.arange(len(w)), np.rint(w).astype(np.int64))
+        idx = np.flatnonzero(w > 0)
         if len(idx) >= 2:
-            out[r] = mauve_score(p[idx], q[idx], seed=seed)
+            out[r] = mauve_score(p[idx], q[idx], seed=seed, buckets=buckets)
     return out
 
 
