@@ -125,7 +125,7 @@ def tables(folder: Path, only: tuple[str, ...] = ()) -> str:
     """The tables; ``only``: just these figures' changes and series (e.g. the text figures)."""
     runs = [_load(p.parent) for p in sorted(folder.glob("*/metrics.jsonl"))]
     precisions = [r["machine"]["training"] for r in runs]
-    main = max(set(precisions), key=precisions.count)  # the seeds' precision; a run in another sits beside its twin
+    main = max(sorted(set(precisions)), key=precisions.count)  # the seeds' precision; a run in another sits beside its twin
     seeds = [r for r in runs if r["machine"]["training"] == main]
     others = [r for r in runs if r["machine"]["training"] != main]
     regimes = sorted({_regime(r) for r in seeds}, key=lambda x: (x != "replace", x))
@@ -203,7 +203,9 @@ def tables(folder: Path, only: tuple[str, ...] = ()) -> str:
         twin = [r for r in seeds if _regime(r) == _regime(o) and r["cfg"]["seed"] == o["cfg"]["seed"]]
         if not twin:
             continue
-        deltas = [r["rows"][G]["changes"]["from_gen0"]["test_ppl"]["delta"] for r in by[_regime(o)]]
+        if len(o["rows"]) <= G:
+            continue
+        deltas = [c["delta"] for r in by[_regime(o)] if (c := _change(r["rows"][G], "test_ppl"))]
         t, sd = twin[0], (f"{np.std(deltas, ddof=1):.2f}" if len(deltas) > 1 else "— (one seed)")
         a, b = o["machine"]["training"], t["machine"]["training"]
         out.append(f"\nPrecision, {_regime(o)} seed {o['cfg']['seed']}: {a} training ({o['name']}) against {b} "

@@ -19,8 +19,8 @@ ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "COLLAPSE_SKIP_REPORT"
 TEXT = ["eval.mauve=true", "eval.self_bleu=true", "eval.self_bleu_samples=20", "eval.mauve_resamples=4"]
 
 
-def test_words_split_punctuation_and_lowercase():
-    assert words("And God said, Let there be light.") == ["and", "god", "said", ",", "let", "there", "be", "light", "."]
+def test_words_split_punctuation_and_keep_case():
+    assert words("And God said, Let there be light.") == ["And", "God", "said", ",", "Let", "there", "be", "light", "."]
 
 
 def test_self_bleu_of_identical_texts_is_one_and_of_disjoint_texts_near_zero():
@@ -175,3 +175,36 @@ def test_a_run_reports_both_figures_and_a_killed_measure_stage_resumes_to_the_sa
             "print(sorted(set(t.figure) & {'mauve', 'self_bleu'}))")
     r = subprocess.run([sys.executable, "-c", code, str(whole)], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 0 and "['mauve', 'self_bleu']" in r.stdout, r.stdout + r.stderr[-2000:]
+
+
+def test_faiss_warnings_are_dropped_and_other_native_errors_still_show(capfd):
+    import os
+
+    from collapse.loop.text_stage import _quiet_stderr
+
+    with _quiet_stderr():
+        os.write(2, b"WARNING clustering 256 points to 13 centroids: please provide at least 507 training points\n")
+        os.write(2, b"a native error line\n")
+    err = capfd.readouterr().err
+    assert "a native error line" in err and "WARNING clustering" not in err
+
+
+def test_oversampled_runs_score_each_prompts_first_continuation(tmp_path):
+    """curate.oversample=2: self-BLEU's subsample holds only each prompt's first continuation (no sibling of one
+    prompt scored against another), recomputed here from the samples file."""
+    import pyarrow.parquet as pq
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+    from collapse.seeding import numpy_rng
+
+    out = tmp_path / "run"
+    r = run_cli("run", *TINY_RUN, "generations=1", *TEXT, "curate.kind=random", "curate.oversample=2",
+                f"out_dir={out}", env=ENV)
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    texts = pq.read_table(out / "gen_000" / "samples.parquet").column("text").to_pylist()
+    idx = 2 * subsample(len(texts) // 2, 20, numpy_rng(0, "self-bleu"))
+    toks = [words(texts[i]) for i in idx]
+    want = np.mean([sentence_bleu(toks[:i] + toks[i + 1:], t, smoothing_function=SmoothingFunction().method1)
+                    for i, t in enumerate(toks)])
+    assert row["self_bleu"] == pytest.approx(want, abs=1e-12) and 0 <= row["mauve"] <= 1

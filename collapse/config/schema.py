@@ -219,7 +219,7 @@ class EvalConfig:
     mauve_features: str = setting("gen0", "What MAUVE's features come from: `gen0` (generation 0's final hidden state at "
                                   "each continuation's last token: nothing downloaded) or a model's hub id or local "
                                   "folder (Drayson et al. used `gpt2-large`), the texts cut to 256 of its tokens.")
-    mauve_resamples: int = setting(20, "Bootstrap resamples MAUVE is recomputed on (a k-means each) for its interval "
+    mauve_resamples: int = setting(20, "Delete-half samples MAUVE is recomputed on (a k-means each) for its interval "
                                    "and paired changes; 0 = none (at most stats.resamples).")
     self_bleu: bool = setting(False, "Self-BLEU-4 of a seeded subsample of each generation's samples, on words (figure "
                               "`self_bleu`; nltk, as Texygen and Drayson et al.; pip install 'model-collapse[text]').")

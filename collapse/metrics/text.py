@@ -3,8 +3,8 @@
 * **Self-BLEU** (Zhu et al. 2018, Texygen; Drayson et al. 2025): each of a seeded subsample of the samples (100 by
   default, Drayson's) is a hypothesis and the subsample's others its references; BLEU-4 with nltk's
   ``sentence_bleu`` (uniform weights, ``SmoothingFunction().method1``, as Texygen and its followers call it), averaged.
-  On words: the decoded text cut by :func:`words` (word_tokenize's rule without its punkt download), so it reads
-  beside theirs. nltk over sacrebleu: sacrebleu's sentence BLEU smooths and tokenizes differently, and the papers'
+  On words: the decoded text cut by :func:`words` (word_tokenize's rule, case kept, without its punkt download), so
+  it reads beside theirs. nltk over sacrebleu: sacrebleu's sentence BLEU smooths and tokenizes differently, and the papers'
   numbers come from nltk. High means the samples repeat each other; collapse raises it.
 * **MAUVE** (Pillutla et al. 2021) of the samples against the true continuations of the same prompts, with
   ``mauve-text``'s quantisation (PCA, k-means, the divergence curve's area) on features the caller computes
@@ -28,8 +28,8 @@ WORD = re.compile(r"\w+|[^\w\s]")
 
 
 def words(text: str) -> list[str]:
-    """Words and punctuation marks (nltk's word_tokenize, less its sentence model and contractions)."""
-    return WORD.findall(text.lower())
+    """Words and punctuation marks, case kept (nltk's word_tokenize, less its sentence model and contractions)."""
+    return WORD.findall(text)
 
 
 def subsample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -74,16 +74,21 @@ def mauve_half(p: np.ndarray, q: np.ndarray, weights: np.ndarray, seed: int = 25
     return out
 
 
-def features(model, rows: np.ndarray, batch_size: int = 64, pad_id: int = 0) -> np.ndarray:
-    """The final hidden state at each row's last token ([n, d], float32): rows of token ids of one length."""
+def features(model, rows: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """The final hidden state at each row's last token ([n, d], float32): rows of token ids of one length. Read
+    from the model's backbone (no output layer: SmolLM2's would be 49,152 logits a token for nothing)."""
     import torch
 
     dev = next(model.parameters()).device
+    backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
     out = []
     with torch.inference_mode():
         for i in range(0, len(rows), batch_size):
             x = torch.as_tensor(np.asarray(rows[i:i + batch_size]), dtype=torch.long, device=dev)
-            h = model(input_ids=x, output_hidden_states=True).hidden_states[-1]
+            if backbone is not None and backbone is not model:
+                h = backbone(input_ids=x).last_hidden_state
+            else:
+                h = model(input_ids=x, output_hidden_states=True).hidden_states[-1]
             out.append(h[:, -1].float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 

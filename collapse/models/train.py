@@ -192,9 +192,11 @@ def finetune(model, rows: np.ndarray, val_blocks: np.ndarray, cfg, accelerator, 
                 if n in best[1]:
                     p.copy_(best[1][n])
     dt = time.perf_counter() - t0
-    # without the mixed-precision wrapper: the trained model is evaluated and sampled in its own dtype, as generation
-    # 0 is (accelerate's unwrap keeps its autocast hook on forward by default)
-    model = accelerator.unwrap_model(pmodel, keep_fp32_wrapper=False)
+    model = accelerator.unwrap_model(pmodel)
+    # without accelerate's autocast hook (the forward it kept aside): the trained model is evaluated and sampled in
+    # its own dtype, as generation 0 is (keep_fp32_wrapper=False would strip transformers' own decorators too)
+    if "_original_forward" in model.__dict__:
+        model.forward = model.__dict__.pop("_original_forward")
     model.eval()
     accelerator.free_memory()
     out = {"history": history, "epoch_selected": chosen,
