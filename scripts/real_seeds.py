@@ -8,7 +8,7 @@
     python scripts/real_seeds.py tables docs/results/smollm2-seeds --write docs/results.md   # put them there
 
 ``export`` copies each finished run's ``config.yaml``, ``metrics.jsonl`` and ``gen_000/train.json`` into
-``<dest>/<run folder name>/`` with ``machine.json`` (this machine's CPU, torch, the training precision, and the
+``<dest>/<regime>-seed<seed>/`` (or ``--as``) with ``machine.json`` (this machine's CPU, torch, the training precision, and the
 run's wall time from its files' times): export on the machine that made the run. ``tables`` reads those folders:
 per regime (runs in bfloat16-trained precision, the seeds), test perplexity by generation (mean and 95% t-interval
 over seeds), the changes at the last generation with how many seeds' own paired intervals resolve them, the tail
@@ -69,16 +69,16 @@ def export(src: Path, dest: Path, name: str | None = None) -> list[Path]:
         if not manifest.get("complete"):
             print(f"skipped (not finished): {run}", file=sys.stderr)
             continue
-        out = dest / (name or run.name)
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        out = dest / (name or f"{cfg['regime']['kind']}-seed{cfg['seed']}")
         for f in FILES:
             (out / f).parent.mkdir(parents=True, exist_ok=True)
             if (run / f).is_file():  # gen_000/train.json: only where generation 0 was fitted
                 shutil.copyfile(run / f, out / f)
-        cfg = yaml.safe_load((run / "config.yaml").read_text())
         wall = os.path.getmtime(run / "metrics.jsonl") - os.path.getmtime(run / "config.yaml")
-        mp = cfg["train"]["mixed_precision"]  # `auto` and `no` train in float32 on a CPU (collapse.runtime)
+        mp, dt = cfg["train"]["mixed_precision"], cfg["model"]["dtype"]  # `auto` means float32 on a CPU
         machine = {"cpu": _cpu(), "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
-                   "weights": cfg["model"]["dtype"], "training": mp if mp in ("bf16", "fp16") else "float32",
+                   "weights": "float32" if dt == "auto" else dt, "training": mp if mp in ("bf16", "fp16") else "float32",
                    "wall_seconds_from_file_times": round(wall)}
         (out / "machine.json").write_text(json.dumps(machine, indent=1) + "\n")
         done.append(out)
