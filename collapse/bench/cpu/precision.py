@@ -37,15 +37,38 @@ def bf16_support(features) -> str:
     return "none (bf16 emulated in float32 units)"
 
 
+def lora_step(model, rows, ctx=contextlib.nullcontext):
+    """One AdamW step of a fresh LoRA adapter (r=8, the default targets) on a copy of ``model``, its forward under
+    ``ctx()``: the function to time (each call one step of the same trainee)."""
+    import torch
+
+    from collapse.config import LoraConfig
+    from collapse.models.hf import attach_lora
+    from collapse.models.train import lm_loss
+
+    trainee = attach_lora(copy.deepcopy(model), LoraConfig(r=8))
+    trainee.train()
+    opt = torch.optim.AdamW([p for p in trainee.parameters() if p.requires_grad], lr=1e-3)
+
+    def step():
+        with ctx():
+            loss = lm_loss(trainee, rows)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step.trainee = trainee
+    return step
+
+
 def bench_precision(repeats: int, batch: int = 16, length: int = 64, score_rows: int = 64, score_len: int = 128,
                     decode_batch: int = 128, source: str = SMOLLM2) -> dict:
     import torch
 
-    from collapse.config import LoraConfig, ModelConfig
+    from collapse.config import ModelConfig
     from collapse.decoding.fastgen import make_engine
     from collapse.errors import CollapseError
-    from collapse.models.hf import attach_lora, load_pretrained
-    from collapse.models.train import lm_loss
+    from collapse.models.hf import load_pretrained
 
     try:
         base, tok = load_pretrained(source, ModelConfig(name_or_path=source, dtype="float32"), torch.device("cpu"))
@@ -61,16 +84,7 @@ def bench_precision(repeats: int, batch: int = 16, length: int = 64, score_rows:
 
     fns: dict = {}
     for mode, (model, ctx) in models.items():
-        trainee = attach_lora(copy.deepcopy(model), LoraConfig(r=8))
-        trainee.train()
-        opt = torch.optim.AdamW([p for p in trainee.parameters() if p.requires_grad], lr=1e-3)
-
-        def step(trainee=trainee, opt=opt, ctx=ctx):
-            with ctx():
-                loss = lm_loss(trainee, train_rows)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        step = lora_step(model, train_rows, ctx)
 
         @torch.inference_mode()
         def score(model=model, ctx=ctx):
@@ -93,18 +107,7 @@ def bench_precision(repeats: int, batch: int = 16, length: int = 64, score_rows:
     small, stok = load_pretrained(str(SHIPPED), ModelConfig(name_or_path=str(SHIPPED)), torch.device("cpu"))
     small_rows = torch.as_tensor(_prompts(stok, 32, 64), dtype=torch.long)
     for mode, ctx in (("float32", none), ("autocast", auto)):
-        trainee = attach_lora(copy.deepcopy(small), LoraConfig(r=8))
-        trainee.train()
-        opt = torch.optim.AdamW([p for p in trainee.parameters() if p.requires_grad], lr=1e-3)
-
-        def small_step(trainee=trainee, opt=opt, ctx=ctx):
-            with ctx():
-                loss = lm_loss(trainee, small_rows)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        fns[f"default {mode}"] = small_step
+        fns[f"default {mode}"] = lora_step(small, small_rows, ctx)
     feats = machine_info("cpu")["cpu_features"]
     say(f"precision: bf16 support {bf16_support(feats)}; timing {len(fns)} functions interleaved")
     t = interleaved(fns, repeats)

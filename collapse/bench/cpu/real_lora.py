@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+from collapse.bench.cpu.precision import lora_step
 from collapse.bench.cpu.real import SMOLLM2, _prompts
 from collapse.bench.harness import interleaved, median, result_row, say
 
@@ -20,10 +21,9 @@ def bench_real_lora(repeats: int, batch: int = 16, length: int = 64, source: str
     import torch
     import torch.nn.functional as F
 
-    from collapse.config import LoraConfig, ModelConfig
+    from collapse.config import ModelConfig
     from collapse.errors import CollapseError
-    from collapse.models.hf import attach_lora, load_pretrained
-    from collapse.models.train import lm_loss
+    from collapse.models.hf import load_pretrained
 
     try:
         model, tok = load_pretrained(source, ModelConfig(name_or_path=source, dtype="float32"), torch.device("cpu"))
@@ -38,18 +38,10 @@ def bench_real_lora(repeats: int, batch: int = 16, length: int = 64, source: str
     n = B * L
     xs = {w.shape[1]: torch.randn(n, w.shape[1]) for w in weights}
     dys = {w.shape[0]: torch.randn(n, w.shape[0]) for w in weights}
-    peft_model = attach_lora(model, LoraConfig(r=8))
-    peft_model.train()
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-3)
+    step = lora_step(model, rows)
+    params = [p for p in step.trainee.parameters() if p.requires_grad]
     say(f"real LM LoRA: {sum(p.numel() for p in params) / 1e6:.2f}M trainable of "
-        f"{sum(p.numel() for p in peft_model.parameters()) / 1e6:.1f}M, batch {B} × {L} tokens")
-
-    def step():
-        loss = lm_loss(peft_model, rows)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        f"{sum(p.numel() for p in step.trainee.parameters()) / 1e6:.1f}M, batch {B} × {L} tokens")
 
     @torch.no_grad()
     def forward_products():
