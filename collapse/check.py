@@ -146,6 +146,20 @@ def check_text(cfg: Config) -> None:
     if missing:
         raise ConfigError(f"{'; '.join(missing)}, which is not installed: pip install 'model-collapse[text]' "
                           "(or turn the figure off).")
+    name = cfg.eval.mauve_features
+    if cfg.eval.mauve and name != "gen0":  # the featurizer, found now rather than after generation 0 is fitted
+        from collapse.errors import CollapseError
+        from collapse.models.hf import model_source
+
+        try:
+            src = model_source(name)
+            from transformers import AutoConfig
+
+            AutoConfig.from_pretrained(src.where)
+        except (CollapseError, OSError, ValueError) as e:
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"eval.mauve_features={name} cannot be loaded ({why}): name a local model folder, a hub "
+                              "id this machine can download, or gen0.") from None
 
 
 def check_pool(cfg: Config, d) -> None:

@@ -120,6 +120,8 @@ def test_a_missing_text_library_is_one_line(monkeypatch):
     (["model.name_or_path=ngram", "eval.mauve=true"], "n-gram model has none"),
     (["eval.self_bleu=true", "eval.self_bleu_samples=1"], "eval.self_bleu_samples=1 is out of range"),
     (["eval.mauve=true", "eval.mauve_resamples=-1"], "eval.mauve_resamples=-1 is out of range"),
+    (["eval.mauve=true", "eval.mauve_features=/no/such/folder"], "eval.mauve_features=/no/such/folder cannot be loaded"),
+    (["eval.mauve=true", "eval.mauve_features=no-such-org/no-such-model"], "cannot be loaded"),
 ])
 def test_bad_text_settings_are_one_line_exit_2_nothing_written(tmp_path, bad, what):
     out = tmp_path / "run"
@@ -208,3 +210,11 @@ def test_oversampled_runs_score_each_prompts_first_continuation(tmp_path):
     want = np.mean([sentence_bleu(toks[:i] + toks[i + 1:], t, smoothing_function=SmoothingFunction().method1)
                     for i, t in enumerate(toks)])
     assert row["self_bleu"] == pytest.approx(want, abs=1e-12) and 0 <= row["mauve"] <= 1
+
+
+def test_a_local_featurizer_folder_passes_the_check(tmp_path):
+    from collapse.models.scratch import SHIPPED
+
+    r = run_cli("run", "--check", *TINY_RUN, "eval.mauve=true", f"eval.mauve_features={SHIPPED}",
+                f"out_dir={tmp_path / 'run'}", env=ENV)
+    assert r.returncode == 0, r.stderr[-2000:]
