@@ -20,6 +20,7 @@ Imports numpy only at module level; nltk, mauve and torch when used.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
@@ -93,14 +94,20 @@ def features(model, rows: np.ndarray, batch_size: int = 64) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def text_features(name: str, texts: list[str], max_tokens: int = 256, batch_size: int = 8) -> np.ndarray:
+@functools.lru_cache(maxsize=1)
+def _featurizer(name: str):
+    """A named featurizer and its tokenizer, loaded once a process (not once a generation: gpt2-large is 3 GB)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name), AutoModel.from_pretrained(name).eval()
+
+
+def text_features(name: str, texts: list[str], max_tokens: int = 256) -> np.ndarray:
     """Features of ``texts`` from a named model (a hub id such as ``gpt2-large``, Drayson's, or a local folder):
     each text tokenized alone, cut to ``max_tokens``, the last token's final hidden state."""
     import torch
-    from transformers import AutoModel, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(name)
-    model = AutoModel.from_pretrained(name).eval()
+    tok, model = _featurizer(name)
     out = []
     with torch.inference_mode():
         for t in texts:
