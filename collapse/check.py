@@ -162,6 +162,27 @@ def check_text(cfg: Config) -> None:
                               "id this machine can download, or gen0.") from None
 
 
+def check_harness(cfg: Config, plan: Plan) -> None:
+    """lm-eval's tasks (eval.harness): the extra, every local folder and every name, read as text (no task index)."""
+    hc = cfg.eval.harness
+    if not hc.tasks:
+        return
+    from collapse.config.schema import DataConfig
+    from collapse.tasks import check
+
+    hub = check(hc.tasks)
+    if hub:
+        plan.warnings.append(f"{', '.join(hub)}: lm-eval reads their data from the Hugging Face Hub at generation 0's "
+                             "harness stage (cached after the first download; offline only when cached).")
+    plan.add("harness", f"lm-eval: {', '.join(hc.tasks)} on every generation"
+                        + (f", the first {hc.limit} examples a task" if hc.limit else ""))
+    split = ("source", "split_seed", "val_fraction", "test_fraction", "max_documents", "min_chars", "split")
+    if "kjv_cloze" in hc.tasks and any(getattr(cfg.data, k) != getattr(DataConfig(), k) for k in split):
+        plan.warnings.append("kjv_cloze's passages are the test chapters of the default KJV split (data.split_seed=0, "
+                             "5% validation, 5% test), its buckets the ranks of that training text's words: this "
+                             "run's data differ, so its passages may be training text.")
+
+
 def check_pool(cfg: Config, d) -> None:
     """A pool's real rows must exist: enough real blocks whose continuation holds no EOS (as a sample's cannot), and
     real rows left over for the detector that share no text with them."""
@@ -312,6 +333,7 @@ def check_run(cfg: Config, accelerator) -> tuple[Plan, Checked]:
     plan = Plan("run", main=accelerator.is_main_process, warnings=ineffective_settings(cfg, "run"))
     check_out_dir(cfg, plan)
     check_text(cfg)
+    check_harness(cfg, plan)
     splits = check_data(cfg, plan)
     kind_for(cfg.model.name_or_path).check_early(cfg, splits, "run")
     checked = Checked(splits, check_model(cfg, plan, splits, accelerator.device))

@@ -61,8 +61,9 @@ def _pair(ci) -> tuple[Any, Any]:
 
 def row_records(row: dict, g: int) -> list[dict]:
     """The tidy records of one metrics row (or a measure.json, whose bucket entries are maps)."""
-    from collapse.metrics.registry import FIGURES
+    from collapse.metrics.registry import FIGURES, adopt
 
+    adopt(row)  # lm-eval's figures (eval.harness), known from their names
     changes = (row.get("changes") or {}).get("from_gen0") or {}
     recs = []
     for f in FIGURES.values():

@@ -15,7 +15,7 @@ import yaml
 from collapse.config.curate import CurateConfig
 from collapse.config.fields import setting
 from collapse.config.generation import GenerationConfig
-from collapse.config.sections import NGramConfig, RegimeConfig, StatsConfig, SyntheticConfig
+from collapse.config.sections import HarnessConfig, NGramConfig, RegimeConfig, StatsConfig, SyntheticConfig
 from collapse.errors import ConfigError
 
 # top-level config sections that change no result (a run resumes with them changed; the fingerprint skips them)
@@ -224,6 +224,7 @@ class EvalConfig:
     self_bleu: bool = setting(False, "Self-BLEU-4 of a seeded subsample of each generation's samples, on words (figure "
                               "`self_bleu`; nltk, as Texygen and Drayson et al.; pip install 'model-collapse[text]').")
     self_bleu_samples: int = setting(100, "Samples in self-BLEU's subsample (each scored against the others: quadratic).")
+    harness: HarnessConfig = field(default_factory=HarnessConfig)
 
     def __post_init__(self) -> None:
         if self.block_size is not None and self.block_size < 2:
@@ -296,6 +297,9 @@ class Config:
         if self.eval.mauve and self.eval.mauve_features == "gen0" and self.model.name_or_path == "ngram":
             raise ConfigError("eval.mauve_features=gen0 reads generation 0's hidden states, and the n-gram model has none: "
                               "name a featurizing model (eval.mauve_features=gpt2-large, or a local folder).")
+        if self.eval.harness.tasks and self.model.name_or_path == "ngram":
+            raise ConfigError("eval.harness.tasks: lm-eval wraps a transformers model, and the n-gram model is none: set "
+                              "eval.harness.tasks=[] or use a transformer.")
         gc = self.generation
         if self.curate.oversample > 1 and (gc.temperature == 0 or gc.num_beams > 1):
             how = "greedy decoding (generation.temperature=0)" if gc.temperature == 0 else "beam search"
@@ -309,6 +313,8 @@ class Config:
         if not (self.eval.mauve or self.eval.self_bleu):  # no text figure: the config of a run made before them
             for k in TEXT_KEYS:
                 d["eval"].pop(k)
+        if not self.eval.harness.tasks:  # no harness task: the config of a run made before the harness stage
+            d["eval"].pop("harness")
         if not self.curate.active:  # no remedy: the config (and its fingerprint) of a run made before `curate`
             d.pop("curate")
         elif not self.curate.pooled:  # a pool of the samples alone: the config of a run made before the pool keys

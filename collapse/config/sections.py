@@ -111,3 +111,32 @@ class RegimeConfig:
             raise ConfigError(f"regime.real_fraction={self.real_fraction} is out of range: use a value in [0, 1].")
         if self.size is not None and self.size < 1:
             raise ConfigError("regime.size must be at least 1 (or null).")
+
+
+@dataclass
+class HarnessConfig:
+    """lm-evaluation-harness tasks every generation (``eval.harness``; collapse/loop/harness_stage.py)."""
+
+    tasks: list[str] = setting([], "lm-eval tasks or groups evaluated on every generation after `evaluate`: a name "
+                               "(`kjv_cloze`, shipped, offline; `hellaswag` and the other lm-eval tasks, whose data "
+                               "comes from the hub) or a local task folder (its groups, else its tasks). [] = off. "
+                               "pip install 'model-collapse[harness]'.")
+    limit: int | None = setting(None, "Examples per task (lm-eval's --limit: the first ones, the same every generation); "
+                                "null = all.")
+    batch_size: int = setting(32, "Requests per forward pass (lm-eval's --batch_size).")
+    num_fewshot: int | None = setting(None, "Few-shot examples per prompt (lm-eval's --num_fewshot); null = the task's "
+                                      "own setting.")
+
+    def __post_init__(self) -> None:
+        names = [t.strip() for t in self.tasks]
+        if any(not t for t in names):
+            raise ConfigError("eval.harness.tasks holds an empty name: list lm-eval task names or task folders.")
+        if len(set(names)) < len(names):
+            raise ConfigError(f"eval.harness.tasks names a task twice ({', '.join(names)}): list each once.")
+        self.tasks = names
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"eval.harness.limit={self.limit} is out of range: use at least 1 (or null for all).")
+        if self.batch_size < 1:
+            raise ConfigError(f"eval.harness.batch_size={self.batch_size} is out of range: use at least 1.")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise ConfigError(f"eval.harness.num_fewshot={self.num_fewshot} is out of range: use 0 or more (or null).")

@@ -18,6 +18,18 @@ from collapse.loop.rundir import gen_dir
 from collapse.models import kind_for
 
 
+class LazyModel:
+    """A model held in memory, or loaded (``load()``) the first time a stage needs it."""
+
+    def __init__(self, load, model=None):
+        self.load, self.model = load, model
+
+    def __call__(self):
+        if self.model is None:
+            self.model = self.load()
+        return self.model
+
+
 class Checkpoints:
     """Start, save, load and prune the weights of each generation of one run folder."""
 

@@ -21,7 +21,7 @@ KEY = "checksums"  # manifest: {"<g>": {"<stage>": {"<path in gen_g>": sha256}}}
 EXPECTED = "checksums_redoing"  # the records of stages being redone after damage: what they must restore
 EXACT_SUFFIXES = (".safetensors", ".parquet", ".npz", ".npy")  # data a redo gives back bit for bit
 EXACT_NAMES = ("eval.json", "metrics.json", "curate.json")
-STAGE_FILES = {"evaluate": ("eval.json", "eval_blocks.npz"), "generate": ("samples.parquet",),
+STAGE_FILES = {"evaluate": ("eval.json", "eval_blocks.npz"), "harness": ("harness.json",), "generate": ("samples.parquet",),
                "curate": ("curated.parquet", "curate.json"),
                "measure": ("metrics.json", "gen0_ppl.npy", "bootstrap.npz")}
 

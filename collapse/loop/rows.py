@@ -113,6 +113,7 @@ def metrics_table(rows: list[dict]) -> str:
     Each value with ± half the width of its 95% interval (over samples or test blocks); then the main
     figures' changes from generation 0 with their paired intervals, ``*`` where the interval excludes 0.
     """
+    M.adopt(k for r in rows for k in r)  # lm-eval's figures, known from the rows (a resumed run's read from disk)
     body = []
     held = [c for c in console_columns() if any(c[1].split(".")[0] in r for r in rows)]  # a stage's figures where run
     for r in rows:
@@ -140,4 +141,26 @@ def metrics_table(rows: list[dict]) -> str:
             body.append(cells)
         lines += ["", "change from generation 0 with its 95% paired interval (* resolved: the interval excludes 0)",
                   *_columns(["gen", *(h for h, *_ in cols)], body)]
-    return "\n".join(lines)
+    return "\n".join(lines + harness_table(rows))
+
+
+def harness_table(rows: list[dict]) -> list[str]:
+    """lm-eval's figures (eval.harness), a row each: the value ± lm-eval's standard error in every generation, then
+    the last generation's paired change from generation 0."""
+    figs = [f for f in M.harness_figures() if any(f.name in r for r in rows)]
+    if not figs:
+        return []
+    last = (rows[-1].get("changes") or {}).get("from_gen0") or {}
+    body = []
+    for f in figs:
+        cells = [f.label]
+        for r in rows:
+            v, se = r.get(f.name), r.get(f"{f.name}_stderr")
+            cells.append("—" if v is None else f"{v:.3f}" + ("" if se is None else f"±{se:.3f}"))
+        c = last.get(f.name)
+        cells.append("—" if c is None or c["ci95"][0] is None else
+                     f"{c['delta']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]{'*' if c['resolved'] else ' '}")
+        body.append(cells)
+    head = ["lm-eval task metric", *(f"gen {r['generation']}" for r in rows), f"gen {rows[-1]['generation']} − gen 0"]
+    return ["", "lm-eval tasks (eval.harness): value ± lm-eval's standard error; the change from generation 0 with its 95% "
+            "paired interval (* resolved)", *_columns(head, body)]

@@ -47,8 +47,9 @@ from collapse.decoding.generate import generate_corpus
 from collapse.errors import CollapseError, DataError
 from collapse.io import atomic_path, read_json, write_json, write_npz, write_parquet, write_text
 from collapse.loop import integrity
-from collapse.loop.checkpoints import Checkpoints, disk_estimate
+from collapse.loop.checkpoints import Checkpoints, LazyModel, disk_estimate
 from collapse.loop.curate_stage import curate_stage, curated_rows, gen0_scores, row_figures
+from collapse.loop.harness_stage import harness_part, harness_stage
 from collapse.loop.pool import pool_size
 from collapse.loop.regimes import regime_training_set
 from collapse.loop.rows import PPL_BINS, interval_part, metrics_row, metrics_table
@@ -102,6 +103,8 @@ def run_loop(cfg: Config, show_progress: bool = True) -> int:
                 run.stage("train", g, train_stage, base, prev, model, then=run.after_train)
             prev = None  # model g-1 is not needed after training g
             run.stage("evaluate", g, evaluate_stage, model)
+            if cfg.eval.harness.tasks:  # lm-eval's tasks on model g (collapse.loop.harness_stage)
+                run.stage("harness", g, harness_stage, model)
             run.stage("generate", g, generate_stage, model, then=run.log_corpus)
             if cfg.curate.active and g < cfg.generations:  # a remedy (collapse.loop.curate): what g+1 trains on
                 run.stage("curate", g, curate_stage, base, model, then=lambda k: log_run_curated(run, k))
@@ -110,18 +113,6 @@ def run_loop(cfg: Config, show_progress: bool = True) -> int:
         model = prev = None  # the report needs no model
         run.finish()
     return 0
-
-
-class LazyModel:
-    """A model held in memory, or loaded (``load()``) the first time a stage needs it."""
-
-    def __init__(self, load, model=None):
-        self.load, self.model = load, model
-
-    def __call__(self):
-        if self.model is None:
-            self.model = self.load()
-        return self.model
 
 
 # ---------------------------------------------------------------------- the four stages
@@ -204,7 +195,7 @@ def measure_stage(run: Run, g: int, base) -> str:
     fault.point("measure", g, 0)
     ppl = gen0_scores(run, g, base, full)  # each sample scored by generation 0 (the curate stage's, if it did)
     row = metrics_row(g, read_json(d / "eval.json"), run.data.ref_counts, gen_ids, ppl, d)
-    text = text_part(run, g, base, gen_ids)  # MAUVE, self-BLEU where eval.* asks for them
+    text = text_part(run, g, base, gen_ids) | harness_part(run, g)  # MAUVE, self-BLEU, lm-eval tasks where asked
     row.update(row_figures(d), **text.point)  # and the curate stage's figures (none without a curate.kind)
     add_truth(row, run.data.truth, read_json(d / "eval.json"), gen_ids, len(run.data.bucket_of))  # synthetic, n-gram
     if run.is_main:
@@ -477,7 +468,7 @@ class Run:
         if self.resuming and not isinstance(self.logger, NullLogger):
             relog_finished(self)  # what the killed process may not have flushed, and the W&B run lacks
         self.clock = StageClock(total_stages=4 * (G + 1) - 1 + (1 if cfg.train.fits_gen0 else 0)
-                                + (G if cfg.curate.active else 0), log=log)
+                                + (G if cfg.curate.active else 0) + (G + 1 if cfg.eval.harness.tasks else 0), log=log)
 
     def finish(self) -> None:
         """Record the run complete, prune old weights, print the table, draw the report."""

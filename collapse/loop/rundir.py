@@ -25,10 +25,10 @@ from collapse.errors import ConfigError, DataError, first_line
 from collapse.io import atomic_path, dumps_line, is_temp_name, read_id_column, read_json, write_text
 from collapse.loop.integrity import damaged, redoing
 
-STAGES = ("train", "evaluate", "generate", "curate", "measure")  # curate: only with a curate.kind
+STAGES = ("train", "evaluate", "harness", "generate", "curate", "measure")  # harness, curate: where the config asks
 # a stage found broken on resume is redone together with the stages that read its files
-REDO_WITH = {"train": ("train",), "evaluate": ("evaluate", "measure"), "generate": ("generate", "curate", "measure"),
-             "curate": ("curate", "measure"), "measure": ("measure",)}
+REDO_WITH = {"train": ("train",), "evaluate": ("evaluate", "measure"), "harness": ("harness", "measure"),
+             "generate": ("generate", "curate", "measure"), "curate": ("curate", "measure"), "measure": ("measure",)}
 LOCK_NAME = ".lock"
 EVAL_BLOCKS = "eval_blocks.npz"  # per test block and bucket: summed NLL and token count (the test intervals' units)
 BOOTSTRAP = "bootstrap.npz"  # every figure of a generation under each bootstrap resample (paired changes)
@@ -302,6 +302,8 @@ def stage_problem(stage: str, g: int, out: Path, n_seq: int, weights_problem,
         return _json_problem(d, "train.json", "val_nll")
     if stage == "evaluate":
         return _json_problem(d, "eval.json", "test_ppl")
+    if stage == "harness":
+        return _json_problem(d, "harness.json", "tasks")
     if stage == "generate":
         return _samples_problem(d, n_seq)
     if stage == "curate":  # pool: (its rows, the training rows); a pool of the samples alone without one

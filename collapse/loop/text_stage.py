@@ -23,6 +23,9 @@ class TextPart:
     point: dict = field(default_factory=dict)  # figure -> value, for the row
     boot: dict = field(default_factory=dict)  # figure -> (R,) resampled values (NaN: not resampled)
 
+    def __or__(self, other: TextPart) -> TextPart:
+        return TextPart({**self.point, **other.point}, {**self.boot, **other.boot})
+
 
 @contextlib.contextmanager
 def _quiet_stderr():

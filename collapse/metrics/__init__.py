@@ -31,15 +31,17 @@ from collapse.metrics.registry import (
     Figure,
     Resampled,
     Sample,
+    adopt,
     columns,
     corpus_figures,
     distribution_metrics,
+    harness_figures,
     register,
     resampled_names,
     unregister,
 )
 
-__all__ = ["BUCKETS", "FIGURES", "KL_ALPHA", "RANK_EDGES", "UNSEEN", "Figure", "Resampled", "Sample", "bucket_of",
+__all__ = ["BUCKETS", "FIGURES", "KL_ALPHA", "RANK_EDGES", "UNSEEN", "Figure", "Resampled", "Sample", "adopt", "bucket_of",
            "bucket_shares", "bucket_shift", "columns", "corpus_figures", "counts", "coverage", "distinct_n",
-           "distribution_metrics", "entropy", "js", "kl", "ranks", "register", "resampled_names", "shift_map",
+           "distribution_metrics", "entropy", "harness_figures", "js", "kl", "ranks", "register", "resampled_names", "shift_map",
            "shares_of", "shift_pct", "tail_mass", "unregister"]

@@ -161,6 +161,33 @@ def unregister(name: str) -> None:
     FIGURES.pop(name, None)
 
 
+HARNESS = "harness/"  # lm-eval's figures (eval.harness): named by their task, known from their name
+
+
+def harness_name(task: str, metric: str) -> str:
+    """The figure of lm-eval task ``task``'s ``metric``: ``harness/<task>/<metric>`` (a dot would read as a bucket)."""
+    return f"{HARNESS}{task.replace('.', '_')}/{metric.replace('.', '_')}"
+
+
+def adopt(keys) -> None:
+    """Register the harness figures among ``keys`` (a metrics row's) not registered yet: a task is a config entry,
+    so its figures are known from the rows that hold them, in any process (their value and lm-eval's ``_stderr``)."""
+    for k in keys:
+        if not isinstance(k, str) or not k.startswith(HARNESS) or k in FIGURES or k.endswith("_ci"):
+            continue
+        task, metric = k[len(HARNESS):].rsplit("/", 1)
+        se = metric.endswith("_stderr")
+        label = f"{task} {metric[:-len('_stderr')]} stderr" if se else f"{task} {metric}"
+        # console: a table of their own (collapse.loop.rows); a stderr is for load_runs and W&B, not the report
+        FIGURES[k] = Figure(k, label, "score", 0, ".4f" if se else ".3f", resample=None if se else "bootstrap",
+                            report=not se)
+
+
+def harness_figures() -> list[Figure]:
+    """The registered harness figures' values (not their standard errors), in the order first seen."""
+    return [f for n, f in FIGURES.items() if n.startswith(HARNESS) and f.resample]
+
+
 def corpus_figures() -> list[Figure]:
     """The scalar figures of a corpus of samples, in registry order (each with an interval where ``resample``)."""
     return [f for f in FIGURES.values() if f.point is not None]

@@ -37,7 +37,7 @@ from collapse.report.runs import Group, metric_getter
 from collapse.report.seeds import series
 
 # every figure of the report, in the page's order (file names: <stem>.png, <stem>.svg)
-FIGURES = ("test-ppl", "tail-loss", "bucket-heatmap", "bucket-shift", "gen0-ppl", "diversity", "zipf")
+FIGURES = ("test-ppl", "tail-loss", "bucket-heatmap", "bucket-shift", "gen0-ppl", "diversity", "zipf", "harness")
 
 
 def draw_figures(groups: list[Group], tail_buckets: list[str], shift_buckets: list[str], out: Path,
@@ -57,6 +57,7 @@ def draw_figures(groups: list[Group], tail_buckets: list[str], shift_buckets: li
         "gen0-ppl": lambda: fig_gen0_ppl(groups, out),
         "diversity": lambda: fig_diversity(groups, out),
         "zipf": lambda: fig_zipf(groups, out),
+        "harness": lambda: fig_harness(groups, out),
     }
     with plt.rc_context(RC):
         for stem, make in makers.items():
@@ -229,6 +230,33 @@ def fig_tail_loss(groups: list[Group], buckets: list[str], out: Path) -> Path:
               fontsize=10)
     legend_below(fig, axes)
     return save_figure(fig, out, "tail-loss")
+
+
+def fig_harness(groups: list[Group], out: Path) -> Path | None:
+    """lm-eval's figures (eval.harness) over generations, a panel each, with their 95% intervals; None without any."""
+    from collapse.metrics.registry import harness_figures
+
+    figs = [f for f in harness_figures() if any(f.name in r for g in groups for run in g.runs for r in run.rows)]
+    if not figs:
+        return None
+    plt = mpl()
+    ncol = ncols(len(figs), 4)
+    nrow = math.ceil(len(figs) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow + 0.6), layout="constrained", squeeze=False)
+    for k, f in enumerate(figs):
+        ax = axes[k // ncol][k % ncol]
+        for i, g in enumerate(groups):
+            draw_line(ax, g, i, metric_getter(f.name), of=len(groups))
+        vals = [r[f.name] for g in groups for run in g.runs for r in run.rows if isinstance(r.get(f.name), (int, float))]
+        if vals and 0 <= min(vals) and max(vals) <= 1:  # a share (accuracy): every panel on one scale
+            ax.set_ylim(0, 1.02)
+        int_xaxis(ax)
+        ax.set_title(f.label, fontsize=9)
+    for k in range(len(figs), nrow * ncol):
+        axes[k // ncol][k % ncol].set_visible(False)
+    suptitle(fig, f"lm-eval tasks over generations (95% intervals): {compared_text(groups)}", fontsize=10)
+    legend_below(fig, axes)
+    return save_figure(fig, out, "harness")
 
 
 def _shift_matrix(group: Group, buckets: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -80,11 +80,15 @@ _CAPTIONS = {
             "fewer tokens than the real one, so they end at lower ranks by construction. Below: the share of tokens "
             "in each rank range relative to the real text at the same ranks (above 1: mass concentrated on fewer "
             "types).",
+    "harness": "Each generation's model on lm-evaluation-harness tasks (<code>eval.harness.tasks</code>). The shipped "
+               "<code>kjv_cloze</code> asks which of four words ends a held-out KJV passage, a task per frequency bucket "
+               "of the answer (chance 0.25): the downstream face of the tail loss. Bands: 95% intervals over the "
+               "task's examples (one run) or over seeds.",
 }
 _FIG_TITLES = {"test-ppl": "Test perplexity", "tail-loss": "Tail loss by frequency bucket",
                "bucket-heatmap": "Bucket shift (heatmap)", "bucket-shift": "Bucket shift (bars)",
                "gen0-ppl": "Perplexity of samples under the generation-0 model", "diversity": "Coverage, entropy, KL",
-               "zipf": "Zipf plot"}
+               "zipf": "Zipf plot", "harness": "lm-eval tasks"}
 
 
 def _neutral_html(neutral: dict, png: Path) -> str:
@@ -157,6 +161,8 @@ def page_html(runs: list[Run], groups: list[Group], figures: dict[str, Path | No
     for stem in FIGURES:
         png = figures.get(stem)
         if png is None:
+            if stem == "harness" and stem not in errors:
+                continue  # a run without lm-eval tasks: nothing to say
             why = errors.get(stem, "no data for this figure")
             parts.append(f"<h3>{esc(_FIG_TITLES[stem])}</h3><p class=\"note\">not drawn: {esc(why)}</p>")
             continue

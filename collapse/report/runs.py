@@ -120,6 +120,9 @@ def load_run(path: str | Path) -> Run:
         raise DataError(f"{met_p} mixes frequency-bucket schemes between generations: "
                         + " vs ".join(", ".join(s) for s in schemes) + ".")
     buckets = _bucket_keys(rows[0])
+    from collapse.metrics.registry import adopt
+
+    adopt(k for r in rows for k in r)  # lm-eval's figures (eval.harness): the report's table and charts show them
     name = path.resolve().name or str(path)
     return Run(path=path, name=name, config=config, config_text=text, manifest=manifest, rows=rows, buckets=buckets)
 
