@@ -223,3 +223,28 @@ def _env() -> dict:
     import os
 
     return {k: v for k, v in os.environ.items() if k not in ENV}
+
+
+def test_digest_keeps_per_example_values_only_for_what_lm_eval_averages():
+    """lm-eval's output as collapse keeps it: `acc,none` as `acc`, a filter appended, "N/A" standard errors as
+    None, a group once; per-example values (by doc id) for the averaged metrics, none for a perplexity."""
+    from collapse.loop.harness_stage import digest
+
+    out = {"results": {"t": {"alias": "t", "acc,none": 0.5, "acc_stderr,none": 0.5, "perplexity,none": 2.7,
+                             "perplexity_stderr,none": "N/A", "exact_match,strict": 1.0,
+                             "exact_match_stderr,strict": 0.0},
+                       "g": {"acc,none": 0.5, "acc_stderr,none": 0.5}},
+           "groups": {"g": {"acc,none": 0.5, "acc_stderr,none": 0.5}}, "group_subtasks": {"g": ["t"]},
+           "n-samples": {"t": {"original": 5, "effective": 2}}, "higher_is_better": {"t": {"acc": True}},
+           "samples": {"t": [{"doc_id": 1, "filter": "none", "metrics": ["acc", "perplexity"], "acc": 0.0,
+                              "perplexity": -1.0},
+                             {"doc_id": 0, "filter": "none", "metrics": ["acc", "perplexity"], "acc": 1.0,
+                              "perplexity": -0.9},
+                             {"doc_id": 0, "filter": "strict", "metrics": ["exact_match"], "exact_match": 1.0},
+                             {"doc_id": 1, "filter": "strict", "metrics": ["exact_match"], "exact_match": 1.0}]}}
+    d = digest(out)["tasks"]
+    assert d["t"]["metrics"] == {"acc": 0.5, "acc_stderr": 0.5, "perplexity": 2.7, "perplexity_stderr": None,
+                                 "exact_match_strict": 1.0, "exact_match_strict_stderr": 0.0}
+    assert d["t"]["examples"] == {"acc": {"doc_id": [0, 1], "values": [1.0, 0.0]},
+                                  "exact_match_strict": {"doc_id": [0, 1], "values": [1.0, 1.0]}}
+    assert d["t"]["n"] == 2 and d["g"]["kind"] == "group" and d["g"]["subtasks"] == ["t"] and "examples" not in d["g"]

@@ -51,19 +51,22 @@ def digest(out: dict) -> dict:
                            "higher_is_better": (out.get("higher_is_better") or {}).get(name, {}),
                            "subtasks": (out.get("group_subtasks") or {}).get(name, [])}
     for name, samples in (out.get("samples") or {}).items():
-        cfg = (out.get("configs") or {}).get(name, {})
-        means = [m["metric"] for m in cfg.get("metric_list") or () if m.get("aggregation") == "mean"]
+        if name not in tasks:
+            continue
         ex: dict[str, dict] = {}
         for s in sorted(samples, key=lambda s: s["doc_id"]):
-            for m in means:
-                if m in s:
+            for m in s.get("metrics") or ():
+                if isinstance(s.get(m), (int, float)) and not isinstance(s.get(m), bool):
                     key = m if s.get("filter", "none") == "none" else f"{m}_{s['filter']}"
                     e = ex.setdefault(key, {"doc_id": [], "values": []})
                     e["doc_id"].append(int(s["doc_id"]))
                     e["values"].append(float(s[m]))
-        if name in tasks:
-            tasks[name]["n"] = (out.get("n-samples") or {}).get(name, {}).get("effective")
-            tasks[name]["examples"] = ex
+        # a metric lm-eval averages is the mean of its per-example values: only those resample over examples
+        # (a perplexity's per-example value is a log-likelihood, aggregated otherwise)
+        t = tasks[name]
+        t["n"] = (out.get("n-samples") or {}).get(name, {}).get("effective")
+        t["examples"] = {k: e for k, e in ex.items() if k in t["metrics"]
+                         and abs(float(np.mean(e["values"])) - t["metrics"][k]) <= 1e-9 * max(1.0, abs(t["metrics"][k]))}
     return {"lm_eval": out.get("lm_eval_version"), "tasks": tasks}
 
 
