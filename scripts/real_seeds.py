@@ -157,8 +157,11 @@ def tables(folder: Path, only: tuple[str, ...] = ()) -> str:
             ("entropy", "Δ entropy of the samples (bits)", "+.3f"), ("coverage", "Δ coverage", "+.4f"),
             ("gen0_ppl_mean", "Δ samples' gen-0 ppl", "+.2f"), ("mauve", "Δ MAUVE", "+.3f"),
             ("self_bleu", "Δ self-BLEU", "+.3f")]
+    # lm-eval's figures (eval.harness): named by their task, found in the rows
+    hkeys = [k for k in seeds[0]["rows"][0] if k.startswith("harness/") and not k.endswith(("_stderr", "_ci"))]
+    figs += [(k, f"Δ {k.split('/', 1)[1].replace('/', ' ')}", "+.3f") for k in hkeys]
     if only:
-        figs = [f for f in figs if f[0] in only]
+        figs = [f for f in figs if f[0] in only or ("harness" in only and f[0].startswith("harness/"))]
     out.append(f"\nChanges from generation 0 at generation {G}: mean over seeds [95% t-interval]; in how many seeds "
                "the run's own paired interval excludes 0, and on which side:\n")
     out.append("| figure | " + " | ".join(regimes) + " |")
@@ -187,6 +190,15 @@ def tables(folder: Path, only: tuple[str, ...] = ()) -> str:
         for g in range(G + 1):
             out.append(f"| {g} | " + " | ".join(_mean_ci([_get(r["rows"][g], key) for r in by[k]], fmt)
                                                for k in regimes) + " |")
+    for k in regimes if hkeys and (not only or "harness" in only) else ():
+        short = [h.split("/")[1].removeprefix("kjv_cloze").lstrip("_") or "all" for h in hkeys]
+        out.append(f"\nlm-eval by generation, {k}: {', '.join(sorted({h.split('/')[2] for h in hkeys}))} of each task "
+                   "(kjv_cloze's by bucket, `all` its group), mean over seeds [95% t-interval]:\n")
+        out.append("| gen | " + " | ".join(short) + " |")
+        out.append("|---|" + "---|" * len(hkeys))
+        for g in range(G + 1):
+            out.append(f"| {g} | " + " | ".join(_mean_ci([r["rows"][g].get(h) for r in by[k]], ".3f") for h in hkeys)
+                       + " |")
     if only:
         return "\n".join(out) + "\n"
     if len(regimes) == 2:
@@ -237,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     g = t.add_mutually_exclusive_group()
     g.add_argument("--check", type=Path, help="exit 1 unless this markdown file holds these tables")
     g.add_argument("--write", type=Path, help="put the tables between the markers in this markdown file")
-    t.add_argument("--only", default="", help="comma list of figures: only their changes and series (mauve,self_bleu)")
+    t.add_argument("--only", default="", help="comma list of figures: only their changes and series (mauve,self_bleu; "
+                   "harness: every lm-eval figure)")
     t.add_argument("--marker", default=MARK, help="the markers' name: <!-- NAME:begin --> ... <!-- NAME:end -->")
     a = p.parse_args(argv)
     if a.cmd == "export":

@@ -190,9 +190,10 @@ def run_sweep(config: str | None, items: list[str], parent: str | None = None, l
         base, base_items, points = _checked_grid(config, cfg_path, base_items, axes, variants, parent, wandb_sweep)
     parent_dir = Path(parent or base.out_dir)
     if base_text is not None:  # every point is valid: now the sweep's folder and the base its runs read
-        parent_dir.mkdir(parents=True, exist_ok=True)
         cfg_path = str(parent_dir / "sweep-base.yaml")
-        write_text(cfg_path, base_text)
+        if not dry_run:  # a dry run names the file and writes nothing
+            parent_dir.mkdir(parents=True, exist_ok=True)
+            write_text(cfg_path, base_text)
     group = sweep_group(parent_dir)  # the sweep's name (W&B sweep file); a tag on each of its runs
     if wandb_sweep is not None:
         # the fixed part in one file, so the command line holds the point alone (--under names the folder by it)
