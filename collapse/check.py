@@ -173,7 +173,7 @@ def check_harness(cfg: Config, plan: Plan) -> None:
     hub = check(hc.tasks)
     if hub:
         plan.warnings.append(f"{', '.join(hub)}: lm-eval reads their data from the Hugging Face Hub at generation 0's "
-                             "harness stage (cached after the first download; offline only when cached).")
+                             "harness stage (and cache them after the first download).")
     plan.add("harness", f"lm-eval: {', '.join(hc.tasks)} on every generation"
                         + (f", the first {hc.limit} examples a task" if hc.limit else ""))
     split = ("source", "split_seed", "val_fraction", "test_fraction", "max_documents", "min_chars", "split")

@@ -22,6 +22,7 @@ SKIP = {
     "TheOrg/": "an illustrative hub repo",
     "./model.Q8_0.gguf": "an illustrative local file",
     "./my-model": "an illustrative local folder",
+    "hellaswag": "an lm-eval task whose data come from the hub (no network in tests)",
     "smollm2-135m-gen0-decodings": "reads the fitted generation 0 that `collapse run configs/real/smollm2-135m-recursion.yaml` "
                                    "writes (about 20 minutes)",
 }

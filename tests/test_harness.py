@@ -97,6 +97,7 @@ def test_the_stage_scores_cloze_items_as_a_plain_forward_does():
     (["eval.harness.tasks=[kjv_cloze]", "model.name_or_path=ngram"], "the n-gram model is none"),
     (["eval.harness.tasks=[kjv_cloze]", "eval.harness.limit=0"], "eval.harness.limit=0 is out of range"),
     (["eval.harness.tasks=[kjv_cloze,kjv_cloze]"], "names a task twice"),
+    (["eval.harness.tasks=[hellaswag]"], "hellaswag read their data from the Hugging Face Hub, and HF_DATASETS_OFFLINE"),
 ])
 def test_bad_harness_settings_are_one_line_exit_2_nothing_written(tmp_path, bad, what):
     out = tmp_path / "run"

@@ -100,4 +100,9 @@ def check(entries: list[str]) -> list[str]:
     if unknown:
         raise ConfigError(f"eval.harness.tasks: no lm-eval task, group or tag is named {', '.join(unknown)}: check the "
                           "spelling (`lm_eval ls tasks` lists them), or name a local task folder.")
+    offline = [v for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE") if os.environ.get(v, "").lower() in ("1", "true", "yes")]
+    if hub and offline:  # what --check accepts must run: these would fail after generation 0, for want of a download
+        raise ConfigError(f"eval.harness.tasks: {', '.join(hub)} read their data from the Hugging Face Hub, and "
+                          f"{'/'.join(offline)} is set: unset it for a first run (lm-eval caches the data), or use "
+                          "kjv_cloze or a local task folder.")
     return hub
