@@ -9,7 +9,10 @@ weights every generation), like every other figure's.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
+import logging
 import time
 
 import numpy as np
@@ -21,6 +24,7 @@ from collapse.loop.text_stage import TextPart
 from collapse.metrics.registry import adopt, harness_name
 
 HARNESS_JSON = "harness.json"
+log = logging.getLogger("collapse")
 BOOTSTRAP_ITERS = 1000  # lm-eval's own bootstrap, for the standard error of a metric that is not a mean
 
 
@@ -54,9 +58,11 @@ def digest(out: dict) -> dict:
         if name not in tasks:
             continue
         ex: dict[str, dict] = {}
+        docs = sorted({(int(s["doc_id"]), str(s.get("doc_hash", ""))) for s in samples})
+        tasks[name]["docs_sha256"] = hashlib.sha256(json.dumps(docs).encode()).hexdigest()  # pairing: same examples?
         for s in sorted(samples, key=lambda s: s["doc_id"]):
             for m in s.get("metrics") or ():
-                if isinstance(s.get(m), (int, float)) and not isinstance(s.get(m), bool):
+                if isinstance(s.get(m), (int, float, np.integer, np.floating)) and not isinstance(s.get(m), bool):
                     key = m if s.get("filter", "none") == "none" else f"{m}_{s['filter']}"
                     e = ex.setdefault(key, {"doc_id": [], "values": []})
                     e["doc_id"].append(int(s["doc_id"]))
@@ -67,7 +73,16 @@ def digest(out: dict) -> dict:
         t["n"] = (out.get("n-samples") or {}).get(name, {}).get("effective")
         t["examples"] = {k: e for k, e in ex.items() if k in t["metrics"]
                          and abs(float(np.mean(e["values"])) - t["metrics"][k]) <= 1e-9 * max(1.0, abs(t["metrics"][k]))}
-    return {"lm_eval": out.get("lm_eval_version"), "tasks": tasks}
+    return {"lm_eval": _version(), "tasks": tasks}
+
+
+def _version() -> str | None:
+    import importlib.metadata as md
+
+    try:
+        return md.version("lm-eval")
+    except md.PackageNotFoundError:
+        return None
 
 
 def run_tasks(model, tokenizer, hc, seed: int) -> dict:
@@ -75,8 +90,10 @@ def run_tasks(model, tokenizer, hc, seed: int) -> dict:
     console output is kept back (replayed if it fails), the global random states are left as they were."""
     import copy
     import random
+    from unittest import mock
 
     import lm_eval
+    import lm_eval.evaluator as E
     import torch
     from lm_eval.models.huggingface import HFLM
 
@@ -85,7 +102,11 @@ def run_tasks(model, tokenizer, hc, seed: int) -> dict:
     r = resolve(hc.tasks)
     buf, py_state, np_state = io.StringIO(), random.getstate(), np.random.get_state()
     try:
-        with torch.random.fork_rng(), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        # lm-eval's environment report (pip list, nvidia-smi, lscpu as subprocesses) and `git describe` would run
+        # every generation, and git's complaint outside a checkout reach the console: not needed here
+        with torch.random.fork_rng(), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf), \
+                mock.patch.object(E, "add_env_info", lambda *a, **k: None), \
+                mock.patch.object(E, "get_git_commit_hash", lambda *a, **k: None):
             # a copy: lm-eval sets the tokenizer's padding, which the sampler's must keep
             lm = HFLM(pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=hc.batch_size)
             out = lm_eval.simple_evaluate(
@@ -96,13 +117,18 @@ def run_tasks(model, tokenizer, hc, seed: int) -> dict:
         raise
     except Exception as e:  # noqa: BLE001 - lm-eval raises many types (a dataset it cannot download, a bad YAML)
         tail = [ln for ln in buf.getvalue().splitlines() if ln.strip() and "it/s]" not in ln][-5:]
-        raise CollapseError(f"eval.harness: lm-eval failed on {', '.join(hc.tasks)} ({first_line(e, 160)})"
-                            + (f"; its last lines: {' | '.join(tail)}" if tail else "")
-                            + ". A hub task needs its dataset downloaded once (HF_DATASETS_OFFLINE unset).") from None
+        why = first_line(e, 160)
+        hint = (" A hub task's data are downloaded once: unset HF_DATASETS_OFFLINE for that run."
+                if any(w in why.lower() for w in ("offline", "connection", "resolve", "couldn't reach", "not found"))
+                else "")
+        raise CollapseError(f"eval.harness: lm-eval failed on {', '.join(hc.tasks)} ({why})"
+                            + (f"; its last lines: {' | '.join(tail)}" if tail else "") + "." + hint) from None
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
-    return digest(out)
+    res = digest(out)
+    res["log"] = [ln for ln in buf.getvalue().splitlines() if ln.strip() and "it/s]" not in ln][-200:]
+    return res
 
 
 def harness_stage(run, g: int, model) -> str:
@@ -134,7 +160,8 @@ def _pooled(res: dict, name: str, metric: str) -> np.ndarray | None:
     if not parts or any(p is None for p in parts):
         return None
     x = np.concatenate([np.asarray(p["values"], np.float64) for p in parts])
-    return x if x.size and abs(x.mean() - t["metrics"][metric]) < 1e-9 else None
+    v = t["metrics"].get(metric)
+    return x if x.size and v is not None and abs(x.mean() - v) < 1e-9 else None
 
 
 def harness_part(run, g: int) -> TextPart:
@@ -143,10 +170,18 @@ def harness_part(run, g: int) -> TextPart:
     if not run.cfg.eval.harness.tasks or not run.is_main or not path.is_file():
         return TextPart()
     res, out = read_json(path), TextPart()
+    first = run.dir(0) / HARNESS_JSON
+    gen0 = read_json(first)["tasks"] if g > 0 and first.is_file() else {}
+    # a change from generation 0 pairs the same examples: a task whose examples differ (an edited folder, another
+    # dataset revision) keeps its value and standard error, not a paired change; nor does a group holding it
+    differ = {n for n, t in res["tasks"].items() if n in gen0 and gen0[n].get("docs_sha256") != t.get("docs_sha256")}
+    for name in sorted(differ):
+        log.warning(f"gen {g}: {name}'s examples differ from generation 0's: no paired change for it")
     for name, t in res["tasks"].items():
+        unpaired = name in differ or bool(differ & set(t.get("subtasks") or ()))
         for metric, v in t["metrics"].items():
             out.point[harness_name(name, metric)] = v
-            if metric.endswith("_stderr") or not run.cfg.stats.resamples:
+            if metric.endswith("_stderr") or not run.cfg.stats.resamples or unpaired:
                 continue
             ex = t.get("examples", {}).get(metric)
             x = np.asarray(ex["values"], np.float64) if ex else _pooled(res, name, metric)

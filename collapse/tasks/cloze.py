@@ -7,7 +7,8 @@ Each item: up to ``CONTEXT_WORDS`` words of a test-split chapter (the split ever
 answer's bucket and of the same case (capitalised or not), so that neither the word's frequency nor its case
 gives the answer away (a capitalised top-10 answer, `And` or `I`, has too few such words: none is asked). A word
 of the passage may be a distractor, as the answer often is one. Four choices: chance is 0.25. Up to
-``PER_BUCKET`` answers a bucket, drawn uniformly (seed 0) from every eligible position; the buckets are the token
+``PER_BUCKET`` answers a bucket, drawn uniformly (seed 0) from every eligible position, kept in the order drawn (so the first N of a bucket, lm-eval's
+``--limit N``, are a random subset of it); the buckets are the token
 buckets' (``collapse.metrics.BUCKETS``) over words (``WORD``, case kept) of the training split, ``unseen``
 words' distractors other test words no training chapter has. ``python -m collapse.tasks.cloze`` rewrites the
 data file; a test checks it equals a fresh build.
@@ -58,7 +59,8 @@ def build(train: list[str], test: list[str], per_bucket: int = PER_BUCKET, seed:
     items = []
     for b in BUCKETS:
         found = positions[b]
-        pick = np.sort(rng.choice(len(found), size=min(per_bucket, len(found)), replace=False))
+        # in drawn order, not the text's: lm-eval's --limit N takes the first N, which are then a random subset
+        pick = rng.choice(len(found), size=min(per_bucket, len(found)), replace=False)
         for i in pick:
             di, m, w0 = found[i]
             doc, answer = test[di], m.group()
