@@ -7,6 +7,7 @@ import os
 import sys
 import time
 import warnings
+from datetime import timedelta
 
 
 def quiet_libraries() -> None:
@@ -85,17 +86,21 @@ class LaunchWorld:
         pass
 
 
-def make_accelerator(mixed_precision: str = "auto"):
-    """One Accelerator per process; bf16 autocast on GPUs that have it, fp32 elsewhere."""
+def make_accelerator(mixed_precision: str = "auto", main_only_minutes: int | None = None):
+    """One Accelerator per process; bf16 autocast on GPUs that have it, fp32 elsewhere. ``main_only_minutes``: how
+    long the other processes may wait at a barrier while the main one works alone (lm-eval's tasks: a large task on
+    a large model outlasts NCCL's default of 10 minutes)."""
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
+    from accelerate.utils import InitProcessGroupKwargs
 
     if mixed_precision == "auto":
         mixed_precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     if AcceleratorState._shared_state.get("_mixed_precision") not in (None, mixed_precision):
         AcceleratorState._reset_state()  # a second command in one process (the Python API) with another precision
-    return Accelerator(mixed_precision=mixed_precision)
+    handlers = [] if main_only_minutes is None else [InitProcessGroupKwargs(timeout=timedelta(minutes=main_only_minutes))]
+    return Accelerator(mixed_precision=mixed_precision, kwargs_handlers=handlers)
 
 
 class StageClock:

@@ -122,7 +122,9 @@ def test_a_folder_without_tasks_and_a_missing_lm_eval_are_one_line(tmp_path, mon
 
 
 def test_a_local_task_folder_runs_its_group(tmp_path):
-    """A copy of the shipped task under another name, as a user's folder: found, resolved to its group."""
+    """A copy of the shipped task under another name, as a user's folder (its tasks tagged): found, resolved to its
+    top group; an entry that repeats one of its tasks is refused (lm-eval would, after generation 0)."""
+    from collapse.errors import ConfigError
     from collapse.tasks import resolve
 
     folder = tmp_path / "mine"
@@ -130,9 +132,14 @@ def test_a_local_task_folder_runs_its_group(tmp_path):
     (folder / "utils.py").write_text((cloze.DATA.parent / "utils.py").read_text().replace(
         'Path(__file__).resolve().parent / "kjv_cloze.jsonl"', repr(str(cloze.DATA))))
     for name, text in cloze.task_files().items():
-        (folder / name.replace("kjv_cloze", "my_cloze")).write_text(text.replace("kjv_cloze", "my_cloze"))
+        (folder / name.replace("kjv_cloze", "my_cloze")).write_text(text.replace("kjv_cloze", "my_cloze")
+                                                                    .replace("include:", "tag: my_tag\ninclude:"))
     r = resolve([str(folder)])
-    assert r.names == ["my_cloze"] and str(folder) in r.include and not r.defaults
+    assert r.names == ["my_cloze"] and str(folder) in r.include and not r.defaults  # tags are no task of its own
+    (folder / "suite.yaml").write_text("group: suite\ntask:\n  - my_cloze\nmetadata:\n  version: 1\n")
+    assert resolve([str(folder)]).names == ["suite"]  # the top group, not the groups it holds
+    with pytest.raises(ConfigError, match="suite and my_cloze_unseen share tasks"):
+        resolve([str(folder), "my_cloze_unseen"])
 
 
 def test_harness_keys_stay_out_of_a_config_that_does_not_use_them():

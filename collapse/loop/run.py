@@ -285,7 +285,8 @@ class Run:
         """
         t0 = time.perf_counter()
         set_threads()
-        accelerator = (LaunchWorld if check_only else make_accelerator)(cfg.train.mixed_precision)
+        accelerator = LaunchWorld(cfg.train.mixed_precision) if check_only else make_accelerator(
+            cfg.train.mixed_precision, main_only_minutes=240 if cfg.eval.harness.tasks else None)  # lm-eval: main only
         if not accelerator.is_main_process:
             log.setLevel(logging.WARNING)
         plan, checked = check_run(cfg, accelerator)
@@ -434,7 +435,8 @@ class Run:
         if self.resuming:  # every process checks (read-only) so all agree on what is redone; the main one says it
             for note in verify_stages(m, out, cfg.generations, self.data.n_seq, self.ckpt.subdir,
                                       self.ckpt.continues_previous, self.ckpt.weights_problem, cfg.curate.active,
-                                      pool=(pool_size(self.data.n_seq, cfg.curate.real_share), self.data.n_train)):
+                                      pool=(pool_size(self.data.n_seq, cfg.curate.real_share), self.data.n_train),
+                                      harness=bool(cfg.eval.harness.tasks)):
                 if self.is_main:
                     log.warning(note)
         acc.wait_for_everyone()

@@ -358,7 +358,7 @@ def _intervals_problem(d: Path) -> str | None:
 
 def verify_stages(manifest: Manifest, out: Path, generations: int, n_seq: int, weights_sub: str,
                   continues_previous: bool, weights_problem, curates: bool = False,
-                  pool: tuple[int, int] | None = None) -> list[str]:
+                  pool: tuple[int, int] | None = None, harness: bool = False) -> list[str]:
     """On resume: un-record every stage whose files are missing or damaged, so it is redone.
 
     A stage found broken is redone with the stages of its generation that read its files (samples ->
@@ -398,6 +398,7 @@ def verify_stages(manifest: Manifest, out: Path, generations: int, n_seq: int, w
                 older[g] = "evaluate/measure"
         if g > 0 and manifest.done(g, "train"):
             needed = (not manifest.done(g, "evaluate") or not manifest.done(g, "generate")
+                      or (harness and not manifest.done(g, "harness"))
                       or (continues_previous and g < generations and not manifest.done(g + 1, "train"))
                       or (curates and g < generations and not manifest.done(g, "curate")))  # may score with model g
             if needed:

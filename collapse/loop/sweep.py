@@ -171,6 +171,9 @@ def run_sweep(config: str | None, items: list[str], parent: str | None = None, l
               dry_run: bool = False, wandb_sweep: str | None = None) -> int:
     from collapse.report import make_report
 
+    if dry_run and wandb_sweep is not None:
+        raise ConfigError("--dry-run and --wandb-sweep: --wandb-sweep runs nothing already (it writes the W&B sweep "
+                          "file); drop --dry-run.")
     grid, variants = None, [[]]
     if config is not None and Path(config).is_file():
         raw = yaml.safe_load(Path(config).read_text()) or {}

@@ -33,15 +33,49 @@ class Resolved:
     defaults: bool = False  # some name is lm-eval's own: its whole index is read
 
 
+def _members(entry) -> list[str]:
+    """The names a group's YAML lists (an entry may be a name or an inline task's dict)."""
+    out = []
+    for t in (entry.cfg or {}).get("task") or ():
+        name = t if isinstance(t, str) else (t.get("task") or t.get("group")) if isinstance(t, dict) else None
+        if isinstance(name, str):
+            out.append(name)
+    return out
+
+
+def _leaves(index: dict, name: str, depth: int = 0) -> set[str]:
+    """The tasks a name runs: itself, or a group's tasks through its subgroups."""
+    e = index.get(name)
+    if e is None or e.kind.name != "GROUP" or depth > 20:
+        return {name}
+    return set().union(*(_leaves(index, m, depth + 1) for m in _members(e))) if _members(e) else set()
+
+
 def _folder_names(index: dict, folder: Path) -> list[str]:
-    """The groups a folder's YAMLs define, else its tasks (tags are neither)."""
-    mine = {n: e for n, e in index.items() if Path(e.yaml_path).resolve().is_relative_to(folder)}
-    groups = sorted(n for n, e in mine.items() if e.kind.name == "GROUP")
-    return groups or sorted(n for n, e in mine.items() if e.kind.name == "TASK")
+    """The top groups a folder's YAMLs define (those no other group of it lists), else its tasks (tags are neither)."""
+    mine = {n: e for n, e in index.items()
+            if e.yaml_path is not None and Path(e.yaml_path).resolve().is_relative_to(folder)}
+    groups = {n for n, e in mine.items() if e.kind.name == "GROUP"}
+    listed = {m for n in groups for m in _members(mine[n])}
+    top = sorted(groups - listed)
+    return top or sorted(n for n, e in mine.items() if e.kind.name == "TASK")
 
 
 def resolve(entries: list[str]) -> Resolved:
-    """The entries as lm-eval names (ConfigError: a folder with no task, a name no YAML defines)."""
+    """The entries as lm-eval names (ConfigError: a folder with no task, a name no YAML defines, two entries that
+    share a task)."""
+    try:
+        return _resolve(entries)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - lm-eval's index raises what a malformed YAML gives it
+        from collapse.errors import first_line
+
+        raise ConfigError(f"eval.harness.tasks: lm-eval cannot read the task YAMLs ({first_line(e, 160)}): check the "
+                          "task folder.") from None
+
+
+def _resolve(entries: list[str]) -> Resolved:
     from lm_eval.tasks import TaskManager
 
     folders = [Path(e).expanduser().resolve() for e in entries if is_folder(e)]
@@ -60,7 +94,13 @@ def resolve(entries: list[str]) -> Resolved:
             out.names += found
         else:
             out.names.append(e)
-            out.defaults |= e not in index
+    leaves = {n: _leaves(index, n) for n in out.names}
+    out.defaults = any(x not in index for v in leaves.values() for x in v)  # lm-eval's own, or named by a group
+    for i, a in enumerate(out.names):  # lm-eval refuses a task reached twice
+        for b in out.names[i + 1:]:
+            if leaves[a] & leaves[b]:
+                raise ConfigError(f"eval.harness.tasks: {a} and {b} share tasks ({', '.join(sorted(leaves[a] & leaves[b])[:3])}"
+                                  "): list each task once (a group runs its tasks).")
     return out
 
 
@@ -101,8 +141,9 @@ def check(entries: list[str]) -> list[str]:
         raise ConfigError(f"eval.harness.tasks: no lm-eval task, group or tag is named {', '.join(unknown)}: check the "
                           "spelling (`lm_eval ls tasks` lists them), or name a local task folder.")
     offline = [v for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE") if os.environ.get(v, "").lower() in ("1", "true", "yes")]
-    if hub and offline:  # what --check accepts must run: these would fail after generation 0, for want of a download
-        raise ConfigError(f"eval.harness.tasks: {', '.join(hub)} read their data from the Hugging Face Hub, and "
+    if r.defaults and offline:  # what --check accepts must run: these would fail after generation 0, for want of a download
+        what = ", ".join(hub) or "a local group's lm-eval tasks"
+        raise ConfigError(f"eval.harness.tasks: {what} read their data from the Hugging Face Hub, and "
                           f"{'/'.join(offline)} is set: unset it for a first run (lm-eval caches the data), or use "
                           "kjv_cloze or a local task folder.")
     return hub
