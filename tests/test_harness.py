@@ -53,20 +53,24 @@ def test_cloze_items_hold_their_promises():
         assert len(cloze.WORD.findall(it["context"])) >= cloze.MIN_CONTEXT_WORDS
 
 
-def _loglik(model, tok, context: str, word: str) -> float:
-    """log p(" word" | context) summed over its tokens, by a plain forward (no lm-eval)."""
+def _scored(model, tok, context: str, word: str) -> tuple[float, bool]:
+    """log p(" word" | context) summed over its tokens, and whether greedy decoding writes those tokens, by a plain
+    forward (no lm-eval)."""
     import torch
 
     ctx, whole = tok(context)["input_ids"], tok(f"{context} {word}")["input_ids"]
     assert whole[:len(ctx)] == ctx
     with torch.no_grad():
         logp = torch.log_softmax(model(torch.tensor([whole[:-1]])).logits[0].double(), -1)
-    return float(sum(logp[i - 1, t] for i, t in enumerate(whole) if i >= len(ctx)))
+    cont = range(len(ctx), len(whole))
+    return (float(sum(logp[i - 1, whole[i]] for i in cont)),
+            all(int(logp[i - 1].argmax()) == whole[i] for i in cont))
 
 
 def test_the_stage_scores_cloze_items_as_a_plain_forward_does():
-    """The first items of every bucket, through the stage's lm-eval call on the embedded generation 0: each item's
-    accuracy is whether the answer has the highest summed log-likelihood of its four words, computed here."""
+    """The first items of every bucket, through the stage's lm-eval call on the embedded generation 0: each kjv_cloze
+    item's accuracy is whether the answer has the highest summed log-likelihood of its four words, and each
+    kjv_lambada item's NLL and greedy accuracy are the answer's, all computed here."""
     from types import SimpleNamespace
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -75,20 +79,25 @@ def test_the_stage_scores_cloze_items_as_a_plain_forward_does():
 
     gen0 = REPO / "collapse" / "gen0"
     model, tok = AutoModelForCausalLM.from_pretrained(gen0).eval(), AutoTokenizer.from_pretrained(gen0)
-    hc = SimpleNamespace(tasks=["kjv_cloze"], limit=3, batch_size=8, num_fewshot=None)
+    hc = SimpleNamespace(tasks=["kjv_cloze", "kjv_lambada"], limit=3, batch_size=8, num_fewshot=None)
     res = run_tasks(model, tok, hc, seed=0)
-    items, seen = _items(), []
+    items, seen, greedy = _items(), [], []
     for b in BUCKETS:
         ex = res["tasks"][f"kjv_cloze_{b}"]["examples"]["acc"]
         mine = [it for it in items if it["bucket"] == b][:3]
         assert ex["doc_id"] == [0, 1, 2]
-        for it, acc in zip(mine, ex["values"]):
-            ll = [_loglik(model, tok, it["context"], w) for w in it["choices"]]
+        lam = res["tasks"][f"kjv_lambada_{b}"]["examples"]
+        for i, (it, acc) in enumerate(zip(mine, ex["values"])):
+            ll = [_scored(model, tok, it["context"], w)[0] for w in it["choices"]]
             assert acc == float(int(np.argmax(ll)) == it["gold"]), (it["id"], ll)
             seen.append(acc)
+            ll_answer, writes = _scored(model, tok, it["context"], it["answer"])
+            assert lam["nll"]["values"][i] == pytest.approx(-ll_answer, abs=1e-4)
+            assert lam["acc"]["values"][i] == float(writes)
+            greedy.append(writes)
         assert res["tasks"][f"kjv_cloze_{b}"]["metrics"]["acc"] == pytest.approx(np.mean(ex["values"]))
-    assert 0 < np.mean(seen) < 1  # both outcomes checked
-    assert res["tasks"]["kjv_cloze"]["kind"] == "group"
+    assert 0 < np.mean(seen) < 1 and 0 < np.mean(greedy) < 1  # both outcomes checked
+    assert res["tasks"]["kjv_cloze"]["kind"] == "group" and "nll" in res["tasks"]["kjv_lambada"]["metrics"]
 
 
 @pytest.mark.parametrize("bad, what", [
@@ -132,6 +141,8 @@ def test_a_local_task_folder_runs_its_group(tmp_path):
     (folder / "utils.py").write_text((cloze.DATA.parent / "utils.py").read_text().replace(
         'Path(__file__).resolve().parent / "kjv_cloze.jsonl"', repr(str(cloze.DATA))))
     for name, text in cloze.task_files().items():
+        if "lambada" in name:
+            continue
         (folder / name.replace("kjv_cloze", "my_cloze")).write_text(text.replace("kjv_cloze", "my_cloze")
                                                                     .replace("include:", "tag: my_tag\ninclude:"))
     r = resolve([str(folder)])

@@ -1,6 +1,8 @@
-"""The KJV cloze (task ``kjv_cloze``): LAMBADA's question, which word ends this passage, asked of held-out KJV
-text, with the answer's frequency rank in the training text deciding its bucket, so that accuracy by bucket is
-the downstream face of the tail loss.
+"""The KJV cloze: LAMBADA's question, which word ends this passage, asked of held-out KJV text, with the answer's
+frequency rank in the training text deciding its bucket, so that accuracy by bucket is the downstream face of the
+tail loss. Two task families over the same items: ``kjv_cloze``, a choice among four words of the answer's bucket
+(does the model still know which rare word fits?), and ``kjv_lambada``, the open question as LAMBADA asks it (does
+greedy decoding write the answer, ``acc``; the answer's negative log-likelihood in nats, ``nll``).
 
 Each item: up to ``CONTEXT_WORDS`` words of a test-split chapter (the split every shipped KJV config uses:
 ``data.split_seed=0``, 5% validation, 5% test), the next word as the answer, and three distractors drawn from the
@@ -89,7 +91,9 @@ def to_jsonl(items: list[dict]) -> str:
 
 
 def task_files() -> dict[str, str]:
-    """The task's YAMLs (file name -> text): a task per bucket, and the group ``kjv_cloze`` over them."""
+    """The tasks' YAMLs (file name -> text) over the same items: ``kjv_cloze`` (the four-way choice) and
+    ``kjv_lambada`` (the open question: the answer's log-likelihood and whether greedy decoding writes it), a task per
+    bucket each, and a group over each family's tasks."""
     head = "# written by `python -m collapse.tasks.cloze` (collapse/tasks/cloze.py says how the items are drawn)\n"
     files = {"_template.yaml": head + """custom_dataset: !function utils.load
 output_type: multiple_choice
@@ -103,13 +107,32 @@ metric_list:
     higher_is_better: true
 metadata:
   version: 1.0
+""", "_template_lambada.yaml": head + """custom_dataset: !function utils.load
+output_type: loglikelihood
+test_split: test
+doc_to_text: "{{context}}"
+doc_to_target: "{{' ' + answer}}"
+target_delimiter: ""
+process_results: !function utils.lambada_results
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: nll
+    aggregation: mean
+    higher_is_better: false
+metadata:
+  version: 1.0
 """}
-    for b in BUCKETS:
-        files[f"kjv_cloze_{b}.yaml"] = head + f'include: _template.yaml\ntask: "kjv_cloze_{b}"\n' \
-                                              f'dataset_kwargs:\n  bucket: "{b}"\n'
-    files["kjv_cloze.yaml"] = head + "group: kjv_cloze\ntask:\n" + "".join(f'  - "kjv_cloze_{b}"\n' for b in BUCKETS) + \
-        "aggregate_metric_list:\n  - metric: acc\n    aggregation: mean\n    weight_by_size: true\nmetadata:\n" \
-        "  version: 1.0\n"
+    for family, template, metrics in (("kjv_cloze", "_template.yaml", ("acc",)),
+                                      ("kjv_lambada", "_template_lambada.yaml", ("acc", "nll"))):
+        for b in BUCKETS:
+            files[f"{family}_{b}.yaml"] = head + f'include: {template}\ntask: "{family}_{b}"\n' \
+                                                 f'dataset_kwargs:\n  bucket: "{b}"\n'
+        files[f"{family}.yaml"] = head + f"group: {family}\ntask:\n" + "".join(
+            f'  - "{family}_{b}"\n' for b in BUCKETS) + "aggregate_metric_list:\n" + "".join(
+            f"  - metric: {m}\n    aggregation: mean\n    weight_by_size: true\n" for m in metrics) + \
+            "metadata:\n  version: 1.0\n"
     return files
 
 
