@@ -34,6 +34,7 @@ import yaml
 
 MARK = "real-seeds"  # the tables go between <!-- MARK:begin --> and <!-- MARK:end -->
 BUCKETS = ("1-10", "11-100", "101-1000", "1001-10000", "unseen")
+TOKEN_BUCKETS = ("1-10", "11-100", "101-1000", "1001-10000", "10001+", "unseen")  # a task per bucket (kjv_cloze_...)
 FILES = ("config.yaml", "metrics.jsonl", "gen_000/train.json")
 
 
@@ -190,15 +191,21 @@ def tables(folder: Path, only: tuple[str, ...] = ()) -> str:
         for g in range(G + 1):
             out.append(f"| {g} | " + " | ".join(_mean_ci([_get(r["rows"][g], key) for r in by[k]], fmt)
                                                for k in regimes) + " |")
-    for k in regimes if hkeys and (not only or "harness" in only) else ():
-        short = [h.split("/")[1].removeprefix("kjv_cloze").lstrip("_") or "all" for h in hkeys]
-        out.append(f"\nlm-eval by generation, {k}: {', '.join(sorted({h.split('/')[2] for h in hkeys}))} of each task "
-                   "(kjv_cloze's by bucket, `all` its group), mean over seeds [95% t-interval]:\n")
-        out.append("| gen | " + " | ".join(short) + " |")
-        out.append("|---|" + "---|" * len(hkeys))
-        for g in range(G + 1):
-            out.append(f"| {g} | " + " | ".join(_mean_ci([r["rows"][g].get(h) for r in by[k]], ".3f") for h in hkeys)
-                       + " |")
+    # by generation: a table per task family and metric (kjv_lambada's nll: a column per bucket, `all` its group)
+    fams: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for h in hkeys:
+        _, task, metric = h.split("/")
+        b = next((b for b in TOKEN_BUCKETS if task.endswith("_" + b)), None)
+        fam, col = (task[:-len(b) - 1], b) if b else (task, "all")
+        fams.setdefault((fam, metric), []).append((col, h))
+    for (fam, metric), cols in fams.items() if not only or "harness" in only else ():
+        for k in regimes:
+            out.append(f"\n{fam} {metric} by generation, {k}, mean over seeds [95% t-interval]:\n")
+            out.append("| gen | " + " | ".join(c for c, _ in cols) + " |")
+            out.append("|---|" + "---|" * len(cols))
+            for g in range(G + 1):
+                out.append(f"| {g} | " + " | ".join(_mean_ci([r["rows"][g].get(h) for r in by[k]], ".3f")
+                                                   for _, h in cols) + " |")
     if only:
         return "\n".join(out) + "\n"
     if len(regimes) == 2:
