@@ -267,3 +267,27 @@ def test_digest_keeps_per_example_values_only_for_what_lm_eval_averages():
     assert d["t"]["examples"] == {"acc": {"doc_id": [0, 1], "values": [1.0, 0.0]},
                                   "exact_match_strict": {"doc_id": [0, 1], "values": [1.0, 1.0]}}
     assert d["t"]["n"] == 2 and d["g"]["kind"] == "group" and d["g"]["subtasks"] == ["t"] and "examples" not in d["g"]
+
+
+@pytest.mark.slow
+def test_two_processes_run_the_stage_on_the_main_one(tmp_path):
+    """Under `accelerate launch` with 2 gloo processes, the main one runs lm-eval while the other waits: generation
+    0's figures (the same model) equal a 1-process run's, and the run finishes."""
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [*TINY_RUN, "generations=1", *HARNESS]
+    one = run_cli("run", *args, f"out_dir={tmp_path / 'one'}", env=ENV)
+    assert one.returncode == 0, one.stderr[-2000:]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+           "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), "-m", "collapse",
+           "run", *args, f"out_dir={tmp_path / 'two'}"]
+    two = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600,
+                         env={**os.environ, **ENV, "ACCELERATE_USE_CPU": "true"})
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _rows(tmp_path / "one")[0], _rows(tmp_path / "two")[0]
+    keys = [k for k in a if k.startswith("harness/")]
+    assert keys and {k: a[k] for k in keys} == {k: b[k] for k in keys}
