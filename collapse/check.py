@@ -177,8 +177,9 @@ def check_harness(cfg: Config, plan: Plan) -> None:
     plan.add("harness", f"lm-eval: {', '.join(hc.tasks)} on every generation"
                         + (f", the first {hc.limit} examples a task" if hc.limit else ""))
     split = ("source", "split_seed", "val_fraction", "test_fraction", "max_documents", "min_chars", "split")
-    if "kjv_cloze" in hc.tasks and any(getattr(cfg.data, k) != getattr(DataConfig(), k) for k in split):
-        plan.warnings.append("kjv_cloze's passages are the test chapters of the default KJV split (data.split_seed=0, "
+    shipped = [t for t in hc.tasks if t.startswith(("kjv_cloze", "kjv_lambada"))]
+    if shipped and any(getattr(cfg.data, k) != getattr(DataConfig(), k) for k in split):
+        plan.warnings.append(f"{shipped[0]}'s passages are the test chapters of the default KJV split (data.split_seed=0, "
                              "5% validation, 5% test), its buckets the ranks of that training text's words: this "
                              "run's data differ, so its passages may be training text.")
 
