@@ -70,7 +70,8 @@ def _scored(model, tok, context: str, word: str) -> tuple[float, bool]:
 def test_the_stage_scores_cloze_items_as_a_plain_forward_does():
     """The first items of every bucket, through the stage's lm-eval call on the embedded generation 0: each kjv_cloze
     item's accuracy is whether the answer has the highest summed log-likelihood of its four words, and each
-    kjv_lambada item's NLL and greedy accuracy are the answer's, all computed here."""
+    kjv_lambada item's NLL and greedy accuracy are the answer's, all computed here. The global random states and the
+    run's tokenizer are as they were (lm-eval seeds the first and pads the second)."""
     from types import SimpleNamespace
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -80,7 +81,15 @@ def test_the_stage_scores_cloze_items_as_a_plain_forward_does():
     gen0 = REPO / "collapse" / "gen0"
     model, tok = AutoModelForCausalLM.from_pretrained(gen0).eval(), AutoTokenizer.from_pretrained(gen0)
     hc = SimpleNamespace(tasks=["kjv_cloze", "kjv_lambada"], limit=3, batch_size=8, num_fewshot=None)
+    import random
+
+    import torch
+
+    before = (random.getstate(), np.random.get_state()[1].tobytes(), torch.get_rng_state(), tok.padding_side,
+              tok.pad_token)
     res = run_tasks(model, tok, hc, seed=0)
+    after = (random.getstate(), np.random.get_state()[1].tobytes(), torch.get_rng_state(), tok.padding_side, tok.pad_token)
+    assert before[:2] == after[:2] and torch.equal(before[2], after[2]) and before[3:] == after[3:]  # nothing leaks
     items, seen, greedy = _items(), [], []
     for b in BUCKETS:
         ex = res["tasks"][f"kjv_cloze_{b}"]["examples"]["acc"]
