@@ -22,6 +22,8 @@ def _script(*args, cwd=REPO):
     ("docs/results/text-figures", "--only", "mauve,self_bleu", "--marker", "text-figures"),
     ("docs/results/cloze", "--only", "test_ppl,tail_loss.101-1000,tail_loss.1001-10000,tail_loss.unseen,harness",
      "--marker", "cloze"),
+    ("docs/results/smollm2-cloze", "--only",
+     "test_ppl,tail_loss.101-1000,tail_loss.1001-10000,tail_loss.unseen,harness", "--marker", "cloze-smollm2"),
 ])
 def test_the_docs_seed_tables_are_what_the_committed_runs_give(args):
     r = _script("tables", *args, "--check", "docs/results.md")
