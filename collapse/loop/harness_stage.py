@@ -85,6 +85,11 @@ def _version() -> str | None:
         return None
 
 
+def _lines(buf: io.StringIO) -> list[str]:
+    """lm-eval's console output without blank lines and progress bars."""
+    return [ln for ln in buf.getvalue().splitlines() if ln.strip() and "it/s]" not in ln]
+
+
 def run_tasks(model, tokenizer, hc, seed: int) -> dict:
     """lm-eval's ``simple_evaluate`` of ``model`` on ``hc.tasks`` (an HFConfig's settings), digested; lm-eval's
     console output is kept back (replayed if it fails), the global random states are left as they were."""
@@ -116,7 +121,7 @@ def run_tasks(model, tokenizer, hc, seed: int) -> dict:
     except CollapseError:
         raise
     except Exception as e:  # noqa: BLE001 - lm-eval raises many types (a dataset it cannot download, a bad YAML)
-        tail = [ln for ln in buf.getvalue().splitlines() if ln.strip() and "it/s]" not in ln][-5:]
+        tail = _lines(buf)[-5:]
         why = first_line(e, 160)
         hint = (" A hub task's data are downloaded once: unset HF_DATASETS_OFFLINE for that run."
                 if any(w in why.lower() for w in ("offline", "connection", "resolve", "couldn't reach", "not found"))
@@ -127,7 +132,7 @@ def run_tasks(model, tokenizer, hc, seed: int) -> dict:
         random.setstate(py_state)
         np.random.set_state(np_state)
     res = digest(out)
-    res["log"] = [ln for ln in buf.getvalue().splitlines() if ln.strip() and "it/s]" not in ln][-200:]
+    res["log"] = _lines(buf)[-200:]
     return res
 
 

@@ -31,6 +31,7 @@ class Resolved:
     names: list[str] = field(default_factory=list)
     include: list[str] = field(default_factory=list)  # the shipped tasks and the local folders
     defaults: bool = False  # some name is lm-eval's own: its whole index is read
+    hub: list[str] = field(default_factory=list)  # the entries no shipped or local YAML defines (lm-eval's own)
 
 
 def _members(entry) -> list[str]:
@@ -94,6 +95,8 @@ def _resolve(entries: list[str]) -> Resolved:
             out.names += found
         else:
             out.names.append(e)
+            if e not in index:
+                out.hub.append(e)
     leaves = {n: _leaves(index, n) for n in out.names}
     out.defaults = any(x not in index for v in leaves.values() for x in v)  # lm-eval's own, or named by a group
     for i, a in enumerate(out.names):  # lm-eval refuses a task reached twice
@@ -131,11 +134,8 @@ def check(entries: list[str]) -> list[str]:
     if importlib.util.find_spec("lm_eval") is None:
         raise ConfigError(f"eval.harness.tasks needs lm-eval, which is not installed: {INSTALL} (or set "
                           "eval.harness.tasks=[]).")
-    from lm_eval.tasks import TaskManager
-
     r = resolve(entries)
-    index = TaskManager(include_defaults=False, include_path=r.include).task_index if r.defaults else {}
-    hub = [e for e in entries if not is_folder(e) and e not in index] if r.defaults else []
+    hub = r.hub
     unknown = [e for e in hub if not lm_eval_defines(e)]
     if unknown:
         raise ConfigError(f"eval.harness.tasks: no lm-eval task, group or tag is named {', '.join(unknown)}: check the "
